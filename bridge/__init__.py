@@ -1,0 +1,1 @@
+"""The dmulog bridge: the kernel's netlink requests in, gRPC calls to logsvc out."""

@@ -1,0 +1,1 @@
+"""Shared pieces of dmulog: the command line and the generated API."""

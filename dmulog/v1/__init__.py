@@ -1,0 +1,1 @@
+"""Generated code of the dmulog.v1 protobuf contract (run ``make proto``)."""

@@ -1,0 +1,373 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class InstanceState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    INSTANCE_STATE_UNSPECIFIED: _ClassVar[InstanceState]
+    INSTANCE_STATE_CONSTRUCTED: _ClassVar[InstanceState]
+    INSTANCE_STATE_RESUMED: _ClassVar[InstanceState]
+    INSTANCE_STATE_PRESUSPENDED: _ClassVar[InstanceState]
+    INSTANCE_STATE_SUSPENDED: _ClassVar[InstanceState]
+INSTANCE_STATE_UNSPECIFIED: InstanceState
+INSTANCE_STATE_CONSTRUCTED: InstanceState
+INSTANCE_STATE_RESUMED: InstanceState
+INSTANCE_STATE_PRESUSPENDED: InstanceState
+INSTANCE_STATE_SUSPENDED: InstanceState
+
+class LogRef(_message.Message):
+    __slots__ = ("uuid", "luid")
+    UUID_FIELD_NUMBER: _ClassVar[int]
+    LUID_FIELD_NUMBER: _ClassVar[int]
+    uuid: str
+    luid: int
+    def __init__(self, uuid: _Optional[str] = ..., luid: _Optional[int] = ...) -> None: ...
+
+class Node(_message.Message):
+    __slots__ = ("name", "boot_id")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    BOOT_ID_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    boot_id: str
+    def __init__(self, name: _Optional[str] = ..., boot_id: _Optional[str] = ...) -> None: ...
+
+class CtrRequest(_message.Message):
+    __slots__ = ("log", "node", "target_sectors", "log_type", "args")
+    LOG_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_SECTORS_FIELD_NUMBER: _ClassVar[int]
+    LOG_TYPE_FIELD_NUMBER: _ClassVar[int]
+    ARGS_FIELD_NUMBER: _ClassVar[int]
+    log: LogRef
+    node: Node
+    target_sectors: int
+    log_type: str
+    args: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, log: _Optional[_Union[LogRef, _Mapping]] = ..., node: _Optional[_Union[Node, _Mapping]] = ..., target_sectors: _Optional[int] = ..., log_type: _Optional[str] = ..., args: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class CtrResponse(_message.Message):
+    __slots__ = ("device",)
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    device: str
+    def __init__(self, device: _Optional[str] = ...) -> None: ...
+
+class DtrRequest(_message.Message):
+    __slots__ = ("log", "node")
+    LOG_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    log: LogRef
+    node: Node
+    def __init__(self, log: _Optional[_Union[LogRef, _Mapping]] = ..., node: _Optional[_Union[Node, _Mapping]] = ...) -> None: ...
+
+class DtrResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class PresuspendRequest(_message.Message):
+    __slots__ = ("log", "node")
+    LOG_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    log: LogRef
+    node: Node
+    def __init__(self, log: _Optional[_Union[LogRef, _Mapping]] = ..., node: _Optional[_Union[Node, _Mapping]] = ...) -> None: ...
+
+class PresuspendResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class PostsuspendRequest(_message.Message):
+    __slots__ = ("log", "node")
+    LOG_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    log: LogRef
+    node: Node
+    def __init__(self, log: _Optional[_Union[LogRef, _Mapping]] = ..., node: _Optional[_Union[Node, _Mapping]] = ...) -> None: ...
+
+class PostsuspendResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ResumeRequest(_message.Message):
+    __slots__ = ("log", "node")
+    LOG_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    log: LogRef
+    node: Node
+    def __init__(self, log: _Optional[_Union[LogRef, _Mapping]] = ..., node: _Optional[_Union[Node, _Mapping]] = ...) -> None: ...
+
+class ResumeResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetRegionSizeRequest(_message.Message):
+    __slots__ = ("log", "node")
+    LOG_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    log: LogRef
+    node: Node
+    def __init__(self, log: _Optional[_Union[LogRef, _Mapping]] = ..., node: _Optional[_Union[Node, _Mapping]] = ...) -> None: ...
+
+class GetRegionSizeResponse(_message.Message):
+    __slots__ = ("region_size",)
+    REGION_SIZE_FIELD_NUMBER: _ClassVar[int]
+    region_size: int
+    def __init__(self, region_size: _Optional[int] = ...) -> None: ...
+
+class IsCleanRequest(_message.Message):
+    __slots__ = ("log", "node", "region")
+    LOG_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    log: LogRef
+    node: Node
+    region: int
+    def __init__(self, log: _Optional[_Union[LogRef, _Mapping]] = ..., node: _Optional[_Union[Node, _Mapping]] = ..., region: _Optional[int] = ...) -> None: ...
+
+class IsCleanResponse(_message.Message):
+    __slots__ = ("clean",)
+    CLEAN_FIELD_NUMBER: _ClassVar[int]
+    clean: bool
+    def __init__(self, clean: _Optional[bool] = ...) -> None: ...
+
+class InSyncRequest(_message.Message):
+    __slots__ = ("log", "node", "region")
+    LOG_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    log: LogRef
+    node: Node
+    region: int
+    def __init__(self, log: _Optional[_Union[LogRef, _Mapping]] = ..., node: _Optional[_Union[Node, _Mapping]] = ..., region: _Optional[int] = ...) -> None: ...
+
+class InSyncResponse(_message.Message):
+    __slots__ = ("in_sync",)
+    IN_SYNC_FIELD_NUMBER: _ClassVar[int]
+    in_sync: bool
+    def __init__(self, in_sync: _Optional[bool] = ...) -> None: ...
+
+class FlushRequest(_message.Message):
+    __slots__ = ("log", "node", "mark_regions")
+    LOG_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    MARK_REGIONS_FIELD_NUMBER: _ClassVar[int]
+    log: LogRef
+    node: Node
+    mark_regions: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, log: _Optional[_Union[LogRef, _Mapping]] = ..., node: _Optional[_Union[Node, _Mapping]] = ..., mark_regions: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class FlushResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class MarkRegionRequest(_message.Message):
+    __slots__ = ("log", "node", "regions")
+    LOG_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    REGIONS_FIELD_NUMBER: _ClassVar[int]
+    log: LogRef
+    node: Node
+    regions: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, log: _Optional[_Union[LogRef, _Mapping]] = ..., node: _Optional[_Union[Node, _Mapping]] = ..., regions: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class MarkRegionResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ClearRegionRequest(_message.Message):
+    __slots__ = ("log", "node", "regions")
+    LOG_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    REGIONS_FIELD_NUMBER: _ClassVar[int]
+    log: LogRef
+    node: Node
+    regions: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, log: _Optional[_Union[LogRef, _Mapping]] = ..., node: _Optional[_Union[Node, _Mapping]] = ..., regions: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class ClearRegionResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetResyncWorkRequest(_message.Message):
+    __slots__ = ("log", "node")
+    LOG_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    log: LogRef
+    node: Node
+    def __init__(self, log: _Optional[_Union[LogRef, _Mapping]] = ..., node: _Optional[_Union[Node, _Mapping]] = ...) -> None: ...
+
+class GetResyncWorkResponse(_message.Message):
+    __slots__ = ("has_work", "region")
+    HAS_WORK_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    has_work: bool
+    region: int
+    def __init__(self, has_work: _Optional[bool] = ..., region: _Optional[int] = ...) -> None: ...
+
+class SetRegionSyncRequest(_message.Message):
+    __slots__ = ("log", "node", "region", "in_sync")
+    LOG_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    IN_SYNC_FIELD_NUMBER: _ClassVar[int]
+    log: LogRef
+    node: Node
+    region: int
+    in_sync: bool
+    def __init__(self, log: _Optional[_Union[LogRef, _Mapping]] = ..., node: _Optional[_Union[Node, _Mapping]] = ..., region: _Optional[int] = ..., in_sync: _Optional[bool] = ...) -> None: ...
+
+class SetRegionSyncResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetSyncCountRequest(_message.Message):
+    __slots__ = ("log", "node")
+    LOG_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    log: LogRef
+    node: Node
+    def __init__(self, log: _Optional[_Union[LogRef, _Mapping]] = ..., node: _Optional[_Union[Node, _Mapping]] = ...) -> None: ...
+
+class GetSyncCountResponse(_message.Message):
+    __slots__ = ("sync_count",)
+    SYNC_COUNT_FIELD_NUMBER: _ClassVar[int]
+    sync_count: int
+    def __init__(self, sync_count: _Optional[int] = ...) -> None: ...
+
+class StatusInfoRequest(_message.Message):
+    __slots__ = ("log", "node")
+    LOG_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    log: LogRef
+    node: Node
+    def __init__(self, log: _Optional[_Union[LogRef, _Mapping]] = ..., node: _Optional[_Union[Node, _Mapping]] = ...) -> None: ...
+
+class StatusInfoResponse(_message.Message):
+    __slots__ = ("text",)
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    def __init__(self, text: _Optional[str] = ...) -> None: ...
+
+class StatusTableRequest(_message.Message):
+    __slots__ = ("log", "node")
+    LOG_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    log: LogRef
+    node: Node
+    def __init__(self, log: _Optional[_Union[LogRef, _Mapping]] = ..., node: _Optional[_Union[Node, _Mapping]] = ...) -> None: ...
+
+class StatusTableResponse(_message.Message):
+    __slots__ = ("text",)
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    def __init__(self, text: _Optional[str] = ...) -> None: ...
+
+class IsRemoteRecoveringRequest(_message.Message):
+    __slots__ = ("log", "node", "region")
+    LOG_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    log: LogRef
+    node: Node
+    region: int
+    def __init__(self, log: _Optional[_Union[LogRef, _Mapping]] = ..., node: _Optional[_Union[Node, _Mapping]] = ..., region: _Optional[int] = ...) -> None: ...
+
+class IsRemoteRecoveringResponse(_message.Message):
+    __slots__ = ("is_recovering", "in_sync_hint")
+    IS_RECOVERING_FIELD_NUMBER: _ClassVar[int]
+    IN_SYNC_HINT_FIELD_NUMBER: _ClassVar[int]
+    is_recovering: bool
+    in_sync_hint: int
+    def __init__(self, is_recovering: _Optional[bool] = ..., in_sync_hint: _Optional[int] = ...) -> None: ...
+
+class ListLogsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListLogsResponse(_message.Message):
+    __slots__ = ("logs",)
+    LOGS_FIELD_NUMBER: _ClassVar[int]
+    logs: _containers.RepeatedCompositeFieldContainer[LogSummary]
+    def __init__(self, logs: _Optional[_Iterable[_Union[LogSummary, _Mapping]]] = ...) -> None: ...
+
+class GetLogStateRequest(_message.Message):
+    __slots__ = ("uuid",)
+    UUID_FIELD_NUMBER: _ClassVar[int]
+    uuid: str
+    def __init__(self, uuid: _Optional[str] = ...) -> None: ...
+
+class Instance(_message.Message):
+    __slots__ = ("node", "boot_id", "luid", "state", "target_sectors", "region_count")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    BOOT_ID_FIELD_NUMBER: _ClassVar[int]
+    LUID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_SECTORS_FIELD_NUMBER: _ClassVar[int]
+    REGION_COUNT_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    boot_id: str
+    luid: int
+    state: InstanceState
+    target_sectors: int
+    region_count: int
+    def __init__(self, node: _Optional[str] = ..., boot_id: _Optional[str] = ..., luid: _Optional[int] = ..., state: _Optional[_Union[InstanceState, str]] = ..., target_sectors: _Optional[int] = ..., region_count: _Optional[int] = ...) -> None: ...
+
+class LogSummary(_message.Message):
+    __slots__ = ("uuid", "log_type", "region_size", "region_count", "sync_count", "dirty_count", "instance_count", "active_count")
+    UUID_FIELD_NUMBER: _ClassVar[int]
+    LOG_TYPE_FIELD_NUMBER: _ClassVar[int]
+    REGION_SIZE_FIELD_NUMBER: _ClassVar[int]
+    REGION_COUNT_FIELD_NUMBER: _ClassVar[int]
+    SYNC_COUNT_FIELD_NUMBER: _ClassVar[int]
+    DIRTY_COUNT_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    uuid: str
+    log_type: str
+    region_size: int
+    region_count: int
+    sync_count: int
+    dirty_count: int
+    instance_count: int
+    active_count: int
+    def __init__(self, uuid: _Optional[str] = ..., log_type: _Optional[str] = ..., region_size: _Optional[int] = ..., region_count: _Optional[int] = ..., sync_count: _Optional[int] = ..., dirty_count: _Optional[int] = ..., instance_count: _Optional[int] = ..., active_count: _Optional[int] = ...) -> None: ...
+
+class RegionMarks(_message.Message):
+    __slots__ = ("region", "nodes")
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    region: int
+    nodes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, region: _Optional[int] = ..., nodes: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GetLogStateResponse(_message.Message):
+    __slots__ = ("summary", "in_sync_bitmap", "dirty_bitmap", "marks", "recovering", "recovering_region", "recoverer_node", "recoverer_luid", "sync_search", "priority_regions", "instances", "args")
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    IN_SYNC_BITMAP_FIELD_NUMBER: _ClassVar[int]
+    DIRTY_BITMAP_FIELD_NUMBER: _ClassVar[int]
+    MARKS_FIELD_NUMBER: _ClassVar[int]
+    RECOVERING_FIELD_NUMBER: _ClassVar[int]
+    RECOVERING_REGION_FIELD_NUMBER: _ClassVar[int]
+    RECOVERER_NODE_FIELD_NUMBER: _ClassVar[int]
+    RECOVERER_LUID_FIELD_NUMBER: _ClassVar[int]
+    SYNC_SEARCH_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_REGIONS_FIELD_NUMBER: _ClassVar[int]
+    INSTANCES_FIELD_NUMBER: _ClassVar[int]
+    ARGS_FIELD_NUMBER: _ClassVar[int]
+    summary: LogSummary
+    in_sync_bitmap: bytes
+    dirty_bitmap: bytes
+    marks: _containers.RepeatedCompositeFieldContainer[RegionMarks]
+    recovering: bool
+    recovering_region: int
+    recoverer_node: str
+    recoverer_luid: int
+    sync_search: int
+    priority_regions: _containers.RepeatedScalarFieldContainer[int]
+    instances: _containers.RepeatedCompositeFieldContainer[Instance]
+    args: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, summary: _Optional[_Union[LogSummary, _Mapping]] = ..., in_sync_bitmap: _Optional[bytes] = ..., dirty_bitmap: _Optional[bytes] = ..., marks: _Optional[_Iterable[_Union[RegionMarks, _Mapping]]] = ..., recovering: _Optional[bool] = ..., recovering_region: _Optional[int] = ..., recoverer_node: _Optional[str] = ..., recoverer_luid: _Optional[int] = ..., sync_search: _Optional[int] = ..., priority_regions: _Optional[_Iterable[int]] = ..., instances: _Optional[_Iterable[_Union[Instance, _Mapping]]] = ..., args: _Optional[_Iterable[str]] = ...) -> None: ...

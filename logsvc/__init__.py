@@ -1,0 +1,1 @@
+"""The dmulog log service: dirty-log semantics over Redis, served over gRPC."""

@@ -1,0 +1,74 @@
+"""One server interceptor: per-request log context, one canonical log line
+per request, and the single place where LogError becomes a gRPC status."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from dmulog.logs import bind, event, unbind
+from logsvc.errors import STATUS_OF, LogError
+
+__all__ = ["RequestInterceptor"]
+
+log = logging.getLogger("dmulog.logsvc.request")
+
+
+def _fields(request: Any) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    ref = getattr(request, "log", None)
+    if ref is not None and hasattr(ref, "uuid"):
+        fields.update(uuid=ref.uuid, luid=ref.luid)
+    node = getattr(request, "node", None)
+    if node is not None and hasattr(node, "name"):
+        fields["node"] = node.name
+    return fields
+
+
+class RequestInterceptor(grpc.aio.ServerInterceptor):
+    """Wraps every unary handler of the server."""
+
+    def __init__(self, slow_ms: float = 100.0):
+        self._slow_ms = slow_ms
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        inner = handler.unary_unary
+        method = details.method.rsplit("/", 1)[-1]  # type: ignore[attr-defined]
+        slow_ms = self._slow_ms
+
+        async def behavior(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            token = bind(method=method, **_fields(request))
+            start = time.perf_counter()
+            code, detail = grpc.StatusCode.OK, ""
+            try:
+                return await inner(request, context)
+            except LogError as e:
+                code, detail = STATUS_OF.get(type(e), grpc.StatusCode.INTERNAL), str(e)
+            except Exception as e:  # noqa: BLE001 - a bug must not kill the server
+                log.exception("request_failed")
+                code, detail = grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}"
+            finally:
+                ms = (time.perf_counter() - start) * 1000
+                # Failures and slow requests at INFO; the rest at DEBUG, since a
+                # busy mirror sends thousands of requests a second.
+                level = logging.INFO if code != grpc.StatusCode.OK or ms >= slow_ms else logging.DEBUG
+                event(log, level, "request", code=code.name, ms=round(ms, 3), **({"detail": detail} if detail else {}))
+                unbind(token)
+            await context.abort(code, detail)
+
+        return grpc.unary_unary_rpc_method_handler(
+            behavior,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )

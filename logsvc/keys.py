@@ -1,0 +1,59 @@
+"""Redis key names of a log.
+
+Every key of one log carries the same hash tag, ``{<uuid>}``, so Redis
+Cluster puts the whole log in one slot: each request's Function call can then
+touch all of the log's keys atomically, on whichever shard owns it. Keys are
+built here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+__all__ = ["LogKeys", "hash_tag", "log_keys", "log_key_pattern", "uuid_from_log_key"]
+
+DEFAULT_PREFIX = "dmulog"
+
+
+class LogKeys(NamedTuple):
+    """The six keys of a log, in the order the Lua library expects them."""
+
+    log: str
+    inst: str
+    sync: str
+    dirty: str
+    marks: str
+    prio: str
+
+
+def hash_tag(uuid: str) -> str:
+    """The UUID with ``%``, ``{`` and ``}`` percent-encoded.
+
+    A brace inside the tag would end it early (Redis hashes up to the first
+    ``}``), splitting one log across slots; the encoding is injective, so two
+    UUIDs never share a tag.
+    """
+    return uuid.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
+
+
+def _unhash_tag(tag: str) -> str:
+    return tag.replace("%7D", "}").replace("%7B", "{").replace("%25", "%")
+
+
+def log_keys(uuid: str, prefix: str = DEFAULT_PREFIX) -> LogKeys:
+    """All keys of the log ``uuid``."""
+    base = f"{prefix}:{{{hash_tag(uuid)}}}:"
+    return LogKeys(*(base + name for name in LogKeys._fields))
+
+
+def log_key_pattern(prefix: str = DEFAULT_PREFIX) -> str:
+    """SCAN pattern matching the ``log`` key of every log."""
+    return f"{prefix}:{{*}}:log"
+
+
+def uuid_from_log_key(key: str, prefix: str = DEFAULT_PREFIX) -> str:
+    """Inverse of ``log_keys(uuid).log``."""
+    head, tail = f"{prefix}:{{", "}:log"
+    if not (key.startswith(head) and key.endswith(tail)):
+        raise ValueError(f"{key!r} is not a dmulog log key")
+    return _unhash_tag(key[len(head) : -len(tail)])

@@ -1,0 +1,127 @@
+"""Log types: how each parses its table arguments and prints its status.
+
+Three types share one state machine and differ only here:
+
+* ``clustered-core`` and ``clustered-disk``, parsed as LVM's cmirrord parses
+  them, so tables written for cmirrord work unchanged. ``clustered-core``
+  keeps its bits only while the table lives, like the kernel's core log.
+  ``clustered-disk`` keeps them in Redis across activations (cmirrord kept
+  them on the named device), and hands the device name back to the kernel so
+  the table still holds a reference to it.
+* ``dmulog``, the native type: ``<region_size> [sync|nosync]``, persistent
+  in Redis with the kernel disk log's resume rule, and no device at all.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from logsvc.errors import InvalidArgument
+
+__all__ = ["LOG_TYPES", "MAX_REGIONS", "LogSpec", "parse_log_args", "status_info", "status_table"]
+
+CORE = "clustered-core"
+DISK = "clustered-disk"
+NATIVE = "dmulog"
+LOG_TYPES = (CORE, DISK, NATIVE)
+PERSISTENT = frozenset({DISK, NATIVE})
+
+# 2^28 regions = two 32 MiB bitmaps in Redis; a larger mirror wants a larger
+# region size (LVM caps cmirrord logs at 2^21 regions for the same reason).
+MAX_REGIONS = 1 << 28
+
+_DEVICE = re.compile(r"^(/[^\s\0]+|\d+:\d+)$")
+_OPTIONS = {
+    CORE: frozenset({"sync", "nosync", "block_on_error"}),
+    DISK: frozenset({"sync", "nosync", "block_on_error"}),
+    NATIVE: frozenset({"sync", "nosync"}),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class LogSpec:
+    """One instance's validated constructor arguments."""
+
+    log_type: str
+    target_sectors: int
+    region_size: int
+    region_count: int
+    sync: str  # "", "sync" or "nosync"
+    block_on_error: bool
+    device: str
+    args: tuple[str, ...]
+
+    @property
+    def persistent(self) -> bool:
+        """Whether the bits outlive the table (disk-log resume rule)."""
+        return self.log_type in PERSISTENT
+
+    @property
+    def canonical_args(self) -> str:
+        """Type and arguments as one string: equal strings mean the same table."""
+        return " ".join((self.log_type, *self.args))
+
+
+def _region_size(word: str, target_sectors: int) -> int:
+    # NOTE: the mirror computes region numbers with a shift, so only powers of
+    # two work; the in-kernel logs also demand >= 2 and <= the target length.
+    if not word.isdigit():
+        raise InvalidArgument(f"region size {word!r} is not a plain decimal number of sectors")
+    size = int(word)
+    if size < 2 or size & (size - 1):
+        raise InvalidArgument(f"region size {size} is not a power of two of at least 2 sectors")
+    if size > target_sectors:
+        raise InvalidArgument(f"region size {size} is larger than the target ({target_sectors} sectors)")
+    return size
+
+
+def parse_log_args(target_sectors: int, log_type: str, args: tuple[str, ...] | list[str]) -> LogSpec:
+    """Validate a constructor call; raise InvalidArgument naming the problem."""
+    args = tuple(args)
+    if target_sectors <= 0:
+        raise InvalidArgument("target length must be a positive number of sectors")
+    if log_type not in LOG_TYPES:
+        raise InvalidArgument(f"unknown log type {log_type!r}; expected one of {', '.join(LOG_TYPES)}")
+    rest = list(args)
+    device = ""
+    if log_type == DISK:
+        if not rest or not _DEVICE.match(rest[0]):
+            raise InvalidArgument("clustered-disk needs a log device (a /path or major:minor) before the region size")
+        device = rest.pop(0)
+    if not rest:
+        raise InvalidArgument(f"{log_type} needs a region size")
+    region_size = _region_size(rest.pop(0), target_sectors)
+    options = rest
+    allowed = _OPTIONS[log_type]
+    for word in options:
+        if word not in allowed:
+            raise InvalidArgument(f"unknown {log_type} argument {word!r}; allowed: {', '.join(sorted(allowed))}")
+    if len(set(options)) != len(options):
+        raise InvalidArgument(f"repeated {log_type} argument in {' '.join(options)!r}")
+    if "sync" in options and "nosync" in options:
+        raise InvalidArgument("sync and nosync exclude each other")
+    sync = "sync" if "sync" in options else "nosync" if "nosync" in options else ""
+    region_count = -(-target_sectors // region_size)
+    if region_count > MAX_REGIONS:
+        raise InvalidArgument(f"{region_count} regions exceed the limit of {MAX_REGIONS}; use a larger region size")
+    return LogSpec(log_type, target_sectors, region_size, region_count, sync, "block_on_error" in options, device, args)
+
+
+def status_info(spec: LogSpec) -> str:
+    """STATUS_INFO text, as cmirrord prints it (``<#words> <type> ...``)."""
+    if spec.log_type == DISK:
+        # cmirrord fstat()s the device it writes; dmulog never opens it, so it
+        # reports the device as the table names it and never fails it.
+        return f"3 {DISK} {spec.device} A"
+    return f"1 {spec.log_type}"
+
+
+def status_table(spec: LogSpec) -> str:
+    """STATUS_TABLE text, as cmirrord prints it: ends with a space."""
+    sync = f"{spec.sync} " if spec.sync else ""
+    boe = "block_on_error" if spec.block_on_error else ""
+    device = f"{spec.device} " if spec.device else ""
+    if spec.log_type == NATIVE:
+        return f"{NATIVE} {spec.region_size} {sync}"
+    return f"{spec.log_type} {device}{spec.region_size} {sync}{boe} "

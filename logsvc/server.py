@@ -1,0 +1,107 @@
+"""Build and run the logsvc gRPC server.
+
+``build_server`` only assembles (tests start it on port 0); ``serve`` adds
+Redis, durability checks, signals and graceful shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from dmulog.logs import event
+from dmulog.v1 import dmulog_pb2_grpc as pb_grpc
+from logsvc.embedded_redis import EmbeddedRedis
+from logsvc.interceptor import RequestInterceptor
+from logsvc.service import DirtyLogService
+from logsvc.store import Store
+
+__all__ = ["LogsvcConfig", "build_server", "serve"]
+
+log = logging.getLogger("dmulog.logsvc")
+SERVICE_NAME = "dmulog.v1.DirtyLog"
+MAX_MESSAGE = 96 * 1024 * 1024  # GetLogState of a 2^28-region log carries two 32 MiB bitmaps
+
+
+@dataclass(frozen=True)
+class LogsvcConfig:
+    """Everything ``dmulog logsvc`` can be told."""
+
+    listen: str = "127.0.0.1:7500"
+    redis_url: str | None = None
+    state_dir: Path = Path("/var/lib/dmulog")
+    key_prefix: str = "dmulog"
+    grace: float = 5.0
+
+
+async def build_server(store: Store, listen: str) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
+    """A ready-to-start server on ``listen`` (``host:port`` or ``unix:/path``)."""
+    server = grpc.aio.server(
+        interceptors=[RequestInterceptor()],
+        options=[
+            ("grpc.so_reuseport", 0),
+            ("grpc.max_send_message_length", MAX_MESSAGE),
+            ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+        ],
+    )
+    pb_grpc.add_DirtyLogServicer_to_server(DirtyLogService(store), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    port = server.add_insecure_port(listen)
+    if port == 0 and not listen.startswith("unix:"):
+        raise OSError(f"cannot listen on {listen}")
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return server, port, health_servicer
+
+
+async def _check_durability(store: Store) -> None:
+    """Warn when the Redis we were given cannot keep an acknowledged mark."""
+    try:
+        cfg = await store.redis.config_get("append*")
+    except Exception:  # noqa: BLE001 - CONFIG may be disabled on managed Redis
+        event(log, logging.WARNING, "durability_unknown", reason="CONFIG GET refused")
+        return
+    values = {k.decode() if isinstance(k, bytes) else k: v.decode() if isinstance(v, bytes) else v for k, v in cfg.items()}
+    if values.get("appendonly") != "yes" or values.get("appendfsync") != "always":
+        event(
+            log, logging.WARNING, "durability_weak",
+            appendonly=values.get("appendonly"), appendfsync=values.get("appendfsync"),
+            consequence="marks acknowledged to the kernel can be lost if Redis crashes",
+        )  # fmt: skip
+
+
+async def serve(config: LogsvcConfig) -> None:
+    """Run until SIGTERM/SIGINT, then drain: NOT_SERVING first, then stop."""
+    embedded: EmbeddedRedis | None = None
+    url = config.redis_url
+    if url is None:
+        embedded = EmbeddedRedis(config.state_dir)
+        await embedded.start()
+        url = embedded.url
+    store = Store.from_url(url, prefix=config.key_prefix)
+    try:
+        await store.load_library()
+        await _check_durability(store)
+        server, port, health_servicer = await build_server(store, config.listen)
+        await server.start()
+        event(log, logging.INFO, "logsvc_listening", listen=config.listen, port=port, redis=url,
+              embedded_redis=embedded is not None)  # fmt: skip
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        event(log, logging.INFO, "logsvc_stopping")
+        await health_servicer.enter_graceful_shutdown()
+        await server.stop(config.grace)
+    finally:
+        await store.close()
+        if embedded:
+            await embedded.stop()

@@ -1,0 +1,121 @@
+"""The DirtyLog servicer: validate, make one store call, build the reply.
+
+Each method is deliberately thin. What a request means lives in the Lua
+library (lua/dmulog.lua); what arguments a log type takes lives in
+logtypes.py; errors become gRPC statuses in interceptor.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import grpc
+
+from dmulog.v1 import dmulog_pb2 as pb
+from dmulog.v1 import dmulog_pb2_grpc as pb_grpc
+from logsvc import validate
+from logsvc.errors import NotFound
+from logsvc.logtypes import LogSpec, parse_log_args, status_info, status_table
+from logsvc.snapshot import log_state, log_summary
+from logsvc.store import Store
+
+__all__ = ["DirtyLogService"]
+
+Ctx = grpc.aio.ServicerContext
+
+
+class DirtyLogService(pb_grpc.DirtyLogServicer):
+    """gRPC face of the Store; holds no state of its own."""
+
+    def __init__(self, store: Store):
+        self._store = store
+
+    async def _op(self, op: str, request: pb.LogRef | object, *extra: str | int, readonly: bool = False) -> object:
+        args = validate.caller(request)  # type: ignore[arg-type]
+        return await self._store.call(op, request.log.uuid, [*args, *extra], readonly=readonly)  # type: ignore[attr-defined]
+
+    async def _spec(self, request: pb.StatusInfoRequest | pb.StatusTableRequest) -> LogSpec:
+        inst = json.loads(await self._op("describe", request, readonly=True))  # type: ignore[arg-type]
+        log_type, *args = inst["args"].split(" ")
+        return parse_log_args(int(inst["ts"]), log_type, args)
+
+    async def Ctr(self, request: pb.CtrRequest, context: Ctx) -> pb.CtrResponse:
+        validate.caller(request)
+        s = parse_log_args(request.target_sectors, request.log_type, list(request.args))
+        device = await self._op(
+            "ctr", request, s.target_sectors, s.log_type, s.region_size, s.region_count, s.sync,
+            s.canonical_args, s.device, int(s.persistent), request.log.uuid,
+        )  # fmt: skip
+        return pb.CtrResponse(device=device.decode() if isinstance(device, bytes) else "")
+
+    async def Dtr(self, request: pb.DtrRequest, context: Ctx) -> pb.DtrResponse:
+        await self._op("dtr", request)
+        return pb.DtrResponse()
+
+    async def Presuspend(self, request: pb.PresuspendRequest, context: Ctx) -> pb.PresuspendResponse:
+        await self._op("presuspend", request)
+        return pb.PresuspendResponse()
+
+    async def Postsuspend(self, request: pb.PostsuspendRequest, context: Ctx) -> pb.PostsuspendResponse:
+        await self._op("postsuspend", request)
+        return pb.PostsuspendResponse()
+
+    async def Resume(self, request: pb.ResumeRequest, context: Ctx) -> pb.ResumeResponse:
+        await self._op("resume", request)
+        return pb.ResumeResponse()
+
+    async def GetRegionSize(self, request: pb.GetRegionSizeRequest, context: Ctx) -> pb.GetRegionSizeResponse:
+        return pb.GetRegionSizeResponse(region_size=int(await self._op("get_region_size", request, readonly=True)))  # type: ignore[call-overload]
+
+    async def IsClean(self, request: pb.IsCleanRequest, context: Ctx) -> pb.IsCleanResponse:
+        return pb.IsCleanResponse(clean=await self._op("is_clean", request, request.region, readonly=True) == 1)
+
+    async def InSync(self, request: pb.InSyncRequest, context: Ctx) -> pb.InSyncResponse:
+        return pb.InSyncResponse(in_sync=await self._op("in_sync", request, request.region, readonly=True) == 1)
+
+    async def Flush(self, request: pb.FlushRequest, context: Ctx) -> pb.FlushResponse:
+        await self._op("flush", request, *validate.regions(request.mark_regions, allow_empty=True))
+        return pb.FlushResponse()
+
+    async def MarkRegion(self, request: pb.MarkRegionRequest, context: Ctx) -> pb.MarkRegionResponse:
+        await self._op("mark_region", request, *validate.regions(request.regions))
+        return pb.MarkRegionResponse()
+
+    async def ClearRegion(self, request: pb.ClearRegionRequest, context: Ctx) -> pb.ClearRegionResponse:
+        await self._op("clear_region", request, *validate.regions(request.regions))
+        return pb.ClearRegionResponse()
+
+    async def GetResyncWork(self, request: pb.GetResyncWorkRequest, context: Ctx) -> pb.GetResyncWorkResponse:
+        has_work, region = await self._op("get_resync_work", request)  # type: ignore[misc]
+        return pb.GetResyncWorkResponse(has_work=has_work == 1, region=region)
+
+    async def SetRegionSync(self, request: pb.SetRegionSyncRequest, context: Ctx) -> pb.SetRegionSyncResponse:
+        await self._op("set_region_sync", request, request.region, int(request.in_sync))
+        return pb.SetRegionSyncResponse()
+
+    async def GetSyncCount(self, request: pb.GetSyncCountRequest, context: Ctx) -> pb.GetSyncCountResponse:
+        return pb.GetSyncCountResponse(sync_count=int(await self._op("get_sync_count", request, readonly=True)))  # type: ignore[call-overload]
+
+    async def StatusInfo(self, request: pb.StatusInfoRequest, context: Ctx) -> pb.StatusInfoResponse:
+        return pb.StatusInfoResponse(text=status_info(await self._spec(request)))
+
+    async def StatusTable(self, request: pb.StatusTableRequest, context: Ctx) -> pb.StatusTableResponse:
+        return pb.StatusTableResponse(text=status_table(await self._spec(request)))
+
+    async def IsRemoteRecovering(
+        self, request: pb.IsRemoteRecoveringRequest, context: Ctx
+    ) -> pb.IsRemoteRecoveringResponse:
+        recovering, hint = await self._op("is_remote_recovering", request, request.region)  # type: ignore[misc]
+        return pb.IsRemoteRecoveringResponse(is_recovering=recovering == 1, in_sync_hint=hint)
+
+    async def ListLogs(self, request: pb.ListLogsRequest, context: Ctx) -> pb.ListLogsResponse:
+        uuids = await self._store.log_uuids()
+        raws = await asyncio.gather(*(self._store.call("summary", u, [], readonly=True) for u in uuids))
+        return pb.ListLogsResponse(logs=[log_summary(u, r) for u, r in zip(uuids, raws, strict=True) if r])
+
+    async def GetLogState(self, request: pb.GetLogStateRequest, context: Ctx) -> pb.GetLogStateResponse:
+        raw = await self._store.call("state", validate.uuid(request.uuid), [request.uuid], readonly=True)
+        if not raw:
+            raise NotFound(f"no log {request.uuid}")
+        return log_state(request.uuid, raw)
