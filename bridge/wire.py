@@ -29,11 +29,13 @@ __all__ = [
     "MAX_PAYLOAD",
     "REPLY_CAPACITY",
     "CtrArgs",
+    "Reply",
     "Request",
     "RequestType",
     "WireError",
     "decode_ctr",
     "decode_regions",
+    "decode_reply",
     "decode_set_region_sync",
     "decode_single_region",
     "decode_request",
@@ -275,6 +277,34 @@ def encode_reply(request: Request, error: int, data: bytes = b"") -> bytes:
         request.luid, raw_uuid, request.version, error, request.seq, request.request_type, len(data),
     )  # fmt: skip
     return head + data + b"\0" * (_align4(nl_len) - nl_len)
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A server → kernel datagram as the kernel reads it."""
+
+    seq: int  # the waiter it completes: dm seq for a full reply, cn seq for a bare ACK
+    error: int  # 0 or a negative errno
+    data: bytes
+    bare_ack: bool
+
+
+def decode_reply(buf: bytes) -> Reply:
+    """Read a reply the way the kernel's connector callback does (tests, replay tools)."""
+    if len(buf) < _CN_END:
+        raise WireError("reply shorter than nlmsghdr + cn_msg")
+    nl_len = NLMSGHDR.unpack_from(buf, 0)[0]
+    idx, val, cn_seq, ack, cn_len, _ = CN_MSG.unpack_from(buf, NLMSGHDR.size)
+    if (idx, val) != (CN_IDX_DM, CN_VAL_DM_USERSPACE_LOG) or nl_len != _CN_END + cn_len or len(buf) < nl_len:
+        raise WireError("reply framing is inconsistent")
+    if cn_len == 0:
+        return Reply(cn_seq, -ack, b"", True)
+    if cn_len < DM_ULOG_REQUEST.size:
+        raise WireError("reply shorter than struct dm_ulog_request")
+    (_luid, _uuid, _version, error, seq, _type, data_size) = DM_ULOG_REQUEST.unpack_from(buf, _CN_END)
+    if cn_len != DM_ULOG_REQUEST.size + data_size:
+        raise WireError("reply data_size disagrees with cn_msg.len")
+    return Reply(seq, error, bytes(buf[HEADER_SIZE : HEADER_SIZE + data_size]), False)
 
 
 def _bare_ack(cn_seq: int, code: int) -> bytes:

@@ -53,7 +53,8 @@ class RetryPolicy:
             except BaseException as e:  # noqa: BLE001 - filtered by `check`
                 if isinstance(e, asyncio.CancelledError) or not check(e):
                     raise
-                pause = self.delay(attempt)
-                if self.clock() + pause >= deadline:
+                remaining = deadline - self.clock()
+                if remaining <= 0:
                     raise
-                await self.sleep(pause)
+                # The last pause is cut short so one attempt lands at the deadline.
+                await self.sleep(min(self.delay(attempt), remaining))

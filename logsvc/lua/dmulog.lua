@@ -188,6 +188,14 @@ local function clear_recovery(k)
   redis.call('HSET', k[1], 'rec_region', '', 'rec_inst', '')
 end
 
+-- The recoverer went away mid-recovery: its region is still out of sync and
+-- the cursor has passed it, so it goes first in line for the next asker.
+local function abandon_recovery(k)
+  local r = redis.call('HGET', k[1], 'rec_region')
+  if r and r ~= '' then redis.call('LPUSH', k[6], r) end
+  clear_recovery(k)
+end
+
 -- A node whose boot id changed crashed or rebooted: its old instances are
 -- gone, and every region it had marked may differ between the legs.
 local function reap_dead(k, node, boot)
@@ -198,7 +206,7 @@ local function reap_dead(k, node, boot)
     local inst = cjson.decode(all[i + 1])
     if inst.node == node and inst.boot ~= boot then
       redis.call('HDEL', k[2], all[i])
-      if rec_inst == all[i] then clear_recovery(k) end
+      if rec_inst == all[i] then abandon_recovery(k) end
       dead = true
     end
   end
@@ -285,7 +293,7 @@ local function dtr(k, argv)
   if not inst then return 0 end
   local id = inst_id(argv)
   redis.call('HDEL', k[2], id)
-  if redis.call('HGET', k[1], 'rec_inst') == id then clear_recovery(k) end
+  if redis.call('HGET', k[1], 'rec_inst') == id then abandon_recovery(k) end
   local all = redis.call('HGETALL', k[2])
   local node_left = false
   for i = 1, #all, 2 do
@@ -319,7 +327,7 @@ local function postsuspend(k, argv)
   if e then return e end
   inst.state = 'suspended'
   save_inst(k, inst_id(argv), inst)
-  if redis.call('HGET', k[1], 'rec_inst') == inst_id(argv) then clear_recovery(k) end
+  if redis.call('HGET', k[1], 'rec_inst') == inst_id(argv) then abandon_recovery(k) end
   return 0
 end
 
@@ -452,7 +460,8 @@ local function get_resync_work(k, argv)
     if log[4] == id then return {1, tonumber(log[3])} end
     return {0, 0}
   end
-  if search >= rc then return {0, 0} end
+  -- Regions writers wait for (and abandoned recoveries) first, even when
+  -- the cursor has passed them.
   local r = nil
   while true do
     local p = redis.call('LPOP', k[6])
@@ -460,6 +469,7 @@ local function get_resync_work(k, argv)
     p = tonumber(p)
     if p < rc and getbit(k[3], p) == 0 then r = p break end
   end
+  if not r and search >= rc then return {0, 0} end
   if not r then
     local found = redis.call('BITPOS', k[3], 0, search, rc - 1, 'BIT')
     if found < 0 or found >= rc then

@@ -162,7 +162,7 @@ say "root ready"
 export HOME=/tmp/home PATH=@GUEST_PATH@ PYTHONDONTWRITEBYTECODE=1
 # NOTE: absolute path: busybox chroot would otherwise run its own modprobe applet.
 chroot "$R" @MODPROBE@ -d @MODPROBE_BASE@ -a @GUEST_MODULES@ || say "modprobe of dm modules failed"
-for m in @OPTIONAL_MODULES@; do chroot "$R" @MODPROBE@ -q -d @MODPROBE_BASE@ "$m" 2>/dev/null; done
+chroot "$R" @MODPROBE@ -q -d @MODPROBE_BASE@ -a @OPTIONAL_MODULES@ 2>/dev/null
 
 [ -n "$SCRIPT" ] || { say "no dmulog.script= on the kernel command line"; finish; }
 # Watchdog: a hung script (e.g. the kernel retrying a silent log server every 15 s)

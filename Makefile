@@ -1,0 +1,46 @@
+# dmulog: the two commands that matter are `make demo` and `make test`.
+# Both install what they need first (Debian packages, a virtualenv, buf).
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BUF := .cache/buf/node_modules/.bin/buf
+PYTEST_ARGS ?=
+
+.PHONY: all deps proto check-proto lint unit integration kernel test demo bench clean
+
+all: test
+
+deps:
+	@scripts/install-deps.sh
+
+## Regenerate the Python code of the proto contract (dmulog/v1/).
+proto: deps
+	$(PY) scripts/gen_proto.py
+
+## Fail when the generated code is stale.
+check-proto: proto
+	@git diff --exit-code --stat -- dmulog/v1 || { echo "dmulog/v1 is stale: run 'make proto' and commit"; exit 1; }
+
+lint: deps
+	$(VENV)/bin/ruff check .
+	@if [ -x $(BUF) ]; then $(BUF) lint && echo "buf lint: ok"; else echo "buf not installed; skipping buf lint"; fi
+
+unit: deps
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+integration: deps
+	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+kernel: deps
+	$(PY) -m pytest tests/kernel -m kernel $(PYTEST_ARGS)
+
+## Everything: lint, proto freshness, unit, integration and real-kernel tests.
+test: deps check-proto lint
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+## Boot a real kernel, build a mirror on the full stack, write, show `dmulog status`.
+demo: deps
+	$(PY) -m tests.kernel.demo
+
+clean:
+	rm -rf .pytest_cache .ruff_cache build *.egg-info

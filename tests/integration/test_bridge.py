@@ -1,0 +1,171 @@
+"""The bridge end to end without the kernel: exact kernel datagrams in, the
+real gRPC logsvc and Redis behind it, reply datagrams out."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import itertools
+import struct
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from bridge import wire
+from bridge.agent import Bridge
+from bridge.client import ClientConfig, LogsvcClient
+from bridge.wire import RequestType as T
+from dmulog.v1 import dmulog_pb2 as pb
+from tests.servers import RedisProcess, free_port, logsvc_server
+
+U64 = struct.Struct("=Q")
+_seq = itertools.count(1000)
+
+
+class KernelSide:
+    """Plays the kernel: sends request datagrams into a Bridge and reads its replies."""
+
+    def __init__(self, target: str, *, budget: float = 9.0, attempt_timeout: float = 3.0):
+        self.sent: asyncio.Queue[bytes] = asyncio.Queue()
+        self.client = LogsvcClient(target, ClientConfig(attempt_timeout=attempt_timeout, budget=budget))
+        self.bridge = Bridge(self.client, pb.Node(name="node-a", boot_id="boot-1"), self._send)
+
+    async def _send(self, datagram: bytes) -> None:
+        await self.sent.put(datagram)
+
+    def send(self, rtype: int, data: bytes = b"", *, uuid: str = "kern-1", luid: int = 0xFFFF888003A1B2C8,
+             seq: int | None = None, sender: int = 0) -> int:  # fmt: skip
+        seq = next(_seq) if seq is None else seq
+        self.bridge.accept(wire.encode_request(rtype, seq=seq, luid=luid, uuid=uuid, data=data), sender)
+        return seq
+
+    async def reply(self, timeout: float = 15.0) -> wire.Reply:
+        return wire.decode_reply(await asyncio.wait_for(self.sent.get(), timeout))
+
+    async def ask(self, rtype: int, data: bytes = b"", **kw: object) -> wire.Reply:
+        seq = self.send(rtype, data, **kw)  # type: ignore[arg-type]
+        reply = await self.reply()
+        assert seq == reply.seq
+        return reply
+
+
+@pytest.fixture
+async def kernel(logsvc: str) -> AsyncIterator[KernelSide]:
+    k = KernelSide(logsvc)
+    yield k
+    await k.client.close()
+
+
+def u64(*values: int) -> bytes:
+    return b"".join(U64.pack(v) for v in values)
+
+
+async def test_every_request_type_round_trips(kernel: KernelSide, uuid: str) -> None:
+    """All 17 request types get a reply with the kernel's seq, error 0 and exactly the payload size expected."""
+    ask = kernel.ask
+    assert (0, b"") == ((r := await ask(T.CTR, b"120 clustered-core 16", uuid=uuid)).error, r.data)
+    assert (0, u64(16)) == ((r := await ask(T.GET_REGION_SIZE, uuid=uuid)).error, r.data)
+    assert 0 == (await ask(T.RESUME, uuid=uuid)).error
+    assert u64(0) == (await ask(T.GET_SYNC_COUNT, uuid=uuid)).data
+    assert struct.pack("=qQ", 1, 0) == (await ask(T.GET_RESYNC_WORK, uuid=uuid)).data
+    assert 0 == (await ask(T.SET_REGION_SYNC, struct.pack("=Qq", 0, 1), uuid=uuid)).error
+    assert struct.pack("=q", 1) == (await ask(T.IN_SYNC, u64(0), uuid=uuid)).data
+    assert struct.pack("=q", 0) == (await ask(T.IN_SYNC, u64(1), uuid=uuid)).data
+    assert 0 == (await ask(T.MARK_REGION, u64(0, 3), uuid=uuid)).error
+    assert 0 == (await ask(T.FLUSH, uuid=uuid)).error
+    assert 0 == (await ask(T.FLUSH, u64(4), uuid=uuid)).error
+    assert struct.pack("=q", 0) == (await ask(T.IS_CLEAN, u64(3), uuid=uuid)).data
+    assert 0 == (await ask(T.CLEAR_REGION, u64(0), uuid=uuid)).error
+    assert struct.pack("=q", 1) == (await ask(T.IS_CLEAN, u64(0), uuid=uuid)).data
+    assert struct.pack("=qQ", 1, 0) == (await ask(T.IS_REMOTE_RECOVERING, u64(5), uuid=uuid)).data
+    assert b"1 clustered-core\0" == (await ask(T.STATUS_INFO, uuid=uuid)).data
+    assert b"clustered-core 16  \0" == (await ask(T.STATUS_TABLE, uuid=uuid)).data
+    assert 0 == (await ask(T.PRESUSPEND, uuid=uuid)).error
+    assert 0 == (await ask(T.POSTSUSPEND, uuid=uuid)).error
+    assert 0 == (await ask(T.DTR, uuid=uuid)).error
+
+
+async def test_unknown_instance_gets_esrch(kernel: KernelSide) -> None:
+    """A request for a log logsvc does not know is answered -ESRCH: the kernel then replays CTR and RESUME."""
+    assert -errno.ESRCH == (await kernel.ask(T.IN_SYNC, u64(0), uuid="never-constructed")).error
+
+
+async def test_replayed_ctr_gets_no_payload_and_succeeds(kernel: KernelSide, uuid: str) -> None:
+    """The reconnect loop's CTR (NUL inside data_size, no reply room) succeeds with an empty reply."""
+    first = await kernel.ask(T.CTR, b"120 clustered-disk 253:2 16", uuid=uuid)
+    assert (0, b"253:2\0") == (first.error, first.data)
+    replay = await kernel.ask(T.CTR, b"120 clustered-disk 253:2 16\0", uuid=uuid)
+    assert (0, b"") == (replay.error, replay.data)
+
+
+async def test_bad_requests_get_error_replies_and_the_bridge_keeps_serving(kernel: KernelSide, uuid: str) -> None:
+    """Malformed payloads and unknown types are answered -EINVAL, garbage with a bare ACK, and serving goes on."""
+    assert -errno.EINVAL == (await kernel.ask(T.IN_SYNC, b"\0" * 7, uuid=uuid)).error
+    assert -errno.EINVAL == (await kernel.ask(T.MARK_REGION, b"", uuid=uuid)).error
+    assert -errno.EINVAL == (await kernel.ask(T.CTR, b"120  clustered-core 16", uuid=uuid)).error
+    assert -errno.EINVAL == (await kernel.ask(99, uuid=uuid)).error
+    assert -errno.EINVAL == (await kernel.ask(0, uuid=uuid)).error
+    broken = bytearray(wire.encode_request(T.RESUME, seq=5, luid=1, uuid=uuid))
+    broken[32:34] = struct.pack("=H", 170)  # cn_msg.len disagrees with nlmsg_len
+    kernel.bridge.accept(bytes(broken), 0)
+    ack = await kernel.reply()
+    assert (True, -errno.EINVAL, 5) == (ack.bare_ack, ack.error, ack.seq)
+    kernel.bridge.accept(b"\x01\x02", 0)  # not even a header: logged, nothing to answer
+    assert 0 == (await kernel.ask(T.CTR, b"120 clustered-core 16", uuid=uuid)).error
+
+
+async def test_bad_constructor_arguments_are_einval(kernel: KernelSide, uuid: str) -> None:
+    """A region size that is not a power of two fails the table load with -EINVAL."""
+    assert -errno.EINVAL == (await kernel.ask(T.CTR, b"120 clustered-core 24", uuid=uuid)).error
+
+
+async def test_datagrams_not_from_the_kernel_are_ignored(kernel: KernelSide, uuid: str) -> None:
+    """A request from a userspace port (not 0) is never answered."""
+    kernel.send(T.CTR, b"120 clustered-core 16", uuid=uuid, sender=4242)
+    with pytest.raises(TimeoutError):
+        await kernel.reply(timeout=0.5)
+
+
+async def test_unreachable_logsvc_critical_requests_get_eagain(uuid: str) -> None:
+    """With no logsvc, IN_SYNC (whose failure would skip a leg) gets -EAGAIN after the bounded wait."""
+    k = KernelSide(f"127.0.0.1:{free_port()}", budget=1.0, attempt_timeout=0.5)
+    start = time.monotonic()
+    reply = await k.ask(T.IN_SYNC, u64(0), uuid=uuid)
+    elapsed = time.monotonic() - start
+    assert -errno.EAGAIN == reply.error
+    assert 0.5 < elapsed < 5
+    assert -errno.EHOSTDOWN == (await k.ask(T.GET_SYNC_COUNT, uuid=uuid)).error
+    await k.client.close()
+
+
+async def test_stale_seq_is_never_answered(redis: RedisProcess, uuid: str) -> None:
+    """When the kernel re-sends a request under a new seq, only the new seq is answered."""
+    port = free_port()
+    k = KernelSide(f"127.0.0.1:{port}", budget=8.0, attempt_timeout=0.5)
+    first = k.send(T.CTR, b"120 clustered-core 16", uuid=uuid)
+    await asyncio.sleep(0.3)
+    second = k.send(T.CTR, b"120 clustered-core 16", uuid=uuid)
+    async with logsvc_server(redis.url, listen=f"127.0.0.1:{port}"):
+        reply = await k.reply()
+        assert (second, 0) == (reply.seq, reply.error)
+        with pytest.raises(TimeoutError):
+            await k.reply(timeout=1.0)
+    assert first != second
+    await k.client.close()
+
+
+async def test_logsvc_restart_within_the_budget_is_invisible(redis: RedisProcess, uuid: str) -> None:
+    """A logsvc that comes back within the retry budget costs the kernel time, not an error."""
+    port = free_port()
+    target = f"127.0.0.1:{port}"
+    k = KernelSide(target, budget=8.0, attempt_timeout=0.5)
+    async with logsvc_server(redis.url, listen=target):
+        assert 0 == (await k.ask(T.CTR, b"120 dmulog 16 nosync", uuid=uuid)).error
+        assert 0 == (await k.ask(T.RESUME, uuid=uuid)).error
+    seq = k.send(T.MARK_REGION, u64(2), uuid=uuid)
+    await asyncio.sleep(1.0)
+    async with logsvc_server(redis.url, listen=target):
+        reply = await k.reply()
+        assert (seq, 0) == (reply.seq, reply.error)
+    await k.client.close()

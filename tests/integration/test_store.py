@@ -1,0 +1,111 @@
+"""Durability and availability of the store, against real redis-server processes."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from dmulog.retry import RetryPolicy
+from dmulog.v1 import dmulog_pb2_grpc as pb_grpc
+from logsvc.errors import StoreUnavailable
+from logsvc.store import LIBRARY_NAME, Store
+from tests.servers import LogHandle, RedisProcess, logsvc_server, out_of_sync, redis_process
+
+
+async def test_library_loads_and_lists_its_functions(redis: RedisProcess) -> None:
+    """The Lua library loads into a real Redis and registers read-only functions as no-writes."""
+    store = Store.from_url(redis.url)
+    await store.load_library()
+    libs = await store.redis.function_list(library=LIBRARY_NAME)
+    lib = dict(zip(libs[0][::2], libs[0][1::2], strict=True))
+    functions = {}
+    for f in lib[b"functions"]:
+        fields = dict(zip(f[::2], f[1::2], strict=True))
+        functions[fields[b"name"].decode()] = fields[b"flags"]
+    await store.close()
+    assert 19 == len(functions)
+    assert [b"no-writes"] == functions["dmulog_v1_in_sync"]
+    assert [] == functions["dmulog_v1_mark_region"]
+
+
+async def test_marks_survive_a_redis_crash(tmp_path: Path) -> None:
+    """With AOF and appendfsync always, an acknowledged mark is still there after SIGKILL of Redis."""
+    with redis_process(tmp_path / "r") as r:
+        async with logsvc_server(r.url) as target, grpc.aio.insecure_channel(target) as ch:
+            log = LogHandle(pb_grpc.DirtyLogStub(ch), "crash-1")
+            await log.ctr(64, "dmulog", "8", "nosync")
+            await log.resume()
+            await log.mark(3)
+            await log.flush(5)
+        r.kill()
+        r.start()
+        async with logsvc_server(r.url) as target, grpc.aio.insecure_channel(target) as ch:
+            log = LogHandle(pb_grpc.DirtyLogStub(ch), "crash-1")
+            assert [3, 5] == [m.region for m in (await log.state()).marks]
+            rebooted = log.other(luid=2, boot="boot-2")
+            await rebooted.ctr(64, "dmulog", "8", "nosync")
+            await rebooted.resume()
+            # nosync means "trust the legs" only for a new log; it is not
+            # new, but the kernel's disk log treats explicit nosync as new.
+            assert [] == out_of_sync(await rebooted.state())
+
+
+async def test_dirty_regions_survive_a_redis_crash_and_resync(tmp_path: Path) -> None:
+    """Marked regions of a persistent log come back out of sync after Redis and the node both crash."""
+    with redis_process(tmp_path / "r") as r:
+        async with logsvc_server(r.url) as target, grpc.aio.insecure_channel(target) as ch:
+            log = LogHandle(pb_grpc.DirtyLogStub(ch), "crash-2")
+            await log.ctr(64, "dmulog", "8")
+            await log.resume()
+            await log.resync_all()
+            await log.mark(1, 4)
+        r.kill()
+        r.start()
+        async with logsvc_server(r.url) as target, grpc.aio.insecure_channel(target) as ch:
+            rebooted = LogHandle(pb_grpc.DirtyLogStub(ch), "crash-2", luid=2, boot="boot-2")
+            await rebooted.ctr(64, "dmulog", "8")
+            await rebooted.resume()
+            assert [1, 4] == out_of_sync(await rebooted.state())
+
+
+async def test_unreachable_redis_is_a_bounded_unavailable(tmp_path: Path) -> None:
+    """With Redis down, a request fails with UNAVAILABLE after the retry budget, not before and not never."""
+    with redis_process(tmp_path / "r") as r:
+        store = Store.from_url(r.url, retry=RetryPolicy(budget=1.0))
+        await store.load_library()
+        r.kill()
+        start = time.monotonic()
+        with pytest.raises(StoreUnavailable):
+            await store.call("get_sync_count", "x", ["n", "b", "1"], readonly=True)
+        elapsed = time.monotonic() - start
+        await store.close()
+    assert 0.3 < elapsed < 3.0
+
+
+async def test_redis_coming_back_within_the_budget_is_invisible(tmp_path: Path) -> None:
+    """A Redis restart shorter than the retry budget costs time, not an error."""
+    import asyncio
+
+    with redis_process(tmp_path / "r") as r:
+        async with logsvc_server(r.url) as target, grpc.aio.insecure_channel(target) as ch:
+            log = LogHandle(pb_grpc.DirtyLogStub(ch), "blip-1")
+            await log.ctr(64, "dmulog", "8", "nosync")
+            await log.resume()
+            r.kill()
+            call = asyncio.ensure_future(log.mark(2))
+            await asyncio.sleep(0.5)
+            r.start()
+            await call
+            assert [2] == [m.region for m in (await log.state()).marks]
+
+
+async def test_lost_function_library_is_reloaded(redis: RedisProcess) -> None:
+    """If Redis loses the functions (FUNCTION FLUSH, a new empty server), the next call reloads them."""
+    store = Store.from_url(redis.url)
+    await store.load_library()
+    await store.redis.function_flush()
+    assert b"1" == await store.call("version", "x", [], readonly=True)
+    await store.close()

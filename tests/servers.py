@@ -1,0 +1,207 @@
+"""Real servers for the tests: redis-server processes and logsvc gRPC servers.
+
+Every server binds a free loopback port or a Unix socket in a temporary
+directory; nothing here talks to anything but this machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from dmulog.v1 import dmulog_pb2 as pb
+from dmulog.v1 import dmulog_pb2_grpc as pb_grpc
+from logsvc.server import build_server
+from logsvc.store import Store
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class RedisProcess:
+    """A redis-server started by a test, with AOF and appendfsync always."""
+
+    data_dir: Path
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisProcess:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if not self.port:
+            self.port = free_port()
+        self.proc = subprocess.Popen(
+            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
+             "--appendonly", "yes", "--appendfsync", "always", "--save", "",
+             "--logfile", str(self.data_dir / "redis.log")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as c:
+                c.sendall(b"PING\r\n")
+                if c.recv(16).startswith(b"+PONG"):
+                    return self
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        raise RuntimeError(f"redis-server did not start; see {self.data_dir / 'redis.log'}")
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, not a shutdown."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+@contextlib.contextmanager
+def redis_process(data_dir: Path) -> Iterator[RedisProcess]:
+    """Run a redis-server for the duration of the block."""
+    r = RedisProcess(data_dir).start()
+    try:
+        yield r
+    finally:
+        r.kill()
+
+
+@contextlib.asynccontextmanager
+async def logsvc_server(redis_url: str, listen: str = "127.0.0.1:0", prefix: str = "dmulog") -> AsyncIterator[str]:
+    """A real logsvc gRPC server on a free port; yields its target address."""
+    store = Store.from_url(redis_url, prefix=prefix)
+    await store.load_library()
+    server, port, _health = await build_server(store, listen)
+    await server.start()
+    try:
+        yield listen if listen.startswith("unix:") else f"127.0.0.1:{port}"
+    finally:
+        await server.stop(0)
+        await store.close()
+
+
+class LogHandle:
+    """One table instance, driven through the real gRPC API."""
+
+    def __init__(self, stub: pb_grpc.DirtyLogStub, uuid: str, luid: int = 0xFFFF8880_0000_1000,
+                 node: str = "node-a", boot: str = "boot-1"):  # fmt: skip
+        self.stub = stub
+        self.log = pb.LogRef(uuid=uuid, luid=luid)
+        self.node = pb.Node(name=node, boot_id=boot)
+
+    def other(self, *, luid: int | None = None, node: str | None = None, boot: str | None = None) -> LogHandle:
+        """Another instance of the same log."""
+        return LogHandle(self.stub, self.log.uuid, self.log.luid if luid is None else luid,
+                         node or self.node.name, boot or self.node.boot_id)  # fmt: skip
+
+    def _k(self) -> dict[str, object]:
+        return {"log": self.log, "node": self.node}
+
+    async def ctr(self, sectors: int, log_type: str, *args: str) -> pb.CtrResponse:
+        return await self.stub.Ctr(pb.CtrRequest(**self._k(), target_sectors=sectors, log_type=log_type, args=args))
+
+    async def dtr(self) -> None:
+        await self.stub.Dtr(pb.DtrRequest(**self._k()))
+
+    async def presuspend(self) -> None:
+        await self.stub.Presuspend(pb.PresuspendRequest(**self._k()))
+
+    async def postsuspend(self) -> None:
+        await self.stub.Postsuspend(pb.PostsuspendRequest(**self._k()))
+
+    async def suspend(self) -> None:
+        await self.presuspend()
+        await self.postsuspend()
+
+    async def resume(self) -> None:
+        await self.stub.Resume(pb.ResumeRequest(**self._k()))
+
+    async def region_size(self) -> int:
+        return (await self.stub.GetRegionSize(pb.GetRegionSizeRequest(**self._k()))).region_size
+
+    async def is_clean(self, r: int) -> bool:
+        return (await self.stub.IsClean(pb.IsCleanRequest(**self._k(), region=r))).clean
+
+    async def in_sync(self, r: int) -> bool:
+        return (await self.stub.InSync(pb.InSyncRequest(**self._k(), region=r))).in_sync
+
+    async def flush(self, *marks: int) -> None:
+        await self.stub.Flush(pb.FlushRequest(**self._k(), mark_regions=marks))
+
+    async def mark(self, *regions: int) -> None:
+        await self.stub.MarkRegion(pb.MarkRegionRequest(**self._k(), regions=regions))
+
+    async def clear(self, *regions: int) -> None:
+        await self.stub.ClearRegion(pb.ClearRegionRequest(**self._k(), regions=regions))
+
+    async def resync_work(self) -> int | None:
+        r = await self.stub.GetResyncWork(pb.GetResyncWorkRequest(**self._k()))
+        return r.region if r.has_work else None
+
+    async def set_sync(self, r: int, in_sync: bool = True) -> None:
+        await self.stub.SetRegionSync(pb.SetRegionSyncRequest(**self._k(), region=r, in_sync=in_sync))
+
+    async def sync_count(self) -> int:
+        return (await self.stub.GetSyncCount(pb.GetSyncCountRequest(**self._k()))).sync_count
+
+    async def status_info(self) -> str:
+        return (await self.stub.StatusInfo(pb.StatusInfoRequest(**self._k()))).text
+
+    async def status_table(self) -> str:
+        return (await self.stub.StatusTable(pb.StatusTableRequest(**self._k()))).text
+
+    async def remote_recovering(self, r: int) -> tuple[bool, int]:
+        resp = await self.stub.IsRemoteRecovering(pb.IsRemoteRecoveringRequest(**self._k(), region=r))
+        return resp.is_recovering, resp.in_sync_hint
+
+    async def state(self) -> pb.GetLogStateResponse:
+        return await self.stub.GetLogState(pb.GetLogStateRequest(uuid=self.log.uuid))
+
+    async def resync_all(self) -> list[int]:
+        """Do what the kernel does until no work is left; returns the order."""
+        done = []
+        while (r := await self.resync_work()) is not None:
+            await self.set_sync(r, True)
+            await self.clear(r)
+            done.append(r)
+        return done
+
+
+def out_of_sync(state: pb.GetLogStateResponse) -> list[int]:
+    """Regions whose in-sync bit is 0."""
+    bits = state.in_sync_bitmap
+    return [r for r in range(state.summary.region_count) if not bits[r // 8] >> (7 - r % 8) & 1]
+
+
+def dirty(state: pb.GetLogStateResponse) -> list[int]:
+    """Regions whose dirty bit is 1."""
+    bits = state.dirty_bitmap
+    return [r for r in range(state.summary.region_count) if bits[r // 8] >> (7 - r % 8) & 1]
+
+
+def env_without(*names: str) -> dict[str, str]:
+    """os.environ without some variables."""
+    return {k: v for k, v in os.environ.items() if k not in names}
