@@ -117,7 +117,7 @@ class Bridge:
             event(log, logging.DEBUG, "request", ms=round((time.perf_counter() - start) * 1000, 3))
         except asyncio.CancelledError:
             pass
-        except Exception:  # noqa: BLE001 - one bad request must not stop the bridge
+        except Exception:
             log.exception("request_crashed")
             if self._inflight.get(key) is asyncio.current_task():
                 del self._inflight[key]

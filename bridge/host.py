@@ -1,5 +1,6 @@
-"""Facts about the node the bridge runs on: who it is, what it may do, and
-whether another log server already listens.
+"""Facts about the node the bridge runs on.
+
+Who it is, what it may do, and whether another log server already listens.
 """
 
 from __future__ import annotations

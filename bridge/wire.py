@@ -36,14 +36,14 @@ __all__ = [
     "decode_ctr",
     "decode_regions",
     "decode_reply",
+    "decode_request",
     "decode_set_region_sync",
     "decode_single_region",
-    "decode_request",
     "encode_ctr_reply",
+    "encode_remote_recovering",
     "encode_reply",
     "encode_request",
     "encode_resync_work",
-    "encode_remote_recovering",
     "encode_s64",
     "encode_text",
     "encode_u64",
@@ -75,7 +75,7 @@ DM_ULOG_REQUEST = struct.Struct("=Q129s3xIiIII")
 # The three headers back to back, as they sit in a datagram (36 + 160 bytes).
 # NOTE: the request starts at offset 36, so luid is not 8-aligned in a receive
 # buffer; struct's "=" (no alignment) reads it with byte copies.
-HEADER = struct.Struct("=IHHII" "IIIIHH" "Q129s3xIiIII")
+HEADER = struct.Struct("=IHHIIIIIIHHQ129s3xIiIII")
 HEADER_SIZE = HEADER.size
 _CN_END = NLMSGHDR.size + CN_MSG.size
 

@@ -14,11 +14,13 @@ import logging
 import sys
 import time
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 __all__ = ["bind", "configure", "event", "unbind"]
 
-_context: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar("dmulog_log_context", default={})
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+_context: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar("dmulog_log_context", default=_EMPTY)
 
 
 def bind(**fields: Any) -> contextvars.Token[Mapping[str, Any]]:

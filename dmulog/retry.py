@@ -1,5 +1,6 @@
-"""A bounded retry policy shared by the bridge (towards logsvc) and logsvc
-(towards Redis).
+"""A bounded retry policy.
+
+Shared by the bridge (towards logsvc) and logsvc (towards Redis).
 
 Both sides wait for a dependency that may come back: a restarted logsvc, a
 Redis failing over. Waiting forever would hang the kernel's mirror thread
@@ -37,7 +38,9 @@ class RetryPolicy:
         """Backoff before retry number ``attempt`` (1-based): full jitter under a cap."""
         return random.uniform(0, min(self.cap, self.base * (2 ** (attempt - 1))))
 
-    async def run(self, fn: Callable[[], Awaitable[T]], *, is_retryable: Callable[[BaseException], bool] | None = None) -> T:
+    async def run(
+        self, fn: Callable[[], Awaitable[T]], *, is_retryable: Callable[[BaseException], bool] | None = None
+    ) -> T:
         """Call ``fn`` until it succeeds, fails for good, or the budget is spent.
 
         The last error is re-raised when the budget runs out, so the caller
@@ -50,7 +53,7 @@ class RetryPolicy:
             attempt += 1
             try:
                 return await fn()
-            except BaseException as e:  # noqa: BLE001 - filtered by `check`
+            except BaseException as e:
                 if isinstance(e, asyncio.CancelledError) or not check(e):
                     raise
                 remaining = deadline - self.clock()

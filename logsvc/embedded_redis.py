@@ -94,7 +94,7 @@ class EmbeddedRedis:
             await asyncio.sleep(0.5)
             try:
                 await self._spawn()
-            except Exception:  # noqa: BLE001 - keep trying; clients see UNAVAILABLE meanwhile
+            except Exception:
                 log.exception("redis_restart_failed")
                 await asyncio.sleep(2)
 

@@ -11,14 +11,14 @@ from __future__ import annotations
 import grpc
 
 __all__ = [
+    "STATUS_OF",
+    "WORD_TO_ERROR",
     "AlreadyExists",
     "Busy",
     "InvalidArgument",
     "LogError",
     "NotFound",
-    "STATUS_OF",
     "StoreUnavailable",
-    "WORD_TO_ERROR",
     "from_lua_error",
 ]
 

@@ -1,5 +1,8 @@
-"""One server interceptor: per-request log context, one canonical log line
-per request, and the single place where LogError becomes a gRPC status."""
+"""The server interceptor.
+
+Per-request log context, one canonical log line per request, and the single
+place where a LogError becomes a gRPC status.
+"""
 
 from __future__ import annotations
 
@@ -40,6 +43,7 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
+        """Wrap the unary handler of ``details``; other handlers pass through."""
         handler = await continuation(details)
         if handler is None or handler.unary_unary is None:
             return handler
@@ -55,7 +59,7 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
                 return await inner(request, context)
             except LogError as e:
                 code, detail = STATUS_OF.get(type(e), grpc.StatusCode.INTERNAL), str(e)
-            except Exception as e:  # noqa: BLE001 - a bug must not kill the server
+            except Exception as e:
                 log.exception("request_failed")
                 code, detail = grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}"
             finally:

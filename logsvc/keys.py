@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-__all__ = ["LogKeys", "hash_tag", "log_keys", "log_key_pattern", "uuid_from_log_key"]
+__all__ = ["LogKeys", "hash_tag", "log_key_pattern", "log_keys", "uuid_from_log_key"]
 
 DEFAULT_PREFIX = "dmulog"
 

@@ -61,6 +61,10 @@ async def build_server(store: Store, listen: str) -> tuple[grpc.aio.Server, int,
     return server, port, health_servicer
 
 
+def _text(value: object) -> object:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 async def _check_durability(store: Store) -> None:
     """Warn when the Redis we were given cannot keep an acknowledged mark."""
     try:
@@ -68,7 +72,7 @@ async def _check_durability(store: Store) -> None:
     except Exception:  # noqa: BLE001 - CONFIG may be disabled on managed Redis
         event(log, logging.WARNING, "durability_unknown", reason="CONFIG GET refused")
         return
-    values = {k.decode() if isinstance(k, bytes) else k: v.decode() if isinstance(v, bytes) else v for k, v in cfg.items()}
+    values = {_text(k): _text(v) for k, v in cfg.items()}
     if values.get("appendonly") != "yes" or values.get("appendfsync") != "always":
         event(
             log, logging.WARNING, "durability_weak",

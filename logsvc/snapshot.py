@@ -1,5 +1,6 @@
-"""Turn the raw replies of the ``state`` and ``summary`` functions into API
-messages. Pure functions: the admin RPCs stay thin and this stays testable.
+"""Raw replies of the ``state`` and ``summary`` functions, as API messages.
+
+Pure functions: the admin RPCs stay thin and this stays testable.
 """
 
 from __future__ import annotations

@@ -1,5 +1,8 @@
-"""The bridge end to end without the kernel: exact kernel datagrams in, the
-real gRPC logsvc and Redis behind it, reply datagrams out."""
+"""The bridge end to end without the kernel.
+
+Exact kernel datagrams in, the real gRPC logsvc and Redis behind it, reply
+datagrams out.
+"""
 
 from __future__ import annotations
 
@@ -52,72 +55,74 @@ class KernelSide:
 
 @pytest.fixture
 async def kernel(logsvc: str) -> AsyncIterator[KernelSide]:
+    """A KernelSide on the test's logsvc."""
     k = KernelSide(logsvc)
     yield k
     await k.client.close()
 
 
 def u64(*values: int) -> bytes:
+    """Native u64 array payload."""
     return b"".join(U64.pack(v) for v in values)
 
 
 async def test_every_request_type_round_trips(kernel: KernelSide, uuid: str) -> None:
     """All 17 request types get a reply with the kernel's seq, error 0 and exactly the payload size expected."""
     ask = kernel.ask
-    assert (0, b"") == ((r := await ask(T.CTR, b"120 clustered-core 16", uuid=uuid)).error, r.data)
+    assert ((r := await ask(T.CTR, b"120 clustered-core 16", uuid=uuid)).error, r.data) == (0, b"")
     assert (0, u64(16)) == ((r := await ask(T.GET_REGION_SIZE, uuid=uuid)).error, r.data)
-    assert 0 == (await ask(T.RESUME, uuid=uuid)).error
+    assert (await ask(T.RESUME, uuid=uuid)).error == 0
     assert u64(0) == (await ask(T.GET_SYNC_COUNT, uuid=uuid)).data
     assert struct.pack("=qQ", 1, 0) == (await ask(T.GET_RESYNC_WORK, uuid=uuid)).data
-    assert 0 == (await ask(T.SET_REGION_SYNC, struct.pack("=Qq", 0, 1), uuid=uuid)).error
+    assert (await ask(T.SET_REGION_SYNC, struct.pack("=Qq", 0, 1), uuid=uuid)).error == 0
     assert struct.pack("=q", 1) == (await ask(T.IN_SYNC, u64(0), uuid=uuid)).data
     assert struct.pack("=q", 0) == (await ask(T.IN_SYNC, u64(1), uuid=uuid)).data
-    assert 0 == (await ask(T.MARK_REGION, u64(0, 3), uuid=uuid)).error
-    assert 0 == (await ask(T.FLUSH, uuid=uuid)).error
-    assert 0 == (await ask(T.FLUSH, u64(4), uuid=uuid)).error
+    assert (await ask(T.MARK_REGION, u64(0, 3), uuid=uuid)).error == 0
+    assert (await ask(T.FLUSH, uuid=uuid)).error == 0
+    assert (await ask(T.FLUSH, u64(4), uuid=uuid)).error == 0
     assert struct.pack("=q", 0) == (await ask(T.IS_CLEAN, u64(3), uuid=uuid)).data
-    assert 0 == (await ask(T.CLEAR_REGION, u64(0), uuid=uuid)).error
+    assert (await ask(T.CLEAR_REGION, u64(0), uuid=uuid)).error == 0
     assert struct.pack("=q", 1) == (await ask(T.IS_CLEAN, u64(0), uuid=uuid)).data
     assert struct.pack("=qQ", 1, 0) == (await ask(T.IS_REMOTE_RECOVERING, u64(5), uuid=uuid)).data
-    assert b"1 clustered-core\0" == (await ask(T.STATUS_INFO, uuid=uuid)).data
-    assert b"clustered-core 16  \0" == (await ask(T.STATUS_TABLE, uuid=uuid)).data
-    assert 0 == (await ask(T.PRESUSPEND, uuid=uuid)).error
-    assert 0 == (await ask(T.POSTSUSPEND, uuid=uuid)).error
-    assert 0 == (await ask(T.DTR, uuid=uuid)).error
+    assert (await ask(T.STATUS_INFO, uuid=uuid)).data == b"1 clustered-core\0"
+    assert (await ask(T.STATUS_TABLE, uuid=uuid)).data == b"clustered-core 16  \0"
+    assert (await ask(T.PRESUSPEND, uuid=uuid)).error == 0
+    assert (await ask(T.POSTSUSPEND, uuid=uuid)).error == 0
+    assert (await ask(T.DTR, uuid=uuid)).error == 0
 
 
 async def test_unknown_instance_gets_esrch(kernel: KernelSide) -> None:
     """A request for a log logsvc does not know is answered -ESRCH: the kernel then replays CTR and RESUME."""
-    assert -errno.ESRCH == (await kernel.ask(T.IN_SYNC, u64(0), uuid="never-constructed")).error
+    assert (await kernel.ask(T.IN_SYNC, u64(0), uuid="never-constructed")).error == -errno.ESRCH
 
 
 async def test_replayed_ctr_gets_no_payload_and_succeeds(kernel: KernelSide, uuid: str) -> None:
     """The reconnect loop's CTR (NUL inside data_size, no reply room) succeeds with an empty reply."""
     first = await kernel.ask(T.CTR, b"120 clustered-disk 253:2 16", uuid=uuid)
-    assert (0, b"253:2\0") == (first.error, first.data)
+    assert (first.error, first.data) == (0, b"253:2\0")
     replay = await kernel.ask(T.CTR, b"120 clustered-disk 253:2 16\0", uuid=uuid)
-    assert (0, b"") == (replay.error, replay.data)
+    assert (replay.error, replay.data) == (0, b"")
 
 
 async def test_bad_requests_get_error_replies_and_the_bridge_keeps_serving(kernel: KernelSide, uuid: str) -> None:
     """Malformed payloads and unknown types are answered -EINVAL, garbage with a bare ACK, and serving goes on."""
-    assert -errno.EINVAL == (await kernel.ask(T.IN_SYNC, b"\0" * 7, uuid=uuid)).error
-    assert -errno.EINVAL == (await kernel.ask(T.MARK_REGION, b"", uuid=uuid)).error
-    assert -errno.EINVAL == (await kernel.ask(T.CTR, b"120  clustered-core 16", uuid=uuid)).error
-    assert -errno.EINVAL == (await kernel.ask(99, uuid=uuid)).error
-    assert -errno.EINVAL == (await kernel.ask(0, uuid=uuid)).error
+    assert (await kernel.ask(T.IN_SYNC, b"\0" * 7, uuid=uuid)).error == -errno.EINVAL
+    assert (await kernel.ask(T.MARK_REGION, b"", uuid=uuid)).error == -errno.EINVAL
+    assert (await kernel.ask(T.CTR, b"120  clustered-core 16", uuid=uuid)).error == -errno.EINVAL
+    assert (await kernel.ask(99, uuid=uuid)).error == -errno.EINVAL
+    assert (await kernel.ask(0, uuid=uuid)).error == -errno.EINVAL
     broken = bytearray(wire.encode_request(T.RESUME, seq=5, luid=1, uuid=uuid))
     broken[32:34] = struct.pack("=H", 170)  # cn_msg.len disagrees with nlmsg_len
     kernel.bridge.accept(bytes(broken), 0)
     ack = await kernel.reply()
-    assert (True, -errno.EINVAL, 5) == (ack.bare_ack, ack.error, ack.seq)
+    assert (ack.bare_ack, ack.error, ack.seq) == (True, -errno.EINVAL, 5)
     kernel.bridge.accept(b"\x01\x02", 0)  # not even a header: logged, nothing to answer
-    assert 0 == (await kernel.ask(T.CTR, b"120 clustered-core 16", uuid=uuid)).error
+    assert (await kernel.ask(T.CTR, b"120 clustered-core 16", uuid=uuid)).error == 0
 
 
 async def test_bad_constructor_arguments_are_einval(kernel: KernelSide, uuid: str) -> None:
     """A region size that is not a power of two fails the table load with -EINVAL."""
-    assert -errno.EINVAL == (await kernel.ask(T.CTR, b"120 clustered-core 24", uuid=uuid)).error
+    assert (await kernel.ask(T.CTR, b"120 clustered-core 24", uuid=uuid)).error == -errno.EINVAL
 
 
 async def test_datagrams_not_from_the_kernel_are_ignored(kernel: KernelSide, uuid: str) -> None:
@@ -133,9 +138,9 @@ async def test_unreachable_logsvc_critical_requests_get_eagain(uuid: str) -> Non
     start = time.monotonic()
     reply = await k.ask(T.IN_SYNC, u64(0), uuid=uuid)
     elapsed = time.monotonic() - start
-    assert -errno.EAGAIN == reply.error
+    assert reply.error == -errno.EAGAIN
     assert 0.5 < elapsed < 5
-    assert -errno.EHOSTDOWN == (await k.ask(T.GET_SYNC_COUNT, uuid=uuid)).error
+    assert (await k.ask(T.GET_SYNC_COUNT, uuid=uuid)).error == -errno.EHOSTDOWN
     await k.client.close()
 
 
@@ -161,8 +166,8 @@ async def test_logsvc_restart_within_the_budget_is_invisible(redis: RedisProcess
     target = f"127.0.0.1:{port}"
     k = KernelSide(target, budget=8.0, attempt_timeout=0.5)
     async with logsvc_server(redis.url, listen=target):
-        assert 0 == (await k.ask(T.CTR, b"120 dmulog 16 nosync", uuid=uuid)).error
-        assert 0 == (await k.ask(T.RESUME, uuid=uuid)).error
+        assert (await k.ask(T.CTR, b"120 dmulog 16 nosync", uuid=uuid)).error == 0
+        assert (await k.ask(T.RESUME, uuid=uuid)).error == 0
     seq = k.send(T.MARK_REGION, u64(2), uuid=uuid)
     await asyncio.sleep(1.0)
     async with logsvc_server(redis.url, listen=target):

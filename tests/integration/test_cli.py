@@ -27,12 +27,12 @@ async def test_status_lists_logs_and_draws_one(log: LogHandle, logsvc: str) -> N
 
     await log.ctr(1 << 21, "dmulog", "2")  # 1,048,576 regions
     await log.resume()
-    assert 0 == await log.resync_work()
+    assert await log.resync_work() == 0
     code, out, _ = await asyncio.to_thread(run, "status", "--logsvc", logsvc)
-    assert ExitStatus.OK == code
+    assert code == ExitStatus.OK
     assert log.log.uuid in out and "1048576" in out
     code, out, _ = await asyncio.to_thread(run, "status", log.log.uuid, "--logsvc", logsvc)
-    assert ExitStatus.OK == code
+    assert code == ExitStatus.OK
     assert "in sync 0/1048576" in out
     assert "|R" + "X" * 63 + "|" in out
 
@@ -42,20 +42,20 @@ async def test_status_of_an_unknown_log_is_not_found(logsvc: str) -> None:
     import asyncio
 
     code, _, err = await asyncio.to_thread(run, "status", "no-such-log", "--logsvc", logsvc)
-    assert (ExitStatus.NOT_FOUND, "NOT_FOUND") == (code, err.split(":")[1].strip())
+    assert (code, err.split(":")[1].strip()) == (ExitStatus.NOT_FOUND, "NOT_FOUND")
 
 
 def test_options_come_from_the_environment() -> None:
     """DMULOG_LOGSVC fills --logsvc: status against a closed port says UNAVAILABLE rather than a usage error."""
     code, _, err = run("status", env={"DMULOG_LOGSVC": "unix:/nonexistent/dmulog.sock"})
-    assert ExitStatus.UNAVAILABLE == code
+    assert code == ExitStatus.UNAVAILABLE
     assert "UNAVAILABLE" in err
 
 
 def test_bridge_without_logsvc_is_a_usage_error() -> None:
     """`dmulog bridge` with no logsvc address says which option is missing."""
     code, _, err = run("bridge")
-    assert ExitStatus.USAGE == code
+    assert code == ExitStatus.USAGE
     assert "--logsvc" in err
 
 
@@ -66,7 +66,7 @@ def test_logsvc_without_redis_server_says_so(tmp_path: Path) -> None:
         [sys.executable, "-m", "dmulog", "logsvc", "--listen", "127.0.0.1:0", "--state-dir", str(tmp_path / "s")],
         env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
-    assert ExitStatus.MISSING_DEPENDENCY == proc.returncode
+    assert proc.returncode == ExitStatus.MISSING_DEPENDENCY
     assert "redis-server not found" in proc.stderr
 
 
@@ -78,13 +78,13 @@ def test_bridge_without_capabilities_says_so() -> None:
          "--logsvc", "127.0.0.1:1"],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
-    assert ExitStatus.PERMISSION == proc.returncode
+    assert proc.returncode == ExitStatus.PERMISSION
     assert "CAP_NET_ADMIN and CAP_SYS_ADMIN" in proc.stderr
 
 
 def test_help_explains_every_command(capsys: pytest.CaptureFixture[str]) -> None:
     """--help exits 0 and names the three commands and the environment variables."""
     code, _, _ = run("--help")
-    assert ExitStatus.OK == code
+    assert code == ExitStatus.OK
     out = capsys.readouterr().out
     assert all(word in out for word in ("logsvc", "bridge", "status", "DMULOG_LOG_LEVEL"))

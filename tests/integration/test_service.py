@@ -21,10 +21,10 @@ async def code_of(coro: object) -> grpc.StatusCode:
 
 async def test_ctr_reports_region_size_and_geometry(log: LogHandle) -> None:
     """CTR accepts a cmirrord core table and GET_REGION_SIZE returns its region size."""
-    assert "" == (await log.ctr(SECTORS, "clustered-core", str(RS))).device
-    assert RS == await log.region_size()
+    assert (await log.ctr(SECTORS, "clustered-core", str(RS))).device == ""
+    assert await log.region_size() == RS
     state = await log.state()
-    assert (RC, RS, "clustered-core") == (state.summary.region_count, state.summary.region_size, state.summary.log_type)
+    assert (state.summary.region_count, state.summary.region_size, state.summary.log_type) == (RC, RS, "clustered-core")
 
 
 @pytest.mark.parametrize(
@@ -49,9 +49,9 @@ async def test_ctr_rejects_bad_arguments_and_leaves_nothing(
     """A malformed constructor gets INVALID_ARGUMENT naming the problem, and no key is written."""
     with pytest.raises(grpc.aio.AioRpcError) as e:
         await log.ctr(SECTORS, log_type, *args)
-    assert grpc.StatusCode.INVALID_ARGUMENT == e.value.code()
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert message in e.value.details()
-    assert grpc.StatusCode.NOT_FOUND == await code_of(log.state())
+    assert await code_of(log.state()) == grpc.StatusCode.NOT_FOUND
 
 
 async def test_ctr_is_idempotent_but_refuses_other_arguments(log: LogHandle) -> None:
@@ -60,13 +60,13 @@ async def test_ctr_is_idempotent_but_refuses_other_arguments(log: LogHandle) -> 
     await log.resume()
     await log.mark(2)
     await log.ctr(SECTORS, "clustered-core", "16")
-    assert [2] == [m.region for m in (await log.state()).marks]
-    assert grpc.StatusCode.ALREADY_EXISTS == await code_of(log.ctr(SECTORS, "clustered-core", "32"))
+    assert [m.region for m in (await log.state()).marks] == [2]
+    assert await code_of(log.ctr(SECTORS, "clustered-core", "32")) == grpc.StatusCode.ALREADY_EXISTS
 
 
 async def test_ctr_of_clustered_disk_returns_the_device(log: LogHandle) -> None:
     """clustered-disk hands its device back so the kernel can reference it."""
-    assert "253:2" == (await log.ctr(SECTORS, "clustered-disk", "253:2", "16")).device
+    assert (await log.ctr(SECTORS, "clustered-disk", "253:2", "16")).device == "253:2"
 
 
 async def test_requests_for_an_unknown_instance_are_not_found(log: LogHandle) -> None:
@@ -75,7 +75,7 @@ async def test_requests_for_an_unknown_instance_are_not_found(log: LogHandle) ->
              log.flush(), log.mark(0), log.clear(0), log.resync_work(), log.set_sync(0), log.sync_count(),
              log.status_info(), log.status_table(), log.remote_recovering(0)]  # fmt: skip
     for call in calls:
-        assert grpc.StatusCode.NOT_FOUND == await code_of(call)
+        assert await code_of(call) == grpc.StatusCode.NOT_FOUND
     await log.dtr()  # DTR of an unknown instance is harmless: its result is ignored anyway
 
 
@@ -86,51 +86,51 @@ async def test_region_out_of_range_is_rejected_and_changes_nothing(log: LogHandl
     before = await log.state()
     for call in [log.is_clean(RC), log.in_sync(RC), log.mark(1, RC), log.clear(1, RC), log.flush(1, RC),
                  log.set_sync(RC, False), log.remote_recovering(RC), log.mark(2**64 - 1)]:  # fmt: skip
-        assert grpc.StatusCode.INVALID_ARGUMENT == await code_of(call)
+        assert await code_of(call) == grpc.StatusCode.INVALID_ARGUMENT
     assert before == await log.state()
 
 
 async def test_bad_request_shapes_are_invalid_argument(log: LogHandle) -> None:
     """Missing log or node, a bad node name, an empty or huge batch: INVALID_ARGUMENT with a message."""
     stub = log.stub
-    assert grpc.StatusCode.INVALID_ARGUMENT == await code_of(stub.Resume(pb.ResumeRequest(node=log.node)))
-    assert grpc.StatusCode.INVALID_ARGUMENT == await code_of(stub.Resume(pb.ResumeRequest(log=log.log)))
+    assert await code_of(stub.Resume(pb.ResumeRequest(node=log.node))) == grpc.StatusCode.INVALID_ARGUMENT
+    assert await code_of(stub.Resume(pb.ResumeRequest(log=log.log))) == grpc.StatusCode.INVALID_ARGUMENT
     bad_node = log.other(node="no spaces")
-    assert grpc.StatusCode.INVALID_ARGUMENT == await code_of(bad_node.resume())
-    assert grpc.StatusCode.INVALID_ARGUMENT == await code_of(log.mark())
-    assert grpc.StatusCode.INVALID_ARGUMENT == await code_of(log.mark(*range(4097)))
+    assert await code_of(bad_node.resume()) == grpc.StatusCode.INVALID_ARGUMENT
+    assert await code_of(log.mark()) == grpc.StatusCode.INVALID_ARGUMENT
+    assert await code_of(log.mark(*range(4097))) == grpc.StatusCode.INVALID_ARGUMENT
     no_uuid = LogHandle(stub, "")
-    assert grpc.StatusCode.INVALID_ARGUMENT == await code_of(no_uuid.resume())
+    assert await code_of(no_uuid.resume()) == grpc.StatusCode.INVALID_ARGUMENT
 
 
 async def test_core_log_resyncs_everything_once_one_region_at_a_time(log: LogHandle) -> None:
     """A default core log starts out of sync and hands out each region once, in order, one at a time."""
     await log.ctr(SECTORS, "clustered-core", "16")
     await log.resume()
-    assert 0 == await log.sync_count()
+    assert await log.sync_count() == 0
     assert not await log.in_sync(0)
-    assert 0 == await log.resync_work()
-    assert 0 == await log.resync_work()  # the kernel asking again gets the same region
+    assert await log.resync_work() == 0
+    assert await log.resync_work() == 0  # the kernel asking again gets the same region
     other = log.other(luid=7, node="node-b")
     await other.ctr(SECTORS, "clustered-core", "16")
     await other.resume()
     assert await other.resync_work() is None  # one recovery at a time per log
     await log.set_sync(0)
-    assert [1, 2, 3, 4, 5, 6, 7] == await log.resync_all()
-    assert RC == await log.sync_count()
+    assert await log.resync_all() == [1, 2, 3, 4, 5, 6, 7]
+    assert await log.sync_count() == RC
     assert await log.resync_work() is None
-    assert (False, RC) == await log.remote_recovering(3)
+    assert await log.remote_recovering(3) == (False, RC)
 
 
 async def test_nosync_starts_in_sync_and_clean(log: LogHandle) -> None:
     """nosync: every region in sync and clean, no resync work, and the hint says all in sync."""
     await log.ctr(SECTORS, "clustered-core", "16", "nosync")
     await log.resume()
-    assert RC == await log.sync_count()
+    assert await log.sync_count() == RC
     assert all([await log.in_sync(r) for r in range(RC)])
     assert all([await log.is_clean(r) for r in range(RC)])
     assert await log.resync_work() is None
-    assert (False, RC) == await log.remote_recovering(0)
+    assert await log.remote_recovering(0) == (False, RC)
 
 
 async def test_a_region_is_clean_only_when_no_node_has_it_marked(log: LogHandle) -> None:
@@ -148,7 +148,7 @@ async def test_a_region_is_clean_only_when_no_node_has_it_marked(log: LogHandle)
     assert not await log.is_clean(3)
     await b.clear(3)
     assert await log.is_clean(3)
-    assert [] == list((await log.state()).marks)
+    assert list((await log.state()).marks) == []
 
 
 async def test_clear_never_cleans_a_region_that_is_out_of_sync(log: LogHandle) -> None:
@@ -159,7 +159,7 @@ async def test_clear_never_cleans_a_region_that_is_out_of_sync(log: LogHandle) -
     await log.set_sync(5, False)  # a write failed on one leg
     await log.clear(5)
     assert not await log.is_clean(5)
-    assert [5] == dirty(await log.state())
+    assert dirty(await log.state()) == [5]
 
 
 async def test_in_sync_latch_keeps_answering_in_sync_until_resume(log: LogHandle) -> None:
@@ -169,7 +169,7 @@ async def test_in_sync_latch_keeps_answering_in_sync_until_resume(log: LogHandle
     await log.resync_all()
     await log.set_sync(4, False)
     assert await log.in_sync(4)
-    assert RC - 1 == await log.sync_count()
+    assert await log.sync_count() == RC - 1
     await log.suspend()
     await log.resume()
     assert not await log.in_sync(4)
@@ -182,8 +182,8 @@ async def test_core_log_keeps_its_bits_across_suspend_and_resume(log: LogHandle)
     await log.set_sync(await log.resync_work())  # region 0
     await log.suspend()
     await log.resume()
-    assert 1 == await log.sync_count()
-    assert 1 == await log.resync_work()
+    assert await log.sync_count() == 1
+    assert await log.resync_work() == 1
 
 
 async def test_replayed_resume_keeps_state(log: LogHandle) -> None:
@@ -194,12 +194,12 @@ async def test_replayed_resume_keeps_state(log: LogHandle) -> None:
     await log.mark(1)
     await log.ctr(SECTORS, "clustered-core", "16")
     await log.resume()
-    assert RC == await log.sync_count()
-    assert [1] == [m.region for m in (await log.state()).marks]
+    assert await log.sync_count() == RC
+    assert [m.region for m in (await log.state()).marks] == [1]
 
 
 async def test_persistent_log_resyncs_exactly_the_dirty_regions_after_a_crash(log: LogHandle) -> None:
-    """dmulog type: after the node reboots, marked regions are out of sync and clean ones are not resynced."""
+    """Dmulog type: after the node reboots, marked regions are out of sync and clean ones are not resynced."""
     await log.ctr(SECTORS, "dmulog", "16")
     await log.resume()
     await log.resync_all()
@@ -208,16 +208,16 @@ async def test_persistent_log_resyncs_exactly_the_dirty_regions_after_a_crash(lo
     # The node crashes: a new boot constructs a new instance (new luid).
     rebooted = log.other(luid=0x1234, boot="boot-2")
     await rebooted.ctr(SECTORS, "dmulog", "16")
-    assert [2, 6] == out_of_sync(await log.state())
+    assert out_of_sync(await log.state()) == [2, 6]
     await rebooted.resume()
-    assert [2, 6] == out_of_sync(await log.state())
-    assert [2, 6] == await rebooted.resync_all()
-    assert [] == dirty(await log.state())
-    assert grpc.StatusCode.NOT_FOUND == await code_of(log.in_sync(0))  # the old boot's instance is gone
+    assert out_of_sync(await log.state()) == [2, 6]
+    assert await rebooted.resync_all() == [2, 6]
+    assert dirty(await log.state()) == []
+    assert await code_of(log.in_sync(0)) == grpc.StatusCode.NOT_FOUND  # the old boot's instance is gone
 
 
 async def test_persistent_log_survives_dtr_and_applies_the_disk_rule(log: LogHandle) -> None:
-    """dmulog type: state outlives every table; reactivation marks dirty regions out of sync."""
+    """Dmulog type: state outlives every table; reactivation marks dirty regions out of sync."""
     await log.ctr(SECTORS, "dmulog", "16")
     await log.resume()
     await log.resync_all()
@@ -227,7 +227,7 @@ async def test_persistent_log_survives_dtr_and_applies_the_disk_rule(log: LogHan
     again = log.other(luid=0x99)
     await again.ctr(SECTORS, "dmulog", "16")
     await again.resume()
-    assert [7] == out_of_sync(await again.state())
+    assert out_of_sync(await again.state()) == [7]
 
 
 async def test_core_log_state_goes_with_its_last_table(log: LogHandle) -> None:
@@ -236,7 +236,7 @@ async def test_core_log_state_goes_with_its_last_table(log: LogHandle) -> None:
     await log.resume()
     await log.suspend()
     await log.dtr()
-    assert grpc.StatusCode.NOT_FOUND == await code_of(log.state())
+    assert await code_of(log.state()) == grpc.StatusCode.NOT_FOUND
 
 
 async def test_explicit_sync_on_a_persistent_log_resyncs_everything(log: LogHandle) -> None:
@@ -246,7 +246,7 @@ async def test_explicit_sync_on_a_persistent_log_resyncs_everything(log: LogHand
     await log.resync_all()
     await log.suspend()
     await log.resume()
-    assert 0 == await log.sync_count()
+    assert await log.sync_count() == 0
 
 
 async def test_table_reload_to_a_larger_target_resyncs_only_the_new_regions(log: LogHandle) -> None:
@@ -260,8 +260,8 @@ async def test_table_reload_to_a_larger_target_resyncs_only_the_new_regions(log:
     await new.resume()
     await log.dtr()
     state = await new.state()
-    assert (12, [8, 9, 10, 11]) == (state.summary.region_count, out_of_sync(state))
-    assert [8, 9, 10, 11] == await new.resync_all()
+    assert (state.summary.region_count, out_of_sync(state)) == (12, [8, 9, 10, 11])
+    assert await new.resync_all() == [8, 9, 10, 11]
 
 
 async def test_other_node_with_other_geometry_is_refused(log: LogHandle) -> None:
@@ -269,7 +269,7 @@ async def test_other_node_with_other_geometry_is_refused(log: LogHandle) -> None
     await log.ctr(SECTORS, "clustered-core", "16")
     await log.resume()
     b = log.other(luid=5, node="node-b")
-    assert grpc.StatusCode.FAILED_PRECONDITION == await code_of(b.ctr(SECTORS, "clustered-core", "32"))
+    assert await code_of(b.ctr(SECTORS, "clustered-core", "32")) == grpc.StatusCode.FAILED_PRECONDITION
 
 
 async def test_a_second_node_joins_without_resetting_the_log(log: LogHandle) -> None:
@@ -280,19 +280,19 @@ async def test_a_second_node_joins_without_resetting_the_log(log: LogHandle) -> 
     b = log.other(luid=5, node="node-b")
     await b.ctr(SECTORS, "clustered-core", "16")
     await b.resume()
-    assert RC == await b.sync_count()
+    assert await b.sync_count() == RC
 
 
 async def test_remote_recovering_prioritises_regions_writers_wait_for(log: LogHandle) -> None:
     """IS_REMOTE_RECOVERING on an out-of-sync region puts it first in line for recovery."""
     await log.ctr(SECTORS, "clustered-core", "16")
     await log.resume()
-    assert (True, 0) == await log.remote_recovering(6)
-    assert 6 == await log.resync_work()
+    assert await log.remote_recovering(6) == (True, 0)
+    assert await log.resync_work() == 6
     await log.set_sync(6)
-    assert 0 == await log.resync_work()
+    assert await log.resync_work() == 0
     await log.set_sync(0)
-    assert (False, 0) == await log.remote_recovering(6)
+    assert await log.remote_recovering(6) == (False, 0)
 
 
 async def test_presuspended_instance_stops_recovery(log: LogHandle) -> None:
@@ -301,7 +301,7 @@ async def test_presuspended_instance_stops_recovery(log: LogHandle) -> None:
     await log.resume()
     await log.presuspend()
     assert await log.resync_work() is None
-    assert (False, RC) == await log.remote_recovering(3)
+    assert await log.remote_recovering(3) == (False, RC)
 
 
 async def test_postsuspend_gives_up_the_recovery_assignment(log: LogHandle) -> None:
@@ -311,16 +311,16 @@ async def test_postsuspend_gives_up_the_recovery_assignment(log: LogHandle) -> N
     b = log.other(luid=5, node="node-b")
     await b.ctr(SECTORS, "clustered-core", "16")
     await b.resume()
-    assert 0 == await log.resync_work()
+    assert await log.resync_work() == 0
     await log.suspend()
-    assert 0 == await b.resync_work()
+    assert await b.resync_work() == 0
 
 
 async def test_status_texts(log: LogHandle) -> None:
     """STATUS_INFO and STATUS_TABLE read as cmirrord's."""
     await log.ctr(SECTORS, "clustered-disk", "253:2", "16", "nosync")
-    assert "3 clustered-disk 253:2 A" == await log.status_info()
-    assert "clustered-disk 253:2 16 nosync  " == await log.status_table()
+    assert await log.status_info() == "3 clustered-disk 253:2 A"
+    assert await log.status_table() == "clustered-disk 253:2 16 nosync  "
 
 
 async def test_list_logs_and_state(log: LogHandle) -> None:
@@ -329,14 +329,17 @@ async def test_list_logs_and_state(log: LogHandle) -> None:
     await log.resume()
     await log.mark(1)
     await log.set_sync(2, False)
-    assert 2 == await log.resync_work()
+    assert await log.resync_work() == 2
     listing = await log.stub.ListLogs(pb.ListLogsRequest())
     mine = [s for s in listing.logs if s.uuid == log.log.uuid]
-    assert 1 == len(mine)
-    assert (RC - 1, 2, 1, 1) == (mine[0].sync_count, mine[0].dirty_count, mine[0].instance_count, mine[0].active_count)
+    assert len(mine) == 1
+    assert (mine[0].sync_count, mine[0].dirty_count, mine[0].instance_count, mine[0].active_count) == (RC - 1, 2, 1, 1)
     state = await log.state()
     assert (True, 2, "node-a", log.log.luid) == (
-        state.recovering, state.recovering_region, state.recoverer_node, state.recoverer_luid
+        state.recovering,
+        state.recovering_region,
+        state.recoverer_node,
+        state.recoverer_luid,
     )
-    assert [pb.INSTANCE_STATE_RESUMED] == [i.state for i in state.instances]
-    assert ["16", "nosync"] == list(state.args)
+    assert [i.state for i in state.instances] == [pb.INSTANCE_STATE_RESUMED]
+    assert list(state.args) == ["16", "nosync"]

@@ -26,9 +26,9 @@ async def test_library_loads_and_lists_its_functions(redis: RedisProcess) -> Non
         fields = dict(zip(f[::2], f[1::2], strict=True))
         functions[fields[b"name"].decode()] = fields[b"flags"]
     await store.close()
-    assert 19 == len(functions)
-    assert [b"no-writes"] == functions["dmulog_v1_in_sync"]
-    assert [] == functions["dmulog_v1_mark_region"]
+    assert len(functions) == 19
+    assert functions["dmulog_v1_in_sync"] == [b"no-writes"]
+    assert functions["dmulog_v1_mark_region"] == []
 
 
 async def test_marks_survive_a_redis_crash(tmp_path: Path) -> None:
@@ -44,13 +44,13 @@ async def test_marks_survive_a_redis_crash(tmp_path: Path) -> None:
         r.start()
         async with logsvc_server(r.url) as target, grpc.aio.insecure_channel(target) as ch:
             log = LogHandle(pb_grpc.DirtyLogStub(ch), "crash-1")
-            assert [3, 5] == [m.region for m in (await log.state()).marks]
+            assert [m.region for m in (await log.state()).marks] == [3, 5]
             rebooted = log.other(luid=2, boot="boot-2")
             await rebooted.ctr(64, "dmulog", "8", "nosync")
             await rebooted.resume()
             # nosync means "trust the legs" only for a new log; it is not
             # new, but the kernel's disk log treats explicit nosync as new.
-            assert [] == out_of_sync(await rebooted.state())
+            assert out_of_sync(await rebooted.state()) == []
 
 
 async def test_dirty_regions_survive_a_redis_crash_and_resync(tmp_path: Path) -> None:
@@ -68,7 +68,7 @@ async def test_dirty_regions_survive_a_redis_crash_and_resync(tmp_path: Path) ->
             rebooted = LogHandle(pb_grpc.DirtyLogStub(ch), "crash-2", luid=2, boot="boot-2")
             await rebooted.ctr(64, "dmulog", "8")
             await rebooted.resume()
-            assert [1, 4] == out_of_sync(await rebooted.state())
+            assert out_of_sync(await rebooted.state()) == [1, 4]
 
 
 async def test_unreachable_redis_is_a_bounded_unavailable(tmp_path: Path) -> None:
@@ -99,7 +99,7 @@ async def test_redis_coming_back_within_the_budget_is_invisible(tmp_path: Path) 
             await asyncio.sleep(0.5)
             r.start()
             await call
-            assert [2] == [m.region for m in (await log.state()).marks]
+            assert [m.region for m in (await log.state()).marks] == [2]
 
 
 async def test_lost_function_library_is_reloaded(redis: RedisProcess) -> None:
@@ -107,5 +107,5 @@ async def test_lost_function_library_is_reloaded(redis: RedisProcess) -> None:
     store = Store.from_url(redis.url)
     await store.load_library()
     await store.redis.function_flush()
-    assert b"1" == await store.call("version", "x", [], readonly=True)
+    assert await store.call("version", "x", [], readonly=True) == b"1"
     await store.close()
