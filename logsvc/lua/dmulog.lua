@@ -280,7 +280,7 @@ local function ctr(k, argv)
     end
   else
     redis.call('HSET', k[1], 'uuid', argv[12], 'schema', SCHEMA, 'sync_search', 0, 'clock', 0,
-      'completed_at', 0, 'rec_region', '', 'rec_inst', '')
+      'completed_at', 0, 'rec_region', '', 'rec_inst', '', 'fresh', 1)
     set_geometry(k, inst)
     init_bits(k, inst)
   end
@@ -333,17 +333,19 @@ end
 
 -- First active instance: bring the shared bits to this activation.
 local function master_resume(k, inst)
-  local log = redis.call('HMGET', k[1], 'type', 'region_size', 'region_count')
+  local log = redis.call('HMGET', k[1], 'type', 'region_size', 'region_count', 'fresh')
   local same_kind = log[1] == inst.type and tonumber(log[2]) == inst.rs
+  local fresh = log[4] == '1'
   if not same_kind then
     init_bits(k, inst)
   elseif not inst.persistent then
     -- The kernel's core log: a new table starts from scratch, the same table
     -- resumed after a suspend keeps its bits.
     if inst.resumed_at == 0 or tonumber(log[3]) ~= inst.rc then init_bits(k, inst) end
-  elseif inst.sync ~= '' then
-    -- The kernel's disk log treats an explicit sync/nosync as a new log at
-    -- every resume.
+  elseif inst.sync == 'sync' or (inst.sync == 'nosync' and fresh) then
+    -- An explicit "sync" resyncs everything at every resume, as in the
+    -- kernel's disk log. "nosync" trusts the legs only for a log that was
+    -- never active: unlike the disk log, a crash is never forgiven.
     init_bits(k, inst)
   else
     -- The disk log's rule: whatever was dirty (a write may have been in
@@ -356,6 +358,7 @@ local function master_resume(k, inst)
     redis.call('HSET', k[1], 'sync_count', redis.call('BITCOUNT', k[3]))
   end
   set_geometry(k, inst)
+  redis.call('HSET', k[1], 'fresh', 0)
   -- No other instance is active, so no write is in flight anywhere: the
   -- remaining marks are history, already folded into the dirty bits.
   redis.call('DEL', k[5], k[6])

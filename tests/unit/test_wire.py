@@ -26,7 +26,8 @@ little_endian_only = pytest.mark.skipif(NATIVE != "little", reason="literal hex 
 # Offsets in the datagram (docs/protocol.md §1.1).
 OFF_NL_LEN, OFF_NL_TYPE, OFF_NL_SEQ = 0, 4, 8
 OFF_CN_IDX, OFF_CN_VAL, OFF_CN_SEQ, OFF_CN_ACK, OFF_CN_LEN = 16, 20, 24, 28, 32
-OFF_LUID, OFF_UUID, OFF_VERSION, OFF_ERROR, OFF_SEQ, OFF_TYPE, OFF_DATA_SIZE, OFF_DATA = 36, 44, 176, 180, 184, 188, 192, 196
+OFF_LUID, OFF_UUID, OFF_VERSION, OFF_ERROR = 36, 44, 176, 180
+OFF_SEQ, OFF_TYPE, OFF_DATA_SIZE, OFF_DATA = 184, 188, 192, 196
 
 UUID = "LVM-k3Jd0WfQ8xVtR2mN"
 LUID = 0x1122334455667788
@@ -35,26 +36,32 @@ CN_SEQ = 0x0A0B0C0D
 
 
 def u16(v: int) -> bytes:
+    """Host-order __u16."""
     return v.to_bytes(2, NATIVE)
 
 
 def u32(v: int) -> bytes:
+    """Host-order __u32."""
     return v.to_bytes(4, NATIVE)
 
 
 def s32(v: int) -> bytes:
+    """Host-order __s32."""
     return v.to_bytes(4, NATIVE, signed=True)
 
 
 def u64(v: int) -> bytes:
+    """Host-order __u64."""
     return v.to_bytes(8, NATIVE)
 
 
 def s64(v: int) -> bytes:
+    """Host-order __s64."""
     return v.to_bytes(8, NATIVE, signed=True)
 
 
 def field(buf: bytes, offset: int, size: int, *, signed: bool = False) -> int:
+    """The host-order integer of ``size`` bytes at ``offset``."""
     return int.from_bytes(buf[offset : offset + size], NATIVE, signed=signed)
 
 
@@ -137,6 +144,7 @@ def request(request_type: int, data: bytes = b"", *, version: int = 3) -> Reques
 
 
 def regions_payload(*regions: int) -> bytes:
+    """A u64[] region list payload."""
     return b"".join(u64(r) for r in regions)
 
 
@@ -181,7 +189,8 @@ def test_request_type_numbers():
 
 def test_constants():
     """The connector id, header size, payload limit and UUID length match the kernel headers."""
-    assert (7, 1, 196, 332, 129, 3) == (
+    expected = (7, 1, 196, 332, 129, 3)
+    assert expected == (
         wire.CN_IDX_DM,
         wire.CN_VAL_DM_USERSPACE_LOG,
         wire.HEADER_SIZE,
@@ -217,10 +226,10 @@ def test_decode_golden_mark_region_hex():
         "03000000" "00000000" "2a000000" "0a000000" "10000000"  # version 3, error 0, seq 42, type 10, 16 bytes
         "0100000000000000" "ffffffffffffffff"  # regions 1 and 2^64-1
     )  # fmt: skip
-    assert 212 == len(golden)
     expected = Request(T.MARK_REGION, 42, 0x1122334455667788, "LVM-test", 3, golden[196:], 42, 42)
     assert expected == wire.decode_request(golden)
-    assert [1, 2**64 - 1] == wire.decode_regions(expected.data, "MARK_REGION")
+    regions = [1, 2**64 - 1]
+    assert regions == wire.decode_regions(expected.data, "MARK_REGION")
 
 
 @little_endian_only
@@ -236,7 +245,6 @@ def test_decode_golden_ctr_hex_with_padding():
         "3220782079"  # "2 x y"
         "000000"  # datagram padding to a multiple of 4
     )  # fmt: skip
-    assert 204 == len(golden)
     expected = Request(T.CTR, 7, 0x0123456789ABCDEF, "u", 2, b"2 x y", 7, 7)
     assert expected == wire.decode_request(golden)
 
@@ -269,7 +277,7 @@ def test_luid_is_read_at_misaligned_offset_36():
     """The luid is the 8 bytes at datagram offset 36 (4- but not 8-aligned) and decodes exactly."""
     luid = 0x0123456789ABCDEF
     dg = datagram(T.RESUME, luid=luid)
-    assert 4 == OFF_LUID % 8
+    assert OFF_LUID % 8 != 0
     assert u64(luid) == dg[OFF_LUID : OFF_LUID + 8]
     assert luid == wire.decode_request(dg).luid
 
@@ -323,7 +331,6 @@ def test_request_error_field_is_ignored():
 # --- Malformed datagrams ----------------------------------------------------------
 
 GOOD = datagram(T.IS_CLEAN, u64(3), seq=SEQ, cn_seq=CN_SEQ, nl_seq=CN_SEQ)
-assert 204 == len(GOOD)
 
 
 def _patch(buf: bytes, offset: int, value: bytes) -> bytes:
@@ -376,7 +383,8 @@ def test_malformed_datagram_raises_wire_error(buf, kind):
     with pytest.raises(WireError) as info:
         wire.decode_request(buf)
     assert isinstance(info.value, ValueError)
-    assert errno.EINVAL == info.value.errno
+    expected = errno.EINVAL
+    assert expected == info.value.errno
 
 
 @pytest.mark.parametrize(("buf", "kind"), MALFORMED)
@@ -392,7 +400,10 @@ def test_malformed_datagram_reply(buf, kind):
     else:
         raw_type = field(buf, OFF_TYPE, 4)
         version = field(buf, OFF_VERSION, 4)
-        expected = reply(raw_type & 0xFF, -errno.EINVAL, seq=SEQ, cn_seq=CN_SEQ, nl_seq=CN_SEQ, uuid=b"", version=version)
+        # The dm header was readable: matched on dm_ulog_request.seq, no uuid needed.
+        expected = reply(
+            raw_type & 0xFF, -errno.EINVAL, seq=SEQ, cn_seq=CN_SEQ, nl_seq=CN_SEQ, uuid=b"", version=version
+        )
         assert expected == actual
 
 
@@ -403,7 +414,8 @@ def test_full_error_reply_fields_for_malformed_datagram():
         wire.decode_request(buf)
     actual = info.value.reply
     assert actual is not None
-    assert (196, 196, 7, 1, 160, SEQ, -errno.EINVAL, 0, LUID) == (
+    expected = (196, 196, 7, 1, 160, SEQ, -errno.EINVAL, 0, LUID)
+    assert expected == (
         len(actual),
         field(actual, OFF_NL_LEN, 4),
         field(actual, OFF_CN_IDX, 4),
@@ -422,7 +434,8 @@ def test_bare_ack_fields_for_malformed_datagram():
         wire.decode_request(_patch(GOOD, OFF_NL_TYPE, u16(2)))
     actual = info.value.reply
     assert actual is not None
-    assert (36, 36, 7, 1, CN_SEQ, errno.EINVAL, 0) == (
+    expected = (36, 36, 7, 1, CN_SEQ, errno.EINVAL, 0)
+    assert expected == (
         len(actual),
         field(actual, OFF_NL_LEN, 4),
         field(actual, OFF_CN_IDX, 4),
@@ -458,7 +471,7 @@ def test_mutated_datagrams_raise_only_wire_error():
             wire.decode_request(bytes(buf))
         except WireError as e:
             if e.reply is not None:
-                assert 0 == len(e.reply) % 4
+                assert len(e.reply) % 4 == 0
                 assert field(e.reply, OFF_NL_LEN, 4) == 36 + field(e.reply, OFF_CN_LEN, 2)
 
 
@@ -550,7 +563,8 @@ def test_reply_lengths_and_padding(size):
 def test_reply_echoes_dm_seq_not_cn_seq():
     """A full reply carries the request's dm_ulog_request.seq, which the kernel matches it on."""
     req = Request(T.IN_SYNC, 0xCAFEBABE, LUID, UUID, 3, u64(1), 0x1, 0x2)
-    assert 0xCAFEBABE == field(wire.encode_reply(req, 0, wire.encode_s64(True)), OFF_SEQ, 4)
+    expected = 0xCAFEBABE
+    assert expected == field(wire.encode_reply(req, 0, wire.encode_s64(True)), OFF_SEQ, 4)
 
 
 def test_reply_after_decode_echoes_request():
@@ -576,7 +590,8 @@ def test_error_reply_esrch_hex():
     actual = wire.error_reply(request(T.MARK_REGION, u64(1)), errno.ESRCH)
     assert bytes.fromhex("fdffffff") == actual[OFF_ERROR : OFF_ERROR + 4]
     assert bytes.fromhex("00000000") == actual[OFF_DATA_SIZE : OFF_DATA_SIZE + 4]
-    assert 196 == len(actual)
+    expected = 196
+    assert expected == len(actual)
 
 
 def test_encode_reply_rejects_positive_error():
@@ -630,7 +645,8 @@ def test_ctr_reply_datagram_from_table_load_request():
     payload = wire.encode_ctr_reply("253:2", wire.decode_ctr(req.data), req.version)
     expected = reply(T.CTR, 0, b"253:2\0")
     assert expected == wire.encode_reply(req, 0, payload)
-    assert 196 + 6 == field(expected, OFF_NL_LEN, 4)
+    nl_len = 196 + 6
+    assert nl_len == field(expected, OFF_NL_LEN, 4)
 
 
 def test_ctr_reply_datagram_from_replay_request():
@@ -740,7 +756,8 @@ def test_decode_set_region_sync_valid(data, expected):
 @little_endian_only
 def test_decode_set_region_sync_hex():
     """Region 9 in sync is 0900000000000000 0100000000000000 on the wire."""
-    assert (9, True) == wire.decode_set_region_sync(bytes.fromhex("0900000000000000" "0100000000000000"))
+    expected = (9, True)
+    assert expected == wire.decode_set_region_sync(bytes.fromhex("0900000000000000" + "0100000000000000"))
 
 
 @pytest.mark.parametrize("size", [0, 8, 15, 17, 24])
@@ -759,7 +776,8 @@ def test_decode_single_region_valid(value):
 @little_endian_only
 def test_decode_single_region_hex():
     """Region 0x0102030405060708 is 0807060504030201 on a little-endian wire."""
-    assert 0x0102030405060708 == wire.decode_single_region(bytes.fromhex("0807060504030201"), "IS_CLEAN")
+    expected = 0x0102030405060708
+    assert expected == wire.decode_single_region(bytes.fromhex("0807060504030201"), "IS_CLEAN")
 
 
 @pytest.mark.parametrize("size", [0, 1, 7, 9, 16])
