@@ -411,7 +411,10 @@ def encode_ctr_reply(device: str, ctr: CtrArgs, version: int) -> bytes:
     """
     if not device or ctr.replay or version < 2:
         return b""
-    raw = device.encode("ascii") + b"\0"
+    try:
+        raw = device.encode("ascii") + b"\0"
+    except UnicodeEncodeError:
+        raise WireError(f"log device name {device!r} is not ASCII") from None
     if len(raw) > 128:
         raise WireError(f"log device name {device!r} does not fit the kernel's 128 bytes")
     return raw

@@ -45,6 +45,8 @@ def _count(bitmap: bytes, start: int, end: int) -> int:
 def cells(state: pb.GetLogStateResponse, ncells: int) -> list[str]:
     """One character per cell, each cell an equal run of regions."""
     total = state.summary.region_count
+    if total == 0:
+        return []
     ncells = max(1, min(ncells, total))
     span = -(-total // ncells)
     recovering = state.recovering_region if state.recovering else -1

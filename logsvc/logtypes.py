@@ -31,7 +31,8 @@ PERSISTENT = frozenset({DISK, NATIVE})
 # region size (LVM caps cmirrord logs at 2^21 regions for the same reason).
 MAX_REGIONS = 1 << 28
 
-_DEVICE = re.compile(r"^(/[^\s\0]+|\d+:\d+)$")
+_DEVICE = re.compile(r"(/[^\s\0]+|[0-9]+:[0-9]+)")
+_DECIMAL = re.compile(r"[0-9]+")
 _OPTIONS = {
     CORE: frozenset({"sync", "nosync", "block_on_error"}),
     DISK: frozenset({"sync", "nosync", "block_on_error"}),
@@ -66,7 +67,7 @@ class LogSpec:
 def _region_size(word: str, target_sectors: int) -> int:
     # NOTE: the mirror computes region numbers with a shift, so only powers of
     # two work; the in-kernel logs also demand >= 2 and <= the target length.
-    if not word.isdigit():
+    if not _DECIMAL.fullmatch(word):
         raise InvalidArgument(f"region size {word!r} is not a plain decimal number of sectors")
     size = int(word)
     if size < 2 or size & (size - 1):
@@ -86,7 +87,7 @@ def parse_log_args(target_sectors: int, log_type: str, args: tuple[str, ...] | l
     rest = list(args)
     device = ""
     if log_type == DISK:
-        if not rest or not _DEVICE.match(rest[0]):
+        if not rest or not _DEVICE.fullmatch(rest[0]):
             raise InvalidArgument("clustered-disk needs a log device (a /path or major:minor) before the region size")
         device = rest.pop(0)
     if not rest:

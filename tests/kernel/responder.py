@@ -148,9 +148,7 @@ def encode_reply(req: Request, error: int, payload: bytes, port_id: int = 0) -> 
     return (
         NLMSGHDR.pack(NLMSGHDR.size + CN_MSG.size + cn_len, NLMSG_DONE, 0, req.nlmsg_seq, port_id)
         + CN_MSG.pack(CN_IDX_DM, CN_VAL_DM_USERSPACE_LOG, req.cn_seq, 0, cn_len, 0)
-        + DM_ULOG_REQUEST.pack(
-            req.luid, req.uuid, req.version, error, req.seq, req.request_type, len(payload)
-        )
+        + DM_ULOG_REQUEST.pack(req.luid, req.uuid, req.version, error, req.seq, req.request_type, len(payload))
         + payload
     )
 

@@ -354,9 +354,7 @@ def _current_kernel_package(kernels: Path) -> str | None:
         saved = json.loads(memo.read_text())
         if saved["lists_mtime"] == lists_mtime:
             return str(saved["package"])
-    proc = subprocess.run(
-        ["apt-cache", "depends", "linux-image-amd64"], capture_output=True, text=True, check=False
-    )
+    proc = subprocess.run(["apt-cache", "depends", "linux-image-amd64"], capture_output=True, text=True, check=False)
     match = re.search(r"Depends:\s*(linux-image-\d\S*)", proc.stdout)
     if match is None:
         return None
@@ -542,9 +540,7 @@ def _module_load_order(kernel: Kernel, roots: Sequence[str]) -> list[tuple[str, 
         target, _, rest = line.partition(":")
         deps[_module_name(target)] = (kernel.modules_dir / target, [_module_name(d) for d in rest.split()])
     builtin_file = kernel.modules_dir / "modules.builtin"
-    builtin = (
-        {_module_name(x) for x in builtin_file.read_text().split()} if builtin_file.exists() else set()
-    )
+    builtin = {_module_name(x) for x in builtin_file.read_text().split()} if builtin_file.exists() else set()
     order: list[tuple[str, Path]] = []
     seen: set[str] = set()
 
@@ -584,12 +580,16 @@ def _host_modprobe() -> str:
     raise KernelVMError("modprobe not found: apt-get install kmod")
 
 
-def _render_init(kernel: Kernel, modules: Sequence[str]) -> str:
+def _guest_modprobe_base(kernel: Kernel) -> str:
+    """``modprobe -d`` argument inside the guest, where ``kernel.root`` is ``/kernel``."""
     rel = kernel.modprobe_base.relative_to(kernel.root)
-    base = "/kernel" if str(rel) == "." else f"/kernel/{rel}"
+    return "/kernel" if str(rel) == "." else f"/kernel/{rel}"
+
+
+def _render_init(kernel: Kernel, modules: Sequence[str]) -> str:
     replacements = {
         "@MODULES@": " ".join(modules),
-        "@MODPROBE_BASE@": base,
+        "@MODPROBE_BASE@": _guest_modprobe_base(kernel),
         "@MODPROBE@": _host_modprobe(),
         "@GUEST_MODULES@": " ".join(GUEST_MODULES),
         "@OPTIONAL_MODULES@": " ".join(OPTIONAL_GUEST_MODULES),
@@ -671,8 +671,9 @@ def run_guest(
         "-initrd", str(initrd),
         "-append", append,
         "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
-        "-virtfs", f"local,path={results_dir},mount_tag=results,security_model=none,multidevs=remap",
-        "-virtfs", f"local,path={kernel.root},mount_tag=kernel,security_model=none,readonly=on,multidevs=remap",
+        "-virtfs", f"local,path={_qemu_opt(results_dir)},mount_tag=results,security_model=none,multidevs=remap",
+        "-virtfs", f"local,path={_qemu_opt(kernel.root)},mount_tag=kernel,security_model=none,readonly=on,"
+                   "multidevs=remap",
         *qemu_extra,
     ]  # fmt: skip
     timed_out = False
@@ -684,6 +685,9 @@ def run_guest(
         except subprocess.TimeoutExpired:
             timed_out = True
             _kill_qemu(proc, pidfile)
+        except BaseException:  # e.g. Ctrl-C in a test run: never leave a VM behind
+            _kill_qemu(proc, pidfile)
+            raise
     wall = time.monotonic() - start
     if timed_out:
         print(f"dmulog-vm: qemu killed after {timeout:.0f} s (results in {results_dir})", file=sys.stderr)
@@ -729,8 +733,7 @@ def _write_wrapper(
         here = Path.cwd()
         cwd = here if _guest_visible(here) else Path("/")
     exports = {
-        "DMULOG_MODPROBE_BASE": "/kernel"
-        + ("" if kernel.modprobe_base == kernel.root else f"/{kernel.modprobe_base.relative_to(kernel.root)}"),
+        "DMULOG_MODPROBE_BASE": _guest_modprobe_base(kernel),
         "DMULOG_KERNEL_VERSION": kernel.version,
         **env,
     }
@@ -744,6 +747,11 @@ def _write_wrapper(
     lines.append(f"exec {run}")
     (results_dir / "run.sh").write_text("\n".join(lines) + "\n")
     return "/results/run.sh"
+
+
+def _qemu_opt(path: Path) -> str:
+    """A path as a qemu option value (commas are doubled there)."""
+    return str(path).replace(",", ",,")
 
 
 def _guest_visible(path: Path) -> bool:

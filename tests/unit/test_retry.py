@@ -69,7 +69,7 @@ async def test_returns_value_after_failures():
     time = FakeTime()
     op = Flaky(3)
     actual = await policy(time, budget=10.0, base=0.5).run(op)
-    assert "ok" == actual  # noqa: SIM300 - expected == actual
+    assert "ok" == actual
     assert (4, [0.5, 0.5, 0.5]) == (op.calls, time.sleeps)
 
 
@@ -107,11 +107,11 @@ async def test_retryable_tuple_is_honoured():
     time = FakeTime()
     op = Flaky(2, error=KeyError)
     await policy(time, retryable=(KeyError,)).run(op)
-    assert 3 == op.calls  # noqa: SIM300 - expected == actual
+    assert 3 == op.calls
     op = Flaky(2, error=ConnectionError)
     with pytest.raises(ConnectionError):
         await policy(time, retryable=(KeyError,)).run(op)
-    assert 1 == op.calls  # noqa: SIM300 - expected == actual
+    assert 1 == op.calls
 
 
 async def test_is_retryable_overrides_the_tuple():
@@ -119,11 +119,11 @@ async def test_is_retryable_overrides_the_tuple():
     time = FakeTime()
     op = Flaky(2, error=ValueError)
     await policy(time).run(op, is_retryable=lambda e: isinstance(e, ValueError))
-    assert 3 == op.calls  # noqa: SIM300 - expected == actual
+    assert 3 == op.calls
     op = Flaky(2, error=ConnectionError)
     with pytest.raises(ConnectionError):
         await policy(time).run(op, is_retryable=lambda e: False)
-    assert 1 == op.calls  # noqa: SIM300 - expected == actual
+    assert 1 == op.calls
 
 
 async def test_does_not_retry_cancelled_error():
@@ -147,13 +147,14 @@ async def test_does_not_retry_cancelled_error_listed_as_retryable():
 
 
 async def test_reraises_last_error_when_budget_runs_out():
-    """When the budget is spent the error of the last attempt is re-raised, after exactly the pauses that fit."""
+    """When the budget is spent the error of the last attempt is re-raised, the last pause cut to the deadline."""
     time = FakeTime()
     op = Flaky(1000)
     with pytest.raises(ConnectionError) as info:
-        await policy(time, budget=1.0, base=0.3).run(op)
-    # Pauses end at +0.3, +0.6, +0.9; a fourth would end at +1.2 >= the deadline.
-    expected = (4, "attempt 4", [0.3, 0.3, 0.3])
+        await policy(time, budget=1.0, base=0.375).run(op)
+    # Pauses end at +0.375 and +0.75; the third is cut to 0.25 so the fourth
+    # attempt runs exactly at the deadline, and its error is the one raised.
+    expected = (4, "attempt 4", [0.375, 0.375, 0.25])
     assert expected == (op.calls, str(info.value), time.sleeps)
 
 
@@ -172,23 +173,33 @@ async def test_slow_attempts_count_against_the_budget():
     time = FakeTime()
     op = Flaky(1000, cost=2.0, time=time)
     with pytest.raises(ConnectionError):
-        await policy(time, budget=5.0, base=0.1).run(op)
-    # Attempts end at +2, +4.1, +6.2: the third is already past the 5 s deadline.
+        await policy(time, budget=5.0, base=0.125).run(op)
+    # Attempts end at +2, +4.125, +6.25: the third is already past the 5 s deadline.
     expected = 3
     assert expected == op.calls
 
 
-@pytest.mark.parametrize("seed_budget", [0.5, 1.0, 3.0, 9.0, 14.9])
-async def test_never_sleeps_past_the_deadline_with_real_jitter(seed_budget):
+@pytest.mark.parametrize("budget", [0.5, 1.0, 3.0, 9.0, 14.9])
+async def test_never_sleeps_past_the_deadline_with_real_jitter(budget):
     """With the real jittered backoff no pause ends at or after start + budget."""
     time = FakeTime()
     start = time.now
     op = Flaky(10_000)
     with pytest.raises(ConnectionError):
-        await RetryPolicy(budget=seed_budget, base=0.05, cap=1.0, sleep=time.sleep, clock=time.clock).run(op)
+        await RetryPolicy(budget=budget, base=0.05, cap=1.0, sleep=time.sleep, clock=time.clock).run(op)
     assert time.sleeps
-    assert all(end < start + seed_budget for end in time.sleep_ends)
-    assert op.calls == len(time.sleeps) + 1
+    assert all(end <= start + budget for end in time.sleep_ends)
+    assert len(time.sleeps) + 1 == op.calls
+
+
+async def test_last_attempt_lands_at_the_deadline():
+    """The final pause ends exactly at start + budget, so the budget is used but never exceeded."""
+    time = FakeTime()
+    op = Flaky(10_000)
+    with pytest.raises(ConnectionError):
+        await RetryPolicy(budget=2.0, sleep=time.sleep, clock=time.clock).run(op)
+    expected = 1002.0
+    assert expected == time.sleep_ends[-1]
 
 
 @pytest.mark.parametrize("attempt", [1, 2, 3, 5, 6, 10, 50])
