@@ -1,10 +1,15 @@
 """The bridge's request loop: datagram in, one gRPC call, datagram out.
 
 Each request runs as its own task, so a slow answer for one mirror never
-holds up another. The bridge keeps no log state; the only thing it remembers
-is which requests are in flight, so that when the kernel re-sends a request
-under a new seq (after its 15 s timeout) the older copy is dropped rather
-than answered: a stale seq matches no waiter, or worse, another one.
+holds up another. The bridge keeps no log state.
+
+Stale requests: the kernel gives up on a request after 15 s and re-sends it
+under a new seq. Identical requests in flight at the same time are *not*
+evidence of that: the kernel's mirror thread and a ``dmsetup status`` ioctl
+routinely send the same GET_SYNC_COUNT concurrently, and each waits for its
+own answer. So the bridge judges staleness by age alone: a reply that is
+ready 15 s or more after its request arrived goes unsent (its waiter is gone
+and its seq would at best match nothing).
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ __all__ = ["Bridge", "BridgeConfig", "StartupError", "run"]
 
 log = logging.getLogger("dmulog.bridge")
 
-Key = tuple[str, int, int, bytes]
+# NOTE: DM_ULOG_RETRY_TIMEOUT in dm-log-userspace-transfer.c (15 * HZ).
+KERNEL_TIMEOUT = 15.0
 
 
 class StartupError(RuntimeError):
@@ -49,11 +55,17 @@ class BridgeConfig:
 class Bridge:
     """Answers kernel requests through a LogsvcClient."""
 
-    def __init__(self, client: LogsvcClient, node: pb.Node, send: Callable[[bytes], Awaitable[None]]):
+    def __init__(
+        self,
+        client: LogsvcClient,
+        node: pb.Node,
+        send: Callable[[bytes], Awaitable[None]],
+        kernel_timeout: float = KERNEL_TIMEOUT,
+    ):
         self._client = client
+        self._kernel_timeout = kernel_timeout
         self._node = node
         self._send = send
-        self._inflight: dict[Key, asyncio.Task[None]] = {}
         self.tasks: set[asyncio.Task[None]] = set()
 
     async def answer(self, req: wire.Request) -> bytes:
@@ -93,12 +105,7 @@ class Bridge:
             if e.reply is not None:
                 self._spawn(self._send(e.reply))
             return
-        key: Key = (req.uuid, req.luid, req.request_type, req.data)
-        older = self._inflight.pop(key, None)
-        if older is not None:
-            older.cancel()
-            event(log, logging.WARNING, "request_superseded", uuid=req.uuid, seq=req.seq, request=req.type_name)
-        self._inflight[key] = self._spawn(self._process(key, req))
+        self._spawn(self._process(req, time.monotonic()))
 
     def _spawn(self, coro: Awaitable[None]) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
@@ -106,22 +113,22 @@ class Bridge:
         task.add_done_callback(self.tasks.discard)
         return task
 
-    async def _process(self, key: Key, req: wire.Request) -> None:
+    async def _reply(self, req: wire.Request, received: float, reply: bytes) -> None:
+        age = time.monotonic() - received
+        if age >= self._kernel_timeout:
+            event(log, logging.WARNING, "reply_stale", age_s=round(age, 3))
+            return
+        await self._send(reply)
+        event(log, logging.DEBUG, "request", ms=round(age * 1000, 3))
+
+    async def _process(self, req: wire.Request, received: float) -> None:
         token = bind(uuid=req.uuid, luid=req.luid, seq=req.seq, request=req.type_name)
-        start = time.perf_counter()
         try:
-            reply = await self.answer(req)
-            if self._inflight.get(key) is asyncio.current_task():
-                del self._inflight[key]
-                await self._send(reply)
-            event(log, logging.DEBUG, "request", ms=round((time.perf_counter() - start) * 1000, 3))
-        except asyncio.CancelledError:
-            pass
+            await self._reply(req, received, await self.answer(req))
         except Exception:
+            # One bad request must not stop the bridge.
             log.exception("request_crashed")
-            if self._inflight.get(key) is asyncio.current_task():
-                del self._inflight[key]
-                await self._send(wire.error_reply(req, errno.EIO))
+            await self._reply(req, received, wire.error_reply(req, errno.EIO))
         finally:
             unbind(token)
 

@@ -46,7 +46,7 @@ class Store:
     def __init__(self, client: aioredis.Redis, *, prefix: str = DEFAULT_PREFIX, retry: RetryPolicy | None = None):
         self._redis = client
         self._prefix = prefix
-        self._retry = retry or RetryPolicy(budget=5.0)
+        self._retry = retry or RetryPolicy(budget=2.5)
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = DEFAULT_PREFIX, retry: RetryPolicy | None = None) -> Store:

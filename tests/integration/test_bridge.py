@@ -29,10 +29,11 @@ _seq = itertools.count(1000)
 class KernelSide:
     """Plays the kernel: sends request datagrams into a Bridge and reads its replies."""
 
-    def __init__(self, target: str, *, budget: float = 9.0, attempt_timeout: float = 3.0):
+    def __init__(self, target: str, *, budget: float = 9.0, attempt_timeout: float = 3.0, kernel_timeout: float = 15.0):
         self.sent: asyncio.Queue[bytes] = asyncio.Queue()
         self.client = LogsvcClient(target, ClientConfig(attempt_timeout=attempt_timeout, budget=budget))
-        self.bridge = Bridge(self.client, pb.Node(name="node-a", boot_id="boot-1"), self._send)
+        node = pb.Node(name="node-a", boot_id="boot-1")
+        self.bridge = Bridge(self.client, node, self._send, kernel_timeout=kernel_timeout)
 
     async def _send(self, datagram: bytes) -> None:
         await self.sent.put(datagram)
@@ -145,11 +146,11 @@ async def test_unreachable_logsvc_critical_requests_get_eagain(uuid: str) -> Non
 
 
 async def test_stale_seq_is_never_answered(redis: RedisProcess, uuid: str) -> None:
-    """When the kernel re-sends a request under a new seq, only the new seq is answered."""
+    """A reply ready only after the kernel's timeout is dropped; the kernel's re-send under a new seq is answered."""
     port = free_port()
-    k = KernelSide(f"127.0.0.1:{port}", budget=8.0, attempt_timeout=0.5)
+    k = KernelSide(f"127.0.0.1:{port}", budget=8.0, attempt_timeout=0.5, kernel_timeout=1.0)
     first = k.send(T.CTR, b"120 clustered-core 16", uuid=uuid)
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(1.2)  # the kernel has given up on `first` and re-sends
     second = k.send(T.CTR, b"120 clustered-core 16", uuid=uuid)
     async with logsvc_server(redis.url, listen=f"127.0.0.1:{port}"):
         reply = await k.reply()
@@ -158,6 +159,15 @@ async def test_stale_seq_is_never_answered(redis: RedisProcess, uuid: str) -> No
             await k.reply(timeout=1.0)
     assert first != second
     await k.client.close()
+
+
+async def test_identical_concurrent_requests_are_each_answered(kernel: KernelSide, uuid: str) -> None:
+    """Two identical requests in flight (kmirrord and a status ioctl) are two waiters: both get a reply."""
+    await kernel.ask(T.CTR, b"120 clustered-core 16", uuid=uuid)
+    seqs = {kernel.send(T.GET_SYNC_COUNT, uuid=uuid) for _ in range(3)}
+    replies = [await kernel.reply() for _ in range(3)]
+    assert seqs == {r.seq for r in replies}
+    assert {0} == {r.error for r in replies}
 
 
 async def test_logsvc_restart_within_the_budget_is_invisible(redis: RedisProcess, uuid: str) -> None:

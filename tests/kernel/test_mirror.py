@@ -1,0 +1,163 @@
+"""The whole stack against the real kernel: dm-mirror with a dmulog log.
+
+One guest boot runs ``dmulog logsvc`` (with its own redis-server) and
+``dmulog bridge`` inside the guest, then creates a mirror with each log type,
+waits for the initial resync, writes, checks status, suspends and resumes,
+reloads the table, writes again, checks that both legs hold the same bytes,
+and removes the mirror. A second boot restarts the bridge under I/O to prove
+the kernel's replayed CTR and RESUME are accepted.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.kernel.vm import GuestRun, run_guest
+
+pytestmark = pytest.mark.kernel
+REPO = Path(__file__).resolve().parents[2]
+ENV = {"DMULOG_VENV": str(Path(sys.executable).parent.parent)}
+TYPES = ("clustered-core", "clustered-disk", "dmulog")
+
+LIFECYCLE = r"""
+. tests/kernel/sh/stack.sh
+start_logsvc
+start_bridge
+make_legs
+for TYPE in clustered-core clustered-disk dmulog; do
+  UUID="dmulog-e2e-$TYPE"
+  if [ $TYPE = clustered-disk ]; then ARGS="4 $UUID clustered-disk $LD $REGION"; else ARGS="3 $UUID $TYPE $REGION"; fi
+  TABLE="0 $SECTORS mirror userspace $ARGS 2 $L0 0 $L1 0"
+  M="m-$TYPE"
+  $T dmsetup create $M --table "$TABLE" || die "create $TYPE"
+  dmsetup mknodes $M
+  wait_sync $M 180
+  note "$TYPE.initial_sync" "$(sync_of $M)"
+  write $M 4k 256 100           # 1 MiB of 4 KiB writes
+  write $M 1M 8 16              # 8 MiB sequential
+  note "$TYPE.status" "$(dmsetup status $M)"
+  note "$TYPE.table" "$(dmsetup table $M)"
+  note "$TYPE.deps" "$(dmsetup deps $M | sed 's/.*: //')"
+  $T dmsetup suspend $M || die "suspend $TYPE"
+  $T dmsetup resume $M || die "resume $TYPE"
+  wait_sync $M 180
+  note "$TYPE.after_resume" "$(dmsetup status $M)"
+  $T dmsetup load $M --table "$TABLE" || die "load $TYPE"
+  $T dmsetup resume $M || die "reload $TYPE"
+  wait_sync $M 180
+  write $M 4k 64 3000
+  note "$TYPE.after_reload" "$(dmsetup status $M)"
+  dmulog status "$UUID" --logsvc "unix:$SOCK" > $R/$TYPE.dmulog-status || die "dmulog status $TYPE"
+  $T dmsetup remove $M || die "remove $TYPE"
+  note "$TYPE.legs_identical" "$(legs_identical)"
+done
+dmulog status --logsvc "unix:$SOCK" > $R/list.txt
+kill $BRIDGE_PID $LOGSVC_PID; wait $BRIDGE_PID $LOGSVC_PID
+note done yes
+"""
+
+
+def outcome(run: GuestRun) -> dict[str, str]:
+    """The key=value lines the guest wrote."""
+    path = run.results_dir / "outcome"
+    lines = path.read_text().splitlines() if path.exists() else []
+    return dict(line.split("=", 1) for line in lines)
+
+
+@pytest.fixture(scope="module")
+def lifecycle(tmp_path_factory: pytest.TempPathFactory) -> GuestRun:
+    """One boot running the lifecycle of a mirror for every log type."""
+    results = tmp_path_factory.mktemp("lifecycle")
+    return run_guest(LIFECYCLE, timeout=900, env=ENV, cwd=REPO, memory="1500M", results_dir=results)
+
+
+def test_guest_script_completes_and_kernel_log_is_clean(lifecycle: GuestRun) -> None:
+    """The scenario finishes, and the kernel never logged Insufficient space, timed out, or any failure."""
+    assert 0 == lifecycle.rc, lifecycle.describe()
+    assert "yes" == outcome(lifecycle).get("done")
+    assert [] == lifecycle.problems
+
+
+@pytest.mark.parametrize("log_type", TYPES)
+def test_mirror_resyncs_and_reports_status(lifecycle: GuestRun, log_type: str) -> None:
+    """dmsetup status shows 64/64 regions in sync and the log's own status text, before and after suspend and reload."""
+    out = outcome(lifecycle)
+    tail = {"clustered-core": "1 clustered-core", "dmulog": "1 dmulog"}.get(
+        log_type, r"3 clustered-disk /dev/loop\d+ A"
+    )
+    pattern = re.compile(rf"0 65536 mirror 2 7:\d+ 7:\d+ 64/64 1 AA {tail}")
+    assert "64/64" == out.get(f"{log_type}.initial_sync"), lifecycle.describe()
+    for key in ("status", "after_resume", "after_reload"):
+        assert pattern.fullmatch(out.get(f"{log_type}.{key}", "")), (key, out.get(f"{log_type}.{key}"))
+
+
+@pytest.mark.parametrize("log_type", TYPES)
+def test_legs_are_identical_after_writes(lifecycle: GuestRun, log_type: str) -> None:
+    """After resync, writes, suspend/resume and reload, both legs hold exactly the same bytes."""
+    assert "yes" == outcome(lifecycle).get(f"{log_type}.legs_identical"), lifecycle.describe()
+
+
+def test_kernel_table_round_trips_the_log_arguments(lifecycle: GuestRun) -> None:
+    """The kernel prints the userspace log table as given, with its argument count."""
+    out = outcome(lifecycle)
+    assert re.fullmatch(r"0 65536 mirror userspace 3 dmulog-e2e-dmulog dmulog 1024 2 7:\d+ 0 7:\d+ 0",
+                        out.get("dmulog.table", "")), out.get("dmulog.table")  # fmt: skip
+
+
+def test_clustered_disk_holds_a_reference_to_its_device(lifecycle: GuestRun) -> None:
+    """The CTR reply's device name makes the kernel take the log device as a dependency (3 devices)."""
+    deps = outcome(lifecycle).get("clustered-disk.deps", "")
+    assert 3 == deps.count("("), deps
+
+
+def test_dmulog_status_draws_the_log(lifecycle: GuestRun) -> None:
+    """`dmulog status UUID` in the guest shows the log in sync with a clean picture."""
+    text = (lifecycle.results_dir / "dmulog.dmulog-status").read_text()
+    assert "in sync 64/64 (100.0%)" in text
+    assert "|" + "." * 64 + "|" in text
+    listing = (lifecycle.results_dir / "list.txt").read_text()
+    assert "dmulog-e2e-dmulog" in listing and "dmulog-e2e-clustered-disk" in listing
+
+
+BRIDGE_RESTART = r"""
+. tests/kernel/sh/stack.sh
+start_logsvc
+start_bridge
+make_legs
+UUID=dmulog-e2e-restart
+TABLE="0 $SECTORS mirror userspace 4 $UUID clustered-disk $LD $REGION 2 $L0 0 $L1 0"
+$T dmsetup create m --table "$TABLE" || die create
+dmsetup mknodes m
+wait_sync m 180
+kill -9 $BRIDGE_PID; wait $BRIDGE_PID 2>/dev/null
+# Writes now reach a kernel with no server: it loops, replaying CTR every 2 s.
+( dd if=/dev/urandom of=/dev/mapper/m bs=4k count=64 seek=50 oflag=direct status=none; echo $? > /tmp/dd.rc ) &
+DD=$!
+sleep 5
+start_bridge
+for _ in $(seq 600); do [ -e /tmp/dd.rc ] && break; sleep 0.1; done
+note dd_rc "$(cat /tmp/dd.rc 2>/dev/null || echo none)"
+wait_sync m 180
+note status "$(dmsetup status m)"
+$T dmsetup remove m || die remove
+note legs_identical "$(legs_identical)"
+kill $BRIDGE_PID $LOGSVC_PID; wait $BRIDGE_PID $LOGSVC_PID
+note done yes
+"""
+
+_EXPECTED_WITHOUT_SERVER = re.compile(r"Userspace log server not found|Unable to send log request")
+
+
+def test_bridge_restart_under_io_is_transparent(tmp_path: Path) -> None:
+    """Killing the bridge under I/O only delays writes: the kernel's replayed CTR (no reply room) and RESUME succeed."""
+    run = run_guest(BRIDGE_RESTART, timeout=600, env=ENV, cwd=REPO, memory="1500M", results_dir=tmp_path)
+    out = outcome(run)
+    assert 0 == run.rc, run.describe()
+    assert ("0", "yes") == (out.get("dd_rc"), out.get("legs_identical")), out
+    assert re.fullmatch(r"0 65536 mirror 2 7:\d+ 7:\d+ 64/64 1 AA 3 clustered-disk /dev/loop\d+ A", out["status"])
+    assert [] == [p for p in run.problems if not _EXPECTED_WITHOUT_SERVER.search(p)]
+    assert any("Userspace log server not found" in line for line in run.dmesg.splitlines())
