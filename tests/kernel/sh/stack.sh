@@ -10,7 +10,7 @@ SECTORS=${SECTORS:-65536}   # 32 MiB legs
 REGION=${REGION:-1024}      # 512 KiB regions
 
 die() { echo "FAILED: $*"; echo "$*" >> $R/failures; dmsetup table 2>&1; exit 1; }
-note() { echo "$1=$2" >> $R/outcome; echo "-- $1=$2"; }
+note() { echo "$1=$2" >> $R/outcome; echo "-- [${SECONDS}s] $1=$2"; }
 
 # wait_log FILE PATTERN SECONDS: wait until PATTERN shows up in FILE.
 wait_log() {
