@@ -84,7 +84,7 @@ def test_guest_script_completes_and_kernel_log_is_clean(lifecycle: GuestRun) -> 
 
 @pytest.mark.parametrize("log_type", TYPES)
 def test_mirror_resyncs_and_reports_status(lifecycle: GuestRun, log_type: str) -> None:
-    """The mirror status shows 64/64 regions in sync and the log's own status text, before and after suspend and reload."""
+    """The mirror status shows 64/64 in sync and the log's status text, also after suspend and reload."""
     out = outcome(lifecycle)
     tail = {"clustered-core": "1 clustered-core", "dmulog": "1 dmulog"}.get(
         log_type, r"3 clustered-disk /dev/loop\d+ A"
