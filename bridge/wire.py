@@ -204,34 +204,39 @@ def decode_request(buf: bytes) -> Request:
     idx, val, cn_seq, _ack, cn_len, _cn_flags = CN_MSG.unpack_from(buf, NLMSGHDR.size)
     if (idx, val) != (CN_IDX_DM, CN_VAL_DM_USERSPACE_LOG):
         raise WireError(f"connector id {idx}:{val} is not dm-log-userspace {CN_IDX_DM}:{CN_VAL_DM_USERSPACE_LOG}")
-    ack_reply = _bare_ack(cn_seq, errno.EINVAL)
+    def bad_ack(message: str) -> WireError:
+        return WireError(message, reply=_bare_ack(cn_seq, errno.EINVAL))
+
     if nl_len > n or nl_len < _CN_END or n != _align4(nl_len):
-        raise WireError(f"nlmsg_len {nl_len} does not match a datagram of {n} bytes", reply=ack_reply)
+        raise bad_ack(f"nlmsg_len {nl_len} does not match a datagram of {n} bytes")
     if nl_type != NLMSG_DONE:
-        raise WireError(f"nlmsg_type {nl_type} is not NLMSG_DONE", reply=ack_reply)
+        raise bad_ack(f"nlmsg_type {nl_type} is not NLMSG_DONE")
     if nl_len != _CN_END + cn_len:
-        raise WireError(f"cn_msg.len {cn_len} disagrees with nlmsg_len {nl_len}", reply=ack_reply)
+        raise bad_ack(f"cn_msg.len {cn_len} disagrees with nlmsg_len {nl_len}")
     if nl_len < HEADER_SIZE:
-        raise WireError(f"cn_msg.len {cn_len} is shorter than struct dm_ulog_request", reply=ack_reply)
+        raise bad_ack(f"cn_msg.len {cn_len} is shorter than struct dm_ulog_request")
     (luid, raw_uuid, version, _error, seq, raw_type, data_size) = DM_ULOG_REQUEST.unpack_from(buf, _CN_END)
     request_type = raw_type & DM_ULOG_REQUEST_MASK
-    partial = Request(request_type, seq, luid, "", version, b"", cn_seq, nl_seq)
-    full_reply = encode_reply(partial, -errno.EINVAL)
+
+    def bad(message: str) -> WireError:
+        partial = Request(request_type, seq, luid, "", version, b"", cn_seq, nl_seq)
+        return WireError(message, reply=encode_reply(partial, -errno.EINVAL))
+
     if cn_len != DM_ULOG_REQUEST.size + data_size:
-        raise WireError(f"data_size {data_size} disagrees with cn_msg.len {cn_len}", reply=full_reply)
+        raise bad(f"data_size {data_size} disagrees with cn_msg.len {cn_len}")
     if data_size > MAX_PAYLOAD:
-        raise WireError(f"data_size {data_size} exceeds the kernel's {MAX_PAYLOAD}-byte limit", reply=full_reply)
+        raise bad(f"data_size {data_size} exceeds the kernel's {MAX_PAYLOAD}-byte limit")
     if not 1 <= version <= DM_ULOG_REQUEST_VERSION:
-        raise WireError(f"unsupported request version {version}", reply=full_reply)
+        raise bad(f"unsupported request version {version}")
     end = raw_uuid.find(b"\0")
     if end <= 0:
-        raise WireError("uuid is empty or not NUL-terminated", reply=full_reply)
+        raise bad("uuid is empty or not NUL-terminated")
     if raw_uuid[end:].strip(b"\0"):
-        raise WireError("uuid has bytes after its NUL terminator", reply=full_reply)
+        raise bad("uuid has bytes after its NUL terminator")
     try:
         uuid = raw_uuid[:end].decode("utf-8")
     except UnicodeDecodeError:
-        raise WireError("uuid is not UTF-8", reply=full_reply) from None
+        raise bad("uuid is not UTF-8") from None
     data = bytes(buf[HEADER_SIZE : HEADER_SIZE + data_size])
     return Request(request_type, seq, luid, uuid, version, data, cn_seq, nl_seq)
 

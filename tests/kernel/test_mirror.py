@@ -26,7 +26,14 @@ TYPES = ("clustered-core", "clustered-disk", "dmulog")
 LIFECYCLE = r"""
 . tests/kernel/sh/stack.sh
 start_logsvc
+# Another userspace log server (here the trivial responder) already listens: refuse.
+python -m tests.kernel.responder --ready-file /tmp/responder.ready > /dev/null 2>&1 &
+RESP=$!
+for _ in $(seq 600); do [ -e /tmp/responder.ready ] && break; sleep 0.1; done
+dmulog bridge --logsvc "unix:$SOCK" > $R/refused-other.txt 2>&1; note refused_other_rc $?
+kill $RESP; wait $RESP
 start_bridge
+dmulog bridge --logsvc "unix:$SOCK" > $R/refused-second.txt 2>&1; note refused_second_rc $?
 make_legs
 for TYPE in clustered-core clustered-disk dmulog; do
   UUID="dmulog-e2e-$TYPE"
@@ -99,6 +106,14 @@ def test_mirror_resyncs_and_reports_status(lifecycle: GuestRun, log_type: str) -
 def test_legs_are_identical_after_writes(lifecycle: GuestRun, log_type: str) -> None:
     """After resync, writes, suspend/resume and reload, both legs hold exactly the same bytes."""
     assert "yes" == outcome(lifecycle).get(f"{log_type}.legs_identical"), lifecycle.describe()
+
+
+def test_a_second_server_is_refused(lifecycle: GuestRun) -> None:
+    """The bridge will not start beside another log server or another bridge: the kernel multicasts to both."""
+    out = outcome(lifecycle)
+    assert ("1", "1") == (out.get("refused_other_rc"), out.get("refused_second_rc")), out
+    assert "another userspace log server" in (lifecycle.results_dir / "refused-other.txt").read_text()
+    assert "another dmulog bridge" in (lifecycle.results_dir / "refused-second.txt").read_text()
 
 
 def test_kernel_table_round_trips_the_log_arguments(lifecycle: GuestRun) -> None:
