@@ -22,7 +22,7 @@ from bridge import wire
 FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "unit" / "fixtures" / "kernel"
 
 
-class dm_ulog_msg(cn_msg):  # noqa: N801 - pyroute2's naming convention for message classes
+class dm_ulog_msg(cn_msg):
     """cn_msg + struct dm_ulog_request, declared the pyroute2 way."""
 
     fields = (
