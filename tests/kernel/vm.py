@@ -117,11 +117,13 @@ mount -t devtmpfs devtmpfs /dev
 for m in @MODULES@; do insmod "/modules/$m.ko" || say "insmod $m failed"; done
 
 SCRIPT=
+SHARES=
 GUEST_TIMEOUT=3600
 for arg in $(cat /proc/cmdline); do
   case "$arg" in
     dmulog.script=*) SCRIPT=${arg#dmulog.script=} ;;
     dmulog.timeout=*) GUEST_TIMEOUT=${arg#dmulog.timeout=} ;;
+    dmulog.shares=*) SHARES=${arg#dmulog.shares=} ;;
   esac
 done
 
@@ -159,6 +161,12 @@ mount -t tmpfs -o mode=1777 tmp "$R/tmp"
 mount -t tmpfs -o mode=0755 run "$R/run"
 mount -t 9p -o @NINEP@ results "$R/results" || { say "cannot mount results"; halt_now; }
 mount -t 9p -o @NINEP@,ro,cache=loose kernel "$R/kernel" || say "cannot mount kernel share"
+# Host directories under the guest's private /tmp or /run (e.g. a checkout in /tmp)
+# come in as extra read-only shares, mounted at their host paths: "tag=path,...".
+for share in $(echo "$SHARES" | tr ',' ' '); do
+  mkdir -p "$R${share#*=}"
+  mount -t 9p -o @NINEP@,ro,cache=loose "${share%%=*}" "$R${share#*=}" || say "cannot mount ${share#*=}"
+done
 mkdir -p "$R/tmp/home"
 ip link set lo up
 say "root ready"
@@ -655,7 +663,16 @@ def run_guest(
 
     wrapper = _write_wrapper(script, results_dir, kernel, env or {}, cwd)
     guest_timeout = max(1, int(max(timeout / 2, timeout - 15)))
+    shares = _private_shares([cwd or Path.cwd(), Path(sys.prefix)])
     append = f"console=ttyS0 panic=-1 quiet dmulog.script={wrapper} dmulog.timeout={guest_timeout}"
+    if shares:
+        append += " dmulog.shares=" + ",".join(f"x{i}={p}" for i, p in enumerate(shares))
+    share_args = [
+        arg
+        for i, p in enumerate(shares)
+        for arg in ("-virtfs", f"local,path={_qemu_opt(p)},mount_tag=x{i},security_model=none,readonly=on,"
+                               "multidevs=remap")
+    ]  # fmt: skip
     pidfile = results_dir / "qemu.pid"
     cmd = [
         qemu,
@@ -678,6 +695,7 @@ def run_guest(
         "-virtfs", f"local,path={_qemu_opt(results_dir)},mount_tag=results,security_model=none,multidevs=remap",
         "-virtfs", f"local,path={_qemu_opt(kernel.root)},mount_tag=kernel,security_model=none,readonly=on,"
                    "multidevs=remap",
+        *share_args,
         *qemu_extra,
     ]  # fmt: skip
     timed_out = False
@@ -734,8 +752,7 @@ def _write_wrapper(
         (results_dir / "script").chmod(0o755 if executable else 0o644)
         guest_script = "/results/script"
     if cwd is None:
-        here = Path.cwd()
-        cwd = here if _guest_visible(here) else Path("/")
+        cwd = Path.cwd()
     exports = {
         "DMULOG_MODPROBE_BASE": _guest_modprobe_base(kernel),
         "DMULOG_KERNEL_VERSION": kernel.version,
@@ -756,6 +773,16 @@ def _write_wrapper(
 def _qemu_opt(path: Path) -> str:
     """A path as a qemu option value (commas are doubled there)."""
     return str(path).replace(",", ",,")
+
+
+def _private_shares(paths: Sequence[Path]) -> list[Path]:
+    """Directories the guest must get as extra shares: those hidden under its own /tmp or /run.
+
+    A checkout (and its virtualenv) may live in /tmp, e.g. a CI clone; the guest mounts
+    its own tmpfs there, so each such directory is shared read-only at the same path.
+    """
+    wanted = sorted({p.resolve() for p in paths if not _guest_visible(p.resolve())})
+    return [p for p in wanted if not any(q in p.parents for q in wanted)]
 
 
 def _guest_visible(path: Path) -> bool:
