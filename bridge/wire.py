@@ -204,6 +204,7 @@ def decode_request(buf: bytes) -> Request:
     idx, val, cn_seq, _ack, cn_len, _cn_flags = CN_MSG.unpack_from(buf, NLMSGHDR.size)
     if (idx, val) != (CN_IDX_DM, CN_VAL_DM_USERSPACE_LOG):
         raise WireError(f"connector id {idx}:{val} is not dm-log-userspace {CN_IDX_DM}:{CN_VAL_DM_USERSPACE_LOG}")
+
     def bad_ack(message: str) -> WireError:
         return WireError(message, reply=_bare_ack(cn_seq, errno.EINVAL))
 

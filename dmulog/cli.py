@@ -132,6 +132,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     logs.configure(args.log_level, args.log_format)
     from bridge.agent import StartupError
     from logsvc.embedded_redis import RedisNotInstalled
+    from logsvc.errors import StoreUnavailable
 
     try:
         return _program(args, out)
@@ -141,6 +142,9 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     except RedisNotInstalled as e:
         err.write(f"dmulog logsvc: {e}\n")
         return ExitStatus.MISSING_DEPENDENCY
+    except StoreUnavailable as e:
+        err.write(f"dmulog {args.command}: {e}\n")
+        return ExitStatus.UNAVAILABLE
     except StartupError as e:
         err.write(f"dmulog bridge: {e}\n")
         return ExitStatus.PERMISSION if "needs CAP" in str(e) else ExitStatus.ERROR

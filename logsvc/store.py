@@ -69,7 +69,12 @@ class Store:
 
     async def load_library(self) -> None:
         """Install or upgrade the Function library; idempotent."""
-        await self._retry.run(lambda: self._redis.function_load(library_code(), replace=True), is_retryable=_retryable)
+        try:
+            await self._retry.run(
+                lambda: self._redis.function_load(library_code(), replace=True), is_retryable=_retryable
+            )
+        except (rexc.ConnectionError, rexc.TimeoutError, ConnectionError, TimeoutError) as e:
+            raise StoreUnavailable(f"redis unreachable: {e}") from e
 
     async def close(self) -> None:
         """Close the connection pool."""

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from dmulog.cli import ExitStatus, main
-from tests.servers import LogHandle
+from tests.servers import LogHandle, free_port
 
 
 def run(*argv: str, env: dict[str, str] | None = None) -> tuple[ExitStatus, str, str]:
@@ -50,6 +50,13 @@ def test_options_come_from_the_environment() -> None:
     code, _, err = run("status", env={"DMULOG_LOGSVC": "unix:/nonexistent/dmulog.sock"})
     assert code == ExitStatus.UNAVAILABLE
     assert "UNAVAILABLE" in err
+
+
+def test_logsvc_with_unreachable_redis_says_so() -> None:
+    """logsvc pointed at a Redis that is not there exits UNAVAILABLE after its retry budget, naming Redis."""
+    code, _, err = run("logsvc", "--listen", "127.0.0.1:0", "--redis", f"redis://127.0.0.1:{free_port()}/0")
+    assert ExitStatus.UNAVAILABLE == code
+    assert "redis unreachable" in err
 
 
 def test_bridge_without_logsvc_is_a_usage_error() -> None:

@@ -1,0 +1,219 @@
+"""``python -m bench``: per-request latency of dmulog against its floors, as ratios.
+
+Everything is measured in one run on one machine, side by side, because
+absolute numbers on a shared 2-core machine mean little. The request stream
+is a trace recorded from the real kernel (bench/record_trace.py): a mixed
+4 KiB random read/write and 1 MiB sequential fio workload.
+
+Rows, per request type:
+
+* ``redis``: the floor. The same Function call logsvc makes for that request,
+  timed around the Redis round trip only (same client library, same
+  durability setting, same sequence of states).
+* ``getbit``: a bare GETBIT round trip, the floor for IN_SYNC.
+* ``codec``: the bridge answering from a null backend: decode, dispatch,
+  encode and a socket hop, no gRPC.
+* ``full``: bridge → gRPC → logsvc (separate process) → Redis.
+
+Then throughput and tail latency of the full stack with 1, 8 and 64 mirrors
+replaying the trace at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from bench.replay import NullClient, Recorder, Replayer, UnixKernelSocket, load_trace, rewrite, socket_pair
+from bridge import wire
+from bridge.agent import Bridge
+from bridge.client import ClientConfig, LogsvcClient
+from bridge.dispatch import ROUTES
+from dmulog.v1 import dmulog_pb2 as pb
+from logsvc.keys import log_keys
+from logsvc.service import DirtyLogService
+from logsvc.store import Store
+from tests.servers import RedisProcess
+
+NODE = pb.Node(name="bench", boot_id="bench-boot")
+
+
+def pct(values: Sequence[float], q: float) -> float:
+    """The q-quantile (0..1) of ``values``, nearest rank."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+class TimedStore(Store):
+    """A Store that records how long each Function call took."""
+
+    def __init__(self, *args: object, **kw: object):
+        super().__init__(*args, **kw)  # type: ignore[arg-type]
+        self.last = 0.0
+
+    async def call(self, op: str, uuid: str, args: Sequence[str | int | bytes], *, readonly: bool = False) -> object:
+        """Time the inherited call."""
+        t0 = time.perf_counter()
+        try:
+            return await super().call(op, uuid, args, readonly=readonly)
+        finally:
+            self.last = time.perf_counter() - t0
+
+
+async def redis_floor(url: str, trace: list[bytes], rec: Recorder, getbit: Recorder) -> None:
+    """The logsvc Function calls of the trace, made in-process and timed at the Redis round trip."""
+    store = TimedStore.from_url(url)
+    await store.load_library()
+    service = DirtyLogService(store)  # type: ignore[arg-type]
+    uuid, luid = f"floor-{time.monotonic_ns()}", 0xFFFF888000FF0000
+    for i, raw in enumerate(trace):
+        req = wire.decode_request(rewrite(raw, uuid=uuid, luid=luid, seq=i + 1))
+        route = ROUTES[req.request_type]
+        message = route.build(req, pb.LogRef(uuid=uuid, luid=luid), NODE)
+        await getattr(service, route.rpc)(message, None)
+        name = wire.RequestType(req.request_type).name
+        rec.add(name, store.last, 0)
+        if req.request_type == wire.RequestType.IN_SYNC:
+            t0 = time.perf_counter()
+            await store.redis.getbit(log_keys(uuid).sync, wire.decode_single_region(req.data, "IN_SYNC"))
+            getbit.add(name, time.perf_counter() - t0, 0)
+    await store.close()
+
+
+async def through_bridge(client: object, trace: list[bytes], mirrors: int, rec: Recorder) -> float:
+    """Replay the trace through a real Bridge over a socket pair; returns wall seconds."""
+    kernel_end, bridge_end = socket_pair()
+    sock = UnixKernelSocket(bridge_end)
+    bridge = Bridge(client, NODE, sock.send)  # type: ignore[arg-type]
+    stop = asyncio.Event()
+    serving = asyncio.ensure_future(bridge.serve(sock, stop))  # type: ignore[arg-type]
+    try:
+        return await Replayer(kernel_end).run(trace, mirrors, rec)
+    finally:
+        stop.set()
+        await serving
+        kernel_end.close()
+        sock.close()
+
+
+def start_logsvc(redis_url: str, workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """A logsvc process on a Unix socket."""
+    sock = workdir / f"logsvc-{time.monotonic_ns()}.sock"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dmulog", "--log-level", "warning", "logsvc", "--listen", f"unix:{sock}",
+         "--redis", redis_url],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    for _ in range(300):
+        if sock.exists():
+            return proc, f"unix:{sock}"
+        time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("logsvc did not start")
+
+
+async def full_stack(target: str, trace: list[bytes], mirrors: int, rec: Recorder) -> float:
+    """The trace through bridge → logsvc → Redis."""
+    client = LogsvcClient(target, ClientConfig(attempt_timeout=10.0, budget=20.0))
+    try:
+        return await through_bridge(client, trace, mirrors, rec)
+    finally:
+        await client.close()
+
+
+def row(name: str, n: int, cols: list[tuple[float, float, float]], ratio: float | None) -> str:
+    """One line of the latency table (µs)."""
+    cells = "".join(f" {p50 * 1e6:>8.0f} {p99 * 1e6:>8.0f} {p999 * 1e6:>8.0f} |" for p50, p99, p999 in cols)
+    r = f"{ratio:>6.2f}" if ratio is not None else "     -"
+    return f"{name:<22} {n:>6} |{cells} {r}"
+
+
+def stats(values: list[float]) -> tuple[float, float, float]:
+    """p50, p99, p99.9."""
+    return (statistics.median(values), pct(values, 0.99), pct(values, 0.999)) if values else (0.0, 0.0, 0.0)
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    """Run every measurement and print the tables."""
+    trace = load_trace(args.trace)[: args.requests]
+    workdir = Path(tempfile.mkdtemp(prefix="dmulog-bench-", dir=args.workdir))
+    print(f"dmulog bench  {time.strftime('%Y-%m-%d %H:%M')}  {platform.node()}  {os.cpu_count()} cpus  "
+          f"python {platform.python_version()}  trace {args.trace} ({len(trace)} requests per mirror)")  # fmt: skip
+    results: dict[str, dict[str, Recorder]] = {}
+    throughput: list[tuple[str, int, float, Recorder]] = []
+    for policy in ("always", "everysec"):
+        r = RedisProcess(workdir / f"redis-{policy}").start()
+        if policy != "always":
+            subprocess.run(["redis-cli", "-p", str(r.port), "CONFIG", "SET", "appendfsync", policy],
+                           check=True, capture_output=True)  # fmt: skip
+        logsvc, target = start_logsvc(r.url, workdir)
+        try:
+            floor, getbit, codec, full = Recorder(), Recorder(), Recorder(), Recorder()
+            await redis_floor(r.url, trace, floor, getbit)
+            await through_bridge(NullClient(), trace, 1, codec)
+            await full_stack(target, trace, 1, full)
+            results[policy] = {"redis": floor, "getbit": getbit, "codec": codec, "full": full}
+            if policy == "always":
+                for mirrors in args.mirrors:
+                    rec = Recorder()
+                    wall = await full_stack(target, trace, mirrors, rec)
+                    throughput.append((policy, mirrors, wall, rec))
+        finally:
+            logsvc.terminate()
+            logsvc.wait(10)
+            r.kill()
+    shutil.rmtree(workdir, ignore_errors=True)
+
+    for policy, recs in results.items():
+        print(
+            f"\nlatency per request, appendfsync {policy} (µs; ratio = full p50 / floor p50; "
+            "IN_SYNC's floor is a bare GETBIT)"
+        )
+        head = "".join(f" {c + ' p50':>8} {'p99':>8} {'p99.9':>8} |" for c in ("redis", "codec", "full"))
+        print(f"{'request':<22} {'n':>6} |{head}  ratio")
+        for name in sorted(recs["full"].samples, key=lambda n: -len(recs["full"].samples[n])):
+            f, c, fl = recs["redis"].samples[name], recs["codec"].samples[name], recs["full"].samples[name]
+            floor = recs["getbit"].samples[name] if name == "IN_SYNC" else f
+            ratio = statistics.median(fl) / statistics.median(floor) if floor else None
+            print(row(name, len(fl), [stats(f), stats(c), stats(fl)], ratio))
+        if recs["getbit"].samples:
+            gb = recs["getbit"].samples["IN_SYNC"]
+            print(row("(GETBIT floor)", len(gb), [stats(gb), (0, 0, 0), (0, 0, 0)], None))
+        errors = sum(r.errors for r in recs.values())
+        print(f"errors: {errors}")
+
+    print("\nthroughput, full stack, appendfsync always")
+    print(f"{'mirrors':>8} {'requests':>9} {'req/s':>8} {'scaling':>8} {'p50 µs':>8} {'p99 µs':>8} {'p99/p50':>8}")
+    base = None
+    for _, mirrors, wall, rec in throughput:
+        values = [v for s in rec.samples.values() for v in s]
+        rate = rec.requests / wall
+        base = base or rate
+        p50, p99, _ = stats(values)
+        print(f"{mirrors:>8} {rec.requests:>9} {rate:>8.0f} {rate / base:>8.2f} {p50 * 1e6:>8.0f} {p99 * 1e6:>8.0f} "
+              f"{p99 / p50:>8.2f}")  # fmt: skip
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse options and run."""
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--trace", default="mixed", help="trace name in bench/traces (default: mixed)")
+    parser.add_argument("--requests", type=int, default=1500, help="requests per mirror (prefix of the trace)")
+    parser.add_argument("--mirrors", type=int, nargs="+", default=[1, 8, 64], help="concurrency levels")
+    parser.add_argument("--workdir", default=None, help="where Redis keeps its AOF (default: a temp dir)")
+    return asyncio.run(main_async(parser.parse_args(argv)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
