@@ -67,7 +67,8 @@ class NullClient:
     floor of any bridge design.
     """
 
-    _responses: dict[str, Any] = {}
+    def __init__(self) -> None:
+        self._responses: dict[str, Any] = {}
 
     async def call(self, rpc: str, request: Any, *, critical: bool) -> Any:
         """An empty response of the RPC's type."""

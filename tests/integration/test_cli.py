@@ -53,7 +53,7 @@ def test_options_come_from_the_environment() -> None:
 
 
 def test_logsvc_with_unreachable_redis_says_so() -> None:
-    """logsvc pointed at a Redis that is not there exits UNAVAILABLE after its retry budget, naming Redis."""
+    """A logsvc pointed at a Redis that is not there exits UNAVAILABLE after its retry budget, naming Redis."""
     code, _, err = run("logsvc", "--listen", "127.0.0.1:0", "--redis", f"redis://127.0.0.1:{free_port()}/0")
     assert ExitStatus.UNAVAILABLE == code
     assert "redis unreachable" in err
