@@ -44,8 +44,8 @@ for TYPE in clustered-core clustered-disk dmulog; do
   dmsetup mknodes $M
   wait_sync $M 180
   note "$TYPE.initial_sync" "$(sync_of $M)"
-  write $M 4k 256 100           # 1 MiB of 4 KiB writes
-  write $M 1M 8 16              # 8 MiB sequential
+  write $M 4k 64 100            # 256 KiB of 4 KiB writes
+  write $M 1M 4 16              # 4 MiB sequential
   note "$TYPE.status" "$(dmsetup status $M)"
   note "$TYPE.table" "$(dmsetup table $M)"
   note "$TYPE.deps" "$(dmsetup deps $M | sed 's/.*: //')"
@@ -56,7 +56,7 @@ for TYPE in clustered-core clustered-disk dmulog; do
   $T dmsetup load $M --table "$TABLE" || die "load $TYPE"
   $T dmsetup resume $M || die "reload $TYPE"
   wait_sync $M 180
-  write $M 4k 64 3000
+  write $M 4k 32 3000
   note "$TYPE.after_reload" "$(dmsetup status $M)"
   dmulog status "$UUID" --logsvc "unix:$SOCK" > $R/$TYPE.dmulog-status || die "dmulog status $TYPE"
   $T dmsetup remove $M || die "remove $TYPE"

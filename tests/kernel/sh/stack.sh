@@ -4,7 +4,7 @@
 set -u -o pipefail
 export PATH="$DMULOG_VENV/bin:$PATH"
 R=/results
-T="timeout 120"
+T="timeout 300"
 SOCK=/tmp/logsvc.sock
 SECTORS=${SECTORS:-65536}   # 32 MiB legs
 REGION=${REGION:-1024}      # 512 KiB regions
