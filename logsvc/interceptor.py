@@ -37,6 +37,9 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
 
     def __init__(self, slow_ms: float = 100.0):
         self._slow_ms = slow_ms
+        # One wrapped handler per method, built on its first call: building it
+        # per request would cost every request an allocation of closures.
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(
         self,
@@ -44,11 +47,15 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         """Wrap the unary handler of ``details``; other handlers pass through."""
+        full_name: str = details.method  # type: ignore[attr-defined]
+        wrapped = self._wrapped.get(full_name)
+        if wrapped is not None:
+            return wrapped
         handler = await continuation(details)
         if handler is None or handler.unary_unary is None:
             return handler
         inner = handler.unary_unary
-        method = details.method.rsplit("/", 1)[-1]  # type: ignore[attr-defined]
+        method = full_name.rsplit("/", 1)[-1]
         slow_ms = self._slow_ms
 
         async def behavior(request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -71,8 +78,10 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
                 unbind(token)
             await context.abort(code, detail)
 
-        return grpc.unary_unary_rpc_method_handler(
+        wrapped = grpc.unary_unary_rpc_method_handler(
             behavior,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+        self._wrapped[full_name] = wrapped
+        return wrapped
