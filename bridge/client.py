@@ -89,7 +89,12 @@ class LogsvcClient:
                 raise
 
         try:
-            return await self._retry.run(attempt)
+            # Fast path: one attempt with no retry machinery; the policy only
+            # comes in once logsvc has failed to answer.
+            try:
+                return await attempt()
+            except _Retryable:
+                return await self._retry.run(attempt)
         except _Retryable as e:
             code = errno.EAGAIN if critical else UNREACHABLE_ERRNO
             event(log, logging.WARNING, "logsvc_unreachable", target=self.target, rpc=rpc,
