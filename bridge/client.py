@@ -9,7 +9,9 @@ logs "Request timed out" on our account.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
+import time
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -91,10 +93,12 @@ class LogsvcClient:
         try:
             # Fast path: one attempt with no retry machinery; the policy only
             # comes in once logsvc has failed to answer.
+            start = time.monotonic()
             try:
                 return await attempt()
             except _Retryable:
-                return await self._retry.run(attempt)
+                left = max(0.0, self._config.budget - (time.monotonic() - start))
+                return await dataclasses.replace(self._retry, budget=left).run(attempt)
         except _Retryable as e:
             code = errno.EAGAIN if critical else UNREACHABLE_ERRNO
             event(log, logging.WARNING, "logsvc_unreachable", target=self.target, rpc=rpc,
