@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import time
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
