@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 BUF := .cache/buf/node_modules/.bin/buf
 PYTEST_ARGS ?=
 
-.PHONY: all deps proto check-proto lint unit integration kernel test demo bench clean
+.PHONY: all deps proto check-proto lint unit integration kernel test demo bench bench-codec clean
 
 all: test
 
@@ -41,6 +41,14 @@ test: deps check-proto lint
 ## Boot a real kernel, build a mirror on the full stack, write, show `dmulog status`.
 demo: deps
 	$(PY) -m tests.kernel.demo
+
+## Per-request latency against its floors, and throughput with 1, 8, 64 mirrors (ratios).
+bench: deps
+	$(PY) -m bench
+
+## The netlink codec against pyroute2's connector marshal.
+bench-codec: deps
+	$(PY) -m bench.netlink_codec
 
 clean:
 	rm -rf .pytest_cache .ruff_cache build *.egg-info
