@@ -23,6 +23,7 @@ check-proto: proto
 
 lint: deps
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 	@if [ -x $(BUF) ]; then $(BUF) lint && echo "buf lint: ok"; else echo "buf not installed; skipping buf lint"; fi
 
 unit: deps

@@ -47,7 +47,7 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         """Wrap the unary handler of ``details``; other handlers pass through."""
-        full_name: str = details.method  # type: ignore[attr-defined]
+        full_name: str = details.method
         wrapped = self._wrapped.get(full_name)
         if wrapped is not None:
             return wrapped

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any, TypeAlias
 
 import grpc
 
@@ -22,7 +23,7 @@ from logsvc.store import Store
 
 __all__ = ["DirtyLogService"]
 
-Ctx = grpc.aio.ServicerContext
+Ctx: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
 
 class DirtyLogService(pb_grpc.DirtyLogServicer):
@@ -31,12 +32,12 @@ class DirtyLogService(pb_grpc.DirtyLogServicer):
     def __init__(self, store: Store):
         self._store = store
 
-    async def _op(self, op: str, request: pb.LogRef | object, *extra: str | int, readonly: bool = False) -> object:
-        args = validate.caller(request)  # type: ignore[arg-type]
-        return await self._store.call(op, request.log.uuid, [*args, *extra], readonly=readonly)  # type: ignore[attr-defined]
+    async def _op(self, op: str, request: Any, *extra: str | int, readonly: bool = False) -> Any:
+        args = validate.caller(request)
+        return await self._store.call(op, request.log.uuid, [*args, *extra], readonly=readonly)
 
     async def _spec(self, request: pb.StatusInfoRequest | pb.StatusTableRequest) -> LogSpec:
-        inst = json.loads(await self._op("describe", request, readonly=True))  # type: ignore[arg-type]
+        inst = json.loads(await self._op("describe", request, readonly=True))
         log_type, *args = inst["args"].split(" ")
         return parse_log_args(int(inst["ts"]), log_type, args)
 
@@ -66,7 +67,7 @@ class DirtyLogService(pb_grpc.DirtyLogServicer):
         return pb.ResumeResponse()
 
     async def GetRegionSize(self, request: pb.GetRegionSizeRequest, context: Ctx) -> pb.GetRegionSizeResponse:
-        return pb.GetRegionSizeResponse(region_size=int(await self._op("get_region_size", request, readonly=True)))  # type: ignore[call-overload]
+        return pb.GetRegionSizeResponse(region_size=int(await self._op("get_region_size", request, readonly=True)))
 
     async def IsClean(self, request: pb.IsCleanRequest, context: Ctx) -> pb.IsCleanResponse:
         return pb.IsCleanResponse(clean=await self._op("is_clean", request, request.region, readonly=True) == 1)
@@ -87,7 +88,7 @@ class DirtyLogService(pb_grpc.DirtyLogServicer):
         return pb.ClearRegionResponse()
 
     async def GetResyncWork(self, request: pb.GetResyncWorkRequest, context: Ctx) -> pb.GetResyncWorkResponse:
-        has_work, region = await self._op("get_resync_work", request)  # type: ignore[misc]
+        has_work, region = await self._op("get_resync_work", request)
         return pb.GetResyncWorkResponse(has_work=has_work == 1, region=region)
 
     async def SetRegionSync(self, request: pb.SetRegionSyncRequest, context: Ctx) -> pb.SetRegionSyncResponse:
@@ -95,7 +96,7 @@ class DirtyLogService(pb_grpc.DirtyLogServicer):
         return pb.SetRegionSyncResponse()
 
     async def GetSyncCount(self, request: pb.GetSyncCountRequest, context: Ctx) -> pb.GetSyncCountResponse:
-        return pb.GetSyncCountResponse(sync_count=int(await self._op("get_sync_count", request, readonly=True)))  # type: ignore[call-overload]
+        return pb.GetSyncCountResponse(sync_count=int(await self._op("get_sync_count", request, readonly=True)))
 
     async def StatusInfo(self, request: pb.StatusInfoRequest, context: Ctx) -> pb.StatusInfoResponse:
         return pb.StatusInfoResponse(text=status_info(await self._spec(request)))
@@ -106,7 +107,7 @@ class DirtyLogService(pb_grpc.DirtyLogServicer):
     async def IsRemoteRecovering(
         self, request: pb.IsRemoteRecoveringRequest, context: Ctx
     ) -> pb.IsRemoteRecoveringResponse:
-        recovering, hint = await self._op("is_remote_recovering", request, request.region)  # type: ignore[misc]
+        recovering, hint = await self._op("is_remote_recovering", request, request.region)
         return pb.IsRemoteRecoveringResponse(is_recovering=recovering == 1, in_sync_hint=hint)
 
     async def ListLogs(self, request: pb.ListLogsRequest, context: Ctx) -> pb.ListLogsResponse:
