@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 BUF := .cache/buf/node_modules/.bin/buf
 PYTEST_ARGS ?=
 
-.PHONY: all deps proto check-proto lint unit integration kernel test demo bench bench-codec clean
+.PHONY: all deps proto check-proto lint unit integration kernel test demo bench bench-codec crash clean
 
 all: test
 
@@ -36,8 +36,13 @@ kernel: deps
 	$(PY) -m pytest tests/kernel -m kernel $(PYTEST_ARGS)
 
 ## Everything: lint, proto freshness, unit, integration and real-kernel tests.
+## (The crash-safety suite, tests/kernel/crash, runs with `make crash`.)
 test: deps check-proto lint
-	$(PY) -m pytest tests $(PYTEST_ARGS)
+	$(PY) -m pytest tests --ignore=tests/kernel/crash $(PYTEST_ARGS)
+
+## Crash safety on the real kernel: node crashes and faults, with the data-loss checker.
+crash: deps
+	$(PY) -m pytest tests/kernel/crash $(PYTEST_ARGS)
 
 ## Boot a real kernel, build a mirror on the full stack, write, show `dmulog status`.
 demo: deps
