@@ -174,5 +174,10 @@ def test_bridge_restart_under_io_is_transparent(tmp_path: Path) -> None:
     assert 0 == run.rc, run.describe()
     assert ("0", "yes") == (out.get("dd_rc"), out.get("legs_identical")), out
     assert re.fullmatch(r"0 65536 mirror 2 7:\d+ 7:\d+ 64/64 1 AA 3 clustered-disk /dev/loop\d+ A", out["status"])
-    assert [] == [p for p in run.problems if not _EXPECTED_WITHOUT_SERVER.search(p)]
+    # A request the killed bridge had read but not answered is lost with it; the
+    # kernel re-sends it after its 15 s timeout. That one line is the kill's
+    # doing; any other unexpected line is a failure.
+    unexpected = [p for p in run.problems if not _EXPECTED_WITHOUT_SERVER.search(p)]
+    assert len([p for p in unexpected if "Request timed out" in p]) <= 1, unexpected
+    assert [] == [p for p in unexpected if "Request timed out" not in p]
     assert any("Userspace log server not found" in line for line in run.dmesg.splitlines())

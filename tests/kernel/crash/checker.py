@@ -527,13 +527,17 @@ def run_writer(
     max_blocks: int = 16,
     duration: float | None = None,
     count: int | None = None,
+    sequential: float = 0.5,
 ) -> int:
-    """Write random data at random block-aligned offsets with ``O_DIRECT``, recording each write.
+    """Write random data at block-aligned offsets with ``O_DIRECT``, recording each write.
 
     Runs ``threads`` writers until ``duration`` seconds passed or ``count`` writes were
     started (forever if neither is given: the node is expected to die). A write covers
     1 to ``max_blocks`` blocks of ``span`` bytes of ``device``; no two writes in flight
-    overlap. Returns the number of completed writes; a failed pwrite stops its thread.
+    overlap. With probability ``sequential`` a thread continues where its last write
+    ended (a stream, often in the same region: what the kernel decided about a region
+    shows in the next write), else it picks a random offset. Returns the number of
+    completed writes; a failed pwrite stops its thread.
     """
     rng = random.Random(seed)
     rec = _Record(record)
@@ -547,16 +551,18 @@ def run_writer(
     deadline = None if duration is None else time.monotonic() + duration
     fd = os.open(device, os.O_WRONLY | os.O_DIRECT)
 
-    def pick() -> tuple[int, int, int] | None:
+    def pick(after: int | None) -> tuple[int, int, int] | None:
         with lock:
             if stop.is_set() or (count is not None and next_id[0] >= count):
                 return None
             if deadline is not None and time.monotonic() >= deadline:
                 return None
+            go_on = after is not None and rng.random() < sequential
             for _ in range(100):
                 n = rng.randint(1, max_blocks)
-                first = rng.randrange(0, nblocks - n + 1)
-                if busy.isdisjoint(range(first, first + n)):
+                first = after if go_on and after is not None else rng.randrange(0, nblocks - n + 1)
+                go_on = False
+                if first + n <= nblocks and busy.isdisjoint(range(first, first + n)):
                     busy.update(range(first, first + n))
                     wid = next_id[0]
                     next_id[0] += 1
@@ -567,9 +573,11 @@ def run_writer(
     def worker() -> None:
         buf = mmap.mmap(-1, max_blocks * block)  # page-aligned, as O_DIRECT needs
         view = memoryview(buf)
+        after = None
         try:
-            while (job := pick()) is not None:
+            while (job := pick(after)) is not None:
                 wid, first, n = job
+                after = first + n
                 length = n * block
                 view[:length] = payload(seed, wid, length)
                 try:

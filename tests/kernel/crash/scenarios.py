@@ -201,6 +201,8 @@ class RoundResult:
         return "\n".join(lines)
 
 
+#: Library functions whose own arguments are all region numbers.
+_REGION_CALLS = frozenset({"in_sync", "is_clean", "mark_region", "clear_region", "flush", "is_remote_recovering"})
 _QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')
 
 
@@ -226,10 +228,12 @@ def region_trace(trace: Path, uuid: str, region: int, limit: int = 16) -> list[s
         except (IndexError, ValueError):
             continue
         gap, last = (when - last if last is not None else 0.0), when
+        name = words[1].removeprefix("dmulog_v1_")
         args = words[3 + nkeys + 3 :]  # after the keys: node, boot id, luid, then the request's own
-        if want in args:
+        regions = args[:1] if name == "set_region_sync" else args if name in _REGION_CALLS else []
+        if want in regions:
             quiet = f"   <- first call after {gap:.1f} s without any" if gap > 1 else ""
-            found.append(f"{when:.3f} {words[1].removeprefix('dmulog_v1_')} {' '.join(args)}{quiet}")
+            found.append(f"{when:.3f} {name} {' '.join(args)}{quiet}")
     return found[-limit:]
 
 

@@ -9,7 +9,7 @@
 #   PHASE        crash: create, sync, write until the host kills the node
 #                recover: create the same table again, resync, remove
 #   UUID LOG_TYPE REGION SECTORS INTEGRATED   the mirror table
-#   SEED THREADS SPAN                          the writer
+#   SEED THREADS SPAN MAX_BLOCKS               the writer
 #   BRIDGE_KILLS KILL_SEED                     crash phase: kill -9 and restart the bridge this often
 set -u -o pipefail
 export PATH="$DMULOG_VENV/bin:$PATH"
