@@ -321,7 +321,17 @@ def _bare_ack(cn_seq: int, code: int) -> bytes:
 
 
 def error_reply(request: Request, code: int) -> bytes:
-    """Full reply carrying ``-code`` and no payload."""
+    """Reply carrying ``-code`` and no payload.
+
+    NOTE: -EAGAIN goes as a bare ACK (matched on cn_msg.seq, which the kernel
+    sets equal to the request seq). The kernel's fill_pkg keeps the caller's
+    reply room only for a bare-ACK EAGAIN; a full reply with data_size 0 sets
+    that room to 0, the re-sent request's answer is then refused with -ENOSPC
+    ("Insufficient space to receive package"), and an IN_SYNC reads as "not
+    in sync": the write goes to the primary leg only.
+    """
+    if abs(code) == errno.EAGAIN:
+        return _bare_ack(request.cn_seq, errno.EAGAIN)
     return encode_reply(request, -abs(code))
 
 

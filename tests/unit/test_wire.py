@@ -576,12 +576,20 @@ def test_reply_after_decode_echoes_request():
 
 @pytest.mark.parametrize(
     ("code", "error"),
-    [(errno.EINVAL, -errno.EINVAL), (errno.ESRCH, -3), (errno.EAGAIN, -11), (-errno.EIO, -errno.EIO)],
+    [(errno.EINVAL, -errno.EINVAL), (errno.ESRCH, -3), (-errno.EIO, -errno.EIO)],
 )
 def test_error_reply(code, error):
     """error_reply carries the negative errno, no payload (data_size 0) and the echoed seq."""
     req = request(T.FLUSH, regions_payload(1, 2, 3))
     assert reply(T.FLUSH, error) == wire.error_reply(req, code)
+
+
+def test_eagain_is_a_bare_ack_so_the_kernel_keeps_its_reply_room():
+    """-EAGAIN goes as a bare ACK (cn_msg.len 0, ack 11, cn seq echoed): a full reply would zero the reply room."""
+    req = wire.decode_request(datagram(T.IN_SYNC, u64(3), seq=0x55, cn_seq=0x55, nl_seq=0x55))
+    raw = wire.error_reply(req, errno.EAGAIN)
+    parsed = wire.decode_reply(raw)
+    assert (True, -errno.EAGAIN, 0x55, 36) == (parsed.bare_ack, parsed.error, parsed.seq, len(raw))
 
 
 @little_endian_only
