@@ -10,6 +10,12 @@ routinely send the same GET_SYNC_COUNT concurrently, and each waits for its
 own answer. So the bridge judges staleness by age alone: a reply that is
 ready 15 s or more after its request arrived goes unsent (its waiter is gone
 and its seq would at best match nothing).
+
+Restarts: every request is journalled before it leaves the socket queue
+(bridge/journal.py), and a starting bridge first answers what the previous
+one left unanswered. On SIGTERM the bridge leaves the connector group (the
+kernel then queues nothing more here and goes into its reconnect loop),
+answers what is already queued and in flight, and exits.
 """
 
 from __future__ import annotations
@@ -18,18 +24,29 @@ import asyncio
 import errno
 import logging
 import signal
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from bridge import host, wire
 from bridge.client import CallFailed, ClientConfig, LogsvcClient
 from bridge.dispatch import ROUTES
-from bridge.netlink import KernelSocket, open_kernel_socket
+from bridge.journal import Journal
+from bridge.netlink import KernelSocket, inherited_kernel_socket, open_kernel_socket
 from dmulog.logs import bind, event, unbind
 from dmulog.v1 import dmulog_pb2 as pb
 
-__all__ = ["Bridge", "BridgeConfig", "StartupError", "run"]
+__all__ = [
+    "Bridge",
+    "BridgeConfig",
+    "StartupError",
+    "check_capabilities",
+    "claim_kernel_socket",
+    "refuse_other_listeners",
+    "run",
+]
 
 log = logging.getLogger("dmulog.bridge")
 
@@ -50,6 +67,7 @@ class BridgeConfig:
     attempt_timeout: float = 3.0
     budget: float = 9.0
     grace: float = 5.0
+    journal_dir: Path | None = Path("/run/dmulog/inflight")
 
 
 class Bridge:
@@ -61,12 +79,18 @@ class Bridge:
         node: pb.Node,
         send: Callable[[bytes], Awaitable[None]],
         kernel_timeout: float = KERNEL_TIMEOUT,
+        journal: Journal | None = None,
     ):
         self._client = client
         self._kernel_timeout = kernel_timeout
         self._node = node
         self._send = send
+        self.journal = journal or Journal(None)
         self.tasks: set[asyncio.Task[None]] = set()
+        # Datagrams answered from the journal, with when they stop mattering: the
+        # same bytes may still wait in an inherited socket's queue (the previous
+        # bridge died between journalling and consuming them).
+        self._replayed: dict[bytes, float] = {}
 
     async def answer(self, req: wire.Request) -> bytes:
         """The reply datagram for a decoded request. Never raises for bad input."""
@@ -90,12 +114,17 @@ class Bridge:
             event(log, logging.ERROR, "reply_unencodable", detail=str(e))
             return wire.error_reply(req, e.errno)
 
-    def accept(self, datagram: bytes, sender: int) -> None:
-        """Take one datagram off the socket; decode now, answer in a task."""
+    def accept(self, datagram: bytes, sender: int, entry: Path | None = None, received: float | None = None) -> None:
+        """Take one datagram off the socket; decode now, answer in a task.
+
+        ``entry`` is its journal file, removed once it is answered; ``received``
+        (monotonic) defaults to now.
+        """
         if sender != 0:
             # Only the kernel may ask; a userspace process sending on the
             # connector group is ignored, not answered.
             event(log, logging.WARNING, "datagram_not_from_kernel", sender_port=sender, size=len(datagram))
+            self.journal.done(entry)
             return
         try:
             req = wire.decode_request(datagram)
@@ -103,9 +132,56 @@ class Bridge:
             event(log, logging.ERROR, "datagram_malformed", detail=str(e), size=len(datagram),
                   head=datagram[:64].hex(), answered=e.reply is not None)  # fmt: skip
             if e.reply is not None:
-                self._spawn(self._send(e.reply))
+                self._spawn(self._send_then_forget(e.reply, entry))
+            else:
+                self.journal.done(entry)
             return
-        self._spawn(self._process(req, time.monotonic()))
+        self._spawn(self._process(req, time.monotonic() if received is None else received, entry))
+
+    async def _send_then_forget(self, reply: bytes, entry: Path | None) -> None:
+        try:
+            await self._send(reply)
+        finally:
+            self.journal.done(entry)
+
+    def replay_journal(self) -> int:
+        """Answer the requests an earlier bridge journalled and left unanswered; how many.
+
+        Entries the kernel has already given up on (15 s or older) are dropped:
+        it re-sent them under a new seq, which is queued or on its way.
+        """
+        replayed, now = 0, time.monotonic()
+        for entry in self.journal.pending():
+            if entry.age >= self._kernel_timeout:
+                event(log, logging.INFO, "journal_entry_expired", age_s=round(entry.age, 3))
+                self.journal.done(entry.path)
+                continue
+            self._replayed[entry.datagram] = now + self._kernel_timeout
+            self.accept(entry.datagram, 0, entry.path, received=now - entry.age)
+            replayed += 1
+        if replayed:
+            event(log, logging.INFO, "journal_replayed", requests=replayed)
+        return replayed
+
+    def _already_replayed(self, datagram: bytes) -> bool:
+        if not self._replayed:
+            return False
+        now = time.monotonic()
+        for key in [k for k, until in self._replayed.items() if until <= now]:
+            del self._replayed[key]
+        return self._replayed.pop(datagram, None) is not None
+
+    def drain(self, sock: KernelSocket, limit: int = 10000) -> int:
+        """Accept the datagrams already queued on ``sock`` (at shutdown); how many."""
+        taken = 0
+        while taken < limit:
+            got = sock.recv_nowait()
+            if got is None:
+                break
+            data, sender = got
+            self.accept(data, sender, self.journal.record(data) if sender == 0 else None)
+            taken += 1
+        return taken
 
     def _spawn(self, coro: Awaitable[None]) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
@@ -121,7 +197,7 @@ class Bridge:
         await self._send(reply)
         event(log, logging.DEBUG, "request", ms=round(age * 1000, 3))
 
-    async def _process(self, req: wire.Request, received: float) -> None:
+    async def _process(self, req: wire.Request, received: float, entry: Path | None = None) -> None:
         token = bind(uuid=req.uuid, luid=req.luid, seq=req.seq, request=req.type_name)
         try:
             await self._reply(req, received, await self.answer(req))
@@ -130,6 +206,7 @@ class Bridge:
             log.exception("request_crashed")
             await self._reply(req, received, wire.error_reply(req, errno.EIO))
         finally:
+            self.journal.done(entry)
             unbind(token)
 
     async def serve(self, sock: KernelSocket, stop: asyncio.Event) -> None:
@@ -137,28 +214,51 @@ class Bridge:
         stopper = asyncio.ensure_future(stop.wait())
         try:
             while not stop.is_set():
-                recv = asyncio.ensure_future(sock.recv())
-                done, _ = await asyncio.wait({recv, stopper}, return_when=asyncio.FIRST_COMPLETED)
-                if recv not in done:
-                    recv.cancel()
+                peek = asyncio.ensure_future(sock.peek())
+                done, _ = await asyncio.wait({peek, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                if peek not in done:
+                    peek.cancel()
+                    await asyncio.gather(peek, return_exceptions=True)
                     break
                 try:
-                    data, sender = recv.result()
+                    data, sender = peek.result()
+                    # Journal first, then take it off the queue: killed at any
+                    # point, this request is in the socket or in the journal.
+                    replayed = sender == 0 and self._already_replayed(data)
+                    entry = self.journal.record(data) if sender == 0 and not replayed else None
+                    sock.consume()
                 except OSError as e:
                     # ENOBUFS: the receive queue overflowed and the kernel
                     # dropped requests; it will time out and re-send them.
                     event(log, logging.ERROR, "netlink_recv_error", errno=errno.errorcode.get(e.errno or 0, e.errno))
                     continue
-                self.accept(data, sender)
+                if replayed:
+                    event(log, logging.DEBUG, "request_already_replayed", size=len(data))
+                    continue
+                self.accept(data, sender, entry)
         finally:
             stopper.cancel()
 
 
-async def run(config: BridgeConfig) -> None:
-    """Check the host, open the socket, serve until SIGTERM/SIGINT."""
+def check_capabilities() -> None:
+    """Refuse to start without the capabilities the kernel checks.
+
+    Raises:
+        StartupError: one is missing.
+    """
     missing = host.missing_capabilities()
     if missing:
         raise StartupError(f"dmulog bridge needs {' and '.join(missing)} (run it as root or grant the capabilities)")
+
+
+def claim_kernel_socket() -> tuple[KernelSocket, socket.socket]:
+    """Open the netlink socket as this host's only log server; returns it and the instance lock.
+
+    Raises:
+        StartupError: another bridge or another log server (cmirrord) is running,
+            or the kernel has no connector.
+    """
+    check_capabilities()
     try:
         lock = host.hold_instance_lock()
     except host.AlreadyRunning as e:
@@ -166,30 +266,78 @@ async def run(config: BridgeConfig) -> None:
     try:
         sock = open_kernel_socket()
     except FileNotFoundError:
+        lock.close()
         raise StartupError("this kernel has no NETLINK_CONNECTOR (CONFIG_CONNECTOR)") from None
+    try:
+        refuse_other_listeners(sock)
+    except StartupError:
+        sock.close()
+        lock.close()
+        raise
+    return sock, lock
+
+
+def refuse_other_listeners(sock: KernelSocket) -> None:
+    """Refuse to serve beside another listener of group 7: the kernel multicasts to both.
+
+    Raises:
+        StartupError: there is one.
+    """
     others = host.other_listeners(wire.CN_IDX_DM, sock.port_id)
     if others:
-        sock.close()
         raise StartupError(
             f"another userspace log server (netlink port {', '.join(map(str, others))}, e.g. cmirrord) "
             "already listens to dm-log-userspace; two servers would race to answer"
         )
+
+
+def _journal(directory: Path | None) -> Journal:
+    try:
+        return Journal(directory)
+    except OSError as e:
+        event(log, logging.ERROR, "journal_unavailable", path=str(directory), detail=str(e))
+        return Journal(None)
+
+
+async def run(config: BridgeConfig) -> None:
+    """Check the host, open (or inherit) the socket, serve until SIGTERM/SIGINT.
+
+    An inherited socket (LISTEN_FDS) belongs to whoever passed it, which also
+    guarantees there is one bridge per host; so no lock is taken for it.
+    """
+    try:
+        inherited = inherited_kernel_socket()
+    except ValueError as e:
+        raise StartupError(str(e)) from None
+    lock: socket.socket | None = None
+    if inherited is None:
+        sock, lock = claim_kernel_socket()
+    else:
+        check_capabilities()
+        sock = inherited
+        refuse_other_listeners(sock)
     node = pb.Node(name=host.node_name(config.node), boot_id=host.boot_id())
     client = LogsvcClient(config.logsvc, ClientConfig(config.attempt_timeout, config.budget))
-    bridge = Bridge(client, node, sock.send)
+    bridge = Bridge(client, node, sock.send, journal=_journal(config.journal_dir))
     event(log, logging.INFO, "bridge_listening", netlink="NETLINK_CONNECTOR", group=wire.CN_IDX_DM,
           connector=f"{wire.CN_IDX_DM}:{wire.CN_VAL_DM_USERSPACE_LOG}", port_id=sock.port_id,
+          inherited=inherited is not None, journal=str(config.journal_dir or ""),
           logsvc=config.logsvc, node=node.name, boot_id=node.boot_id)  # fmt: skip
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
+        bridge.replay_journal()
         await bridge.serve(sock, stop)
-        event(log, logging.INFO, "bridge_stopping", inflight=len(bridge.tasks))
+        if sock.owned:
+            sock.leave_group()
+        drained = bridge.drain(sock)
+        event(log, logging.INFO, "bridge_stopping", inflight=len(bridge.tasks), drained=drained)
         if bridge.tasks:
             await asyncio.wait(bridge.tasks, timeout=config.grace)
     finally:
         sock.close()
         await client.close()
-        lock.close()
+        if lock is not None:
+            lock.close()

@@ -4,40 +4,89 @@ A plain ``socket`` in non-blocking mode driven by asyncio: pyroute2's
 ConnectorSocket is built around its own synchronous marshal and message
 parser, which this bridge does not need (wire.py already decodes the one
 message format there is), so the socket is opened here directly.
+
+The socket may also be inherited (the systemd ``LISTEN_FDS`` protocol), from
+systemd's ``ListenNetlink=connector 64`` or from ``dmulog bridge --respawn``.
+Then it outlives the bridge process: datagrams the kernel sends while the
+bridge restarts wait in its queue instead of being lost with it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import os
 import socket
+from collections.abc import MutableMapping
 
 from bridge.wire import CN_IDX_DM
 
-__all__ = ["KernelSocket", "open_kernel_socket"]
+__all__ = ["KernelSocket", "inherited_kernel_socket", "open_kernel_socket"]
 
 NETLINK_CONNECTOR = 11
 SOL_NETLINK = 270
 NETLINK_ADD_MEMBERSHIP = 1
+NETLINK_DROP_MEMBERSHIP = 2
 RECV_BUFFER = 4 * 1024 * 1024
 MAX_DATAGRAM = 65536
+#: First file descriptor passed under the LISTEN_FDS protocol (SD_LISTEN_FDS_START).
+LISTEN_FDS_START = 3
 
 
 class KernelSocket:
-    """Receive requests from, and send replies to, the kernel."""
+    """Receive requests from, and send replies to, the kernel.
 
-    def __init__(self, sock: socket.socket):
+    Reading is split in :meth:`peek` and :meth:`consume` so the bridge can
+    record a request in its journal while the datagram is still queued: a
+    bridge killed at any instant has either left the request in the socket
+    or has it in the journal.
+    """
+
+    def __init__(self, sock: socket.socket, *, owned: bool = True):
         self._sock = sock
+        self.owned = owned
 
     @property
     def port_id(self) -> int:
         """Netlink port id the kernel assigned."""
         return int(self._sock.getsockname()[0])
 
+    def fileno(self) -> int:
+        """The descriptor (to pass the socket on to a child process)."""
+        return self._sock.fileno()
+
+    async def peek(self) -> tuple[bytes, int]:
+        """The next datagram and its sender's port id (0 = the kernel), left in the queue."""
+        loop, fd = asyncio.get_running_loop(), self._sock.fileno()
+        while True:
+            try:
+                data, addr = self._sock.recvfrom(MAX_DATAGRAM, socket.MSG_PEEK)
+                return data, int(addr[0])
+            except BlockingIOError:
+                pass
+            ready = loop.create_future()
+            loop.add_reader(fd, ready.set_result, None)
+            try:
+                await ready
+            finally:
+                loop.remove_reader(fd)
+
+    def consume(self) -> None:
+        """Drop the datagram :meth:`peek` returned (this process is the socket's only reader)."""
+        self._sock.recv(MAX_DATAGRAM)
+
     async def recv(self) -> tuple[bytes, int]:
-        """Next datagram and its sender's port id (0 = the kernel)."""
-        loop = asyncio.get_running_loop()
-        data, addr = await loop.sock_recvfrom(self._sock, MAX_DATAGRAM)
+        """Next datagram and its sender's port id, taken off the queue."""
+        data, sender = await self.peek()
+        self.consume()
+        return data, sender
+
+    def recv_nowait(self) -> tuple[bytes, int] | None:
+        """A datagram already queued, or None."""
+        try:
+            data, addr = self._sock.recvfrom(MAX_DATAGRAM)
+        except BlockingIOError:
+            return None
         return data, int(addr[0])
 
     async def send(self, datagram: bytes) -> None:
@@ -45,9 +94,30 @@ class KernelSocket:
         loop = asyncio.get_running_loop()
         await loop.sock_sendto(self._sock, datagram, (0, 0))
 
+    def leave_group(self) -> None:
+        """Stop receiving requests: from now on the kernel finds no listener here.
+
+        With no listener left, the kernel's send fails at once and it enters its
+        reconnect loop (replaying CTR and RESUME to the next server) instead of
+        queueing requests that nobody would answer.
+        """
+        try:
+            self._sock.setsockopt(SOL_NETLINK, NETLINK_DROP_MEMBERSHIP, CN_IDX_DM)
+        except OSError:
+            pass
+
     def close(self) -> None:
-        """Leave the group and close."""
+        """Close this process's descriptor (an inherited socket lives on in its owner)."""
         self._sock.close()
+
+
+def _join(sock: socket.socket) -> None:
+    try:
+        sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, CN_IDX_DM)
+    except OSError as e:
+        if e.errno == errno.EPERM:
+            raise PermissionError("joining connector group CN_IDX_DM needs CAP_NET_ADMIN") from e
+        raise
 
 
 def open_kernel_socket() -> KernelSocket:
@@ -66,14 +136,35 @@ def open_kernel_socket() -> KernelSocket:
             except PermissionError:
                 continue
         sock.bind((0, 0))
-        try:
-            sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, CN_IDX_DM)
-        except OSError as e:
-            if e.errno == errno.EPERM:
-                raise PermissionError("joining connector group CN_IDX_DM needs CAP_NET_ADMIN") from e
-            raise
+        _join(sock)
         sock.setblocking(False)
     except BaseException:
         sock.close()
         raise
     return KernelSocket(sock)
+
+
+def inherited_kernel_socket(env: MutableMapping[str, str] | None = None) -> KernelSocket | None:
+    """The socket passed by the LISTEN_FDS protocol, or None when none was passed.
+
+    The variables are removed from ``env`` (like ``sd_listen_fds(1)``) so that
+    no child of the bridge mistakes the descriptor for its own. The socket is
+    (re)joined to CN_IDX_DM, which is harmless when systemd already bound it to
+    mask 64 (group 7).
+
+    Raises:
+        ValueError: the descriptor is not a NETLINK_CONNECTOR socket.
+    """
+    env = os.environ if env is None else env
+    pid, count = env.pop("LISTEN_PID", None), env.pop("LISTEN_FDS", None)
+    env.pop("LISTEN_FDNAMES", None)
+    if pid is None or count is None or pid != str(os.getpid()) or int(count) < 1:
+        return None
+    sock = socket.socket(fileno=LISTEN_FDS_START)
+    if sock.family != socket.AF_NETLINK or sock.proto != NETLINK_CONNECTOR:
+        sock.detach()
+        raise ValueError(f"descriptor {LISTEN_FDS_START} (LISTEN_FDS) is not a NETLINK_CONNECTOR socket")
+    os.set_inheritable(LISTEN_FDS_START, False)
+    _join(sock)
+    sock.setblocking(False)
+    return KernelSocket(sock, owned=False)

@@ -73,6 +73,11 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     opt(p, "--attempt-timeout", "3.0", "seconds one call to logsvc may take", type=float)
     opt(p, "--retry-budget", "9.0", "seconds to keep retrying an unreachable logsvc before answering the kernel",
         type=float)  # fmt: skip
+    opt(p, "--journal-dir", "/run/dmulog/inflight",
+        "where requests wait until answered, so a restarted bridge answers them (tmpfs; '' = none)")  # fmt: skip
+    p.add_argument("--respawn", action="store_true", default=env.get("DMULOG_RESPAWN", "") not in ("", "0"),
+                   help="hold the netlink socket in a small parent process and run the bridge as its child, "
+                   "restarted at once if it dies; queued requests survive [env DMULOG_RESPAWN=1]")  # fmt: skip
 
     p = sub.add_parser("status", help="list logs, or show one log with a picture of its bitmap")
     p.add_argument("uuid", nargs="?", help="log UUID (omit to list every log)")
@@ -98,7 +103,7 @@ async def _status(args: argparse.Namespace, out: TextIO) -> ExitStatus:
     return ExitStatus.OK
 
 
-def _program(args: argparse.Namespace, out: TextIO) -> ExitStatus:
+def _program(args: argparse.Namespace, out: TextIO, argv: Sequence[str]) -> ExitStatus:
     if args.command == "logsvc":
         from logsvc.server import LogsvcConfig, serve
 
@@ -110,8 +115,13 @@ def _program(args: argparse.Namespace, out: TextIO) -> ExitStatus:
 
         if not args.logsvc:
             raise _Usage("dmulog bridge: --logsvc (or DMULOG_LOGSVC) is required")
+        if args.respawn and "LISTEN_FDS" not in os.environ:  # (a respawned bridge inherits the socket)
+            from bridge.keeper import keep
+
+            return ExitStatus(keep(["-m", "dmulog", *(a for a in argv if a != "--respawn")]))
         asyncio.run(run(BridgeConfig(logsvc=args.logsvc, node=args.node, attempt_timeout=args.attempt_timeout,
-                                     budget=args.retry_budget)))  # fmt: skip
+                                     budget=args.retry_budget,
+                                     journal_dir=Path(args.journal_dir) if args.journal_dir else None)))  # fmt: skip
         return ExitStatus.OK
     return asyncio.run(_status(args, out))
 
@@ -124,6 +134,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
          stdout: TextIO | None = None, stderr: TextIO | None = None) -> ExitStatus:  # fmt: skip
     """Run ``dmulog`` and return its exit status; all error handling is here."""
     env = os.environ if env is None else env
+    argv = list(sys.argv[1:] if argv is None else argv)
     out, err = stdout or sys.stdout, stderr or sys.stderr
     try:
         args = _parser(env).parse_args(argv)
@@ -135,7 +146,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     from logsvc.errors import StoreUnavailable
 
     try:
-        return _program(args, out)
+        return _program(args, out, argv)
     except _Usage as e:
         err.write(f"{e}\n")
         return ExitStatus.USAGE

@@ -1,0 +1,96 @@
+"""``dmulog bridge --respawn`` on this host's real NETLINK_CONNECTOR socket.
+
+The host kernel has no dm-log-userspace, but it has the connector: a second
+netlink socket can unicast to the bridge's port, which is enough to show that
+a datagram queued while the bridge is dead is read by the next one (and
+ignored there, as it does not come from the kernel).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bridge import host
+from bridge.netlink import NETLINK_CONNECTOR
+from bridge.wire import CN_IDX_DM
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="joining the connector group needs root")
+
+
+class Keeper:
+    """A ``dmulog bridge --respawn`` process and its JSON log."""
+
+    def __init__(self, tmp_path: Path):
+        self.log = tmp_path / "bridge.log"
+        cmd = [sys.executable, "-m", "dmulog", "--log-format", "json", "bridge", "--respawn",
+               "--logsvc", f"unix:{tmp_path}/no-logsvc.sock", "--journal-dir", str(tmp_path / "inflight")]  # fmt: skip
+        self.proc = subprocess.Popen(cmd, stdout=self.log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+
+    def events(self, name: str) -> list[dict[str, object]]:
+        lines = self.log.read_text().splitlines() if self.log.exists() else []
+        return [e for e in map(json.loads, (x for x in lines if x.startswith("{"))) if e.get("event") == name]
+
+    def wait(self, name: str, count: int, timeout: float = 30.0) -> list[dict[str, object]]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = self.events(name)
+            if len(found) >= count:
+                return found
+            assert self.proc.poll() is None, self.log.read_text()
+            time.sleep(0.05)
+        raise AssertionError(f"no {count}x {name} in {timeout} s:\n{self.log.read_text()}")
+
+
+@pytest.fixture
+def keeper(tmp_path: Path) -> Iterator[Keeper]:
+    """A running keeper; killed at the end whatever happened."""
+    if host.other_listeners(CN_IDX_DM, 0):
+        pytest.skip("another process on this host listens to connector group 7")
+    k = Keeper(tmp_path)
+    yield k
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(k.proc.pid, signal.SIGKILL)  # the keeper and its bridge
+    k.proc.wait()
+
+
+def test_a_killed_bridge_is_replaced_on_the_same_socket_and_queued_datagrams_survive(keeper: Keeper) -> None:
+    """SIGKILL of the bridge: the keeper starts another on the same port, which reads what was sent meanwhile."""
+    [first] = keeper.wait("bridge_listening", 1)
+    [started] = keeper.wait("keeper_started_bridge", 1)
+    assert True is first["inherited"]
+
+    os.kill(int(started["pid"]), signal.SIGKILL)  # type: ignore[call-overload]
+    sender = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_CONNECTOR)
+    sender.bind((0, 0))
+    sender.sendto(b"\0" * 40, (int(first["port_id"]), 0))  # type: ignore[call-overload]
+
+    second = keeper.wait("bridge_listening", 2)[1]
+    ignored = keeper.wait("datagram_not_from_kernel", 1)
+    assert second["port_id"] == first["port_id"]
+    assert sender.getsockname()[0] == ignored[0]["sender_port"]
+    assert 1 == len(keeper.events("keeper_bridge_exited"))
+    sender.close()
+
+
+def test_sigterm_stops_keeper_and_bridge(keeper: Keeper) -> None:
+    """SIGTERM to the keeper stops its bridge and itself, with status 0, and frees the host lock."""
+    keeper.wait("bridge_listening", 1)
+    [started] = keeper.wait("keeper_started_bridge", 1)
+
+    keeper.proc.send_signal(signal.SIGTERM)
+
+    assert 0 == keeper.proc.wait(timeout=20), keeper.log.read_text()
+    assert not Path(f"/proc/{started['pid']}").exists() or "Z" in Path(f"/proc/{started['pid']}/stat").read_text()
+    assert 1 == len(keeper.events("bridge_stopping"))
+    host.hold_instance_lock().close()
