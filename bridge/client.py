@@ -1,6 +1,9 @@
 """The bridge's gRPC client of logsvc: one channel, one stub, bounded retries.
 
-The channel and stub are made once; every request reuses them. A call that
+The channel and stub are made once; every request reuses them. The target
+may name several logsvc replicas (``ipv4:10.0.0.5:7500,10.0.0.6:7500``, or a
+``dns:///`` name with several addresses): calls are spread round-robin over
+the ones that are up, and a replica that goes away just drops out. A call that
 fails because logsvc (or its Redis) is unreachable is retried with a jittered
 backoff for ``budget`` seconds; each attempt has its own deadline, and the
 whole stays under the kernel's 15 s request timeout, so the kernel never
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -63,6 +67,7 @@ class LogsvcClient:
                 ("grpc.initial_reconnect_backoff_ms", 100),
                 ("grpc.max_reconnect_backoff_ms", 1000),
                 ("grpc.keepalive_time_ms", 10000),
+                ("grpc.service_config", json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})),
             ],
         )
         self._stub = pb_grpc.DirtyLogStub(self._channel)

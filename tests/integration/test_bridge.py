@@ -12,12 +12,14 @@ import itertools
 import struct
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
 from bridge import wire
 from bridge.agent import Bridge
 from bridge.client import ClientConfig, LogsvcClient
+from bridge.journal import Journal
 from bridge.wire import RequestType as T
 from dmulog.v1 import dmulog_pb2 as pb
 from tests.servers import RedisProcess, free_port, logsvc_server
@@ -29,11 +31,12 @@ _seq = itertools.count(1000)
 class KernelSide:
     """Plays the kernel: sends request datagrams into a Bridge and reads its replies."""
 
-    def __init__(self, target: str, *, budget: float = 9.0, attempt_timeout: float = 3.0, kernel_timeout: float = 15.0):
+    def __init__(self, target: str, *, budget: float = 9.0, attempt_timeout: float = 3.0, kernel_timeout: float = 15.0,
+                 journal: Journal | None = None):  # fmt: skip
         self.sent: asyncio.Queue[bytes] = asyncio.Queue()
         self.client = LogsvcClient(target, ClientConfig(attempt_timeout=attempt_timeout, budget=budget))
         node = pb.Node(name="node-a", boot_id="boot-1")
-        self.bridge = Bridge(self.client, node, self._send, kernel_timeout=kernel_timeout)
+        self.bridge = Bridge(self.client, node, self._send, kernel_timeout=kernel_timeout, journal=journal)
 
     async def _send(self, datagram: bytes) -> None:
         await self.sent.put(datagram)
@@ -184,3 +187,62 @@ async def test_logsvc_restart_within_the_budget_is_invisible(redis: RedisProcess
         reply = await k.reply()
         assert (seq, 0) == (reply.seq, reply.error)
     await k.client.close()
+
+
+async def test_a_restarted_bridge_answers_what_its_predecessor_left_unanswered(
+    kernel: KernelSide, logsvc: str, uuid: str, tmp_path: Path
+) -> None:
+    """Journalled requests are answered with their own seq by the next bridge; ones the kernel gave up on are not."""
+    await kernel.ask(T.CTR, b"120 clustered-core 16", uuid=uuid)
+    await kernel.ask(T.RESUME, uuid=uuid)
+    # A bridge read these two requests, journalled them and died before answering.
+    journal = Journal(tmp_path / "inflight")
+    fresh_seq, stale_seq = next(_seq), next(_seq)
+    journal.record(wire.encode_request(T.GET_REGION_SIZE, seq=fresh_seq, luid=0xFFFF888003A1B2C8, uuid=uuid))
+    born = time.clock_gettime_ns(time.CLOCK_BOOTTIME) - 16_000_000_000  # past the kernel's 15 s
+    stale = wire.encode_request(T.IN_SYNC, seq=stale_seq, luid=0xFFFF888003A1B2C8, uuid=uuid, data=u64(0))
+    (tmp_path / "inflight" / f"{born:020d}-1-0").write_bytes(stale)
+
+    restarted = KernelSide(logsvc, journal=Journal(tmp_path / "inflight"))
+    try:
+        assert 1 == restarted.bridge.replay_journal()
+        reply = await restarted.reply()
+        assert (fresh_seq, 0, u64(16)) == (reply.seq, reply.error, reply.data)
+        await asyncio.sleep(0.3)
+        assert restarted.sent.empty(), "the request the kernel already re-sent must not be answered"
+        assert [] == list((tmp_path / "inflight").iterdir())
+    finally:
+        await restarted.client.close()
+
+
+async def test_answered_requests_leave_the_journal(logsvc: str, uuid: str, tmp_path: Path) -> None:
+    """A request is in the journal while logsvc works on it and gone once the reply is out."""
+    k = KernelSide(logsvc, journal=Journal(tmp_path / "j"))
+    try:
+        datagram = wire.encode_request(T.CTR, seq=next(_seq), luid=1, uuid=uuid, data=b"120 clustered-core 16")
+        k.bridge.accept(datagram, 0, k.bridge.journal.record(datagram))
+        assert 1 == len(list((tmp_path / "j").iterdir()))
+        assert 0 == (await k.reply()).error
+        await asyncio.sleep(0)  # the task's cleanup runs after the send
+        assert [] == list((tmp_path / "j").iterdir())
+    finally:
+        await k.client.close()
+
+
+async def test_two_replicas_serve_alike_and_one_going_away_is_invisible(redis: RedisProcess, uuid: str) -> None:
+    """With both replicas named in the target, calls keep succeeding, at once, while one replica is down."""
+    a, b = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    k = KernelSide(f"ipv4:{a},{b}", budget=8.0, attempt_timeout=0.5)
+    try:
+        async with logsvc_server(redis.url, listen=b):
+            async with logsvc_server(redis.url, listen=a):
+                assert (await k.ask(T.CTR, b"120 dmulog 16 nosync", uuid=uuid)).error == 0
+                assert (await k.ask(T.RESUME, uuid=uuid)).error == 0
+                for r in range(4):
+                    assert (await k.ask(T.MARK_REGION, u64(r), uuid=uuid)).error == 0
+            start = time.monotonic()
+            for r in range(4):  # replica a is gone: each call is answered by b, without a retry pause
+                assert struct.pack("=q", 0) == (await k.ask(T.IS_CLEAN, u64(r), uuid=uuid)).data
+            assert time.monotonic() - start < 2.0
+    finally:
+        await k.client.close()
