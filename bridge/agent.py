@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
 import signal
 import socket
 import time
@@ -34,7 +35,7 @@ from bridge import host, wire
 from bridge.client import CallFailed, ClientConfig, LogsvcClient
 from bridge.dispatch import ROUTES
 from bridge.journal import Journal
-from bridge.netlink import KernelSocket, inherited_kernel_socket, open_kernel_socket
+from bridge.netlink import STANDBY_FD_ENV, KernelSocket, inherited_kernel_socket, open_kernel_socket
 from dmulog.logs import bind, event, unbind
 from dmulog.v1 import dmulog_pb2 as pb
 
@@ -299,6 +300,22 @@ def _journal(directory: Path | None) -> Journal:
         return Journal(None)
 
 
+async def _standby_until_called(fd: int) -> bool:
+    """Wait, fully started, until the keeper says to serve (True) or goes away (False).
+
+    Taking over then costs nothing but a journal replay: the seconds a fresh
+    process spends importing were spent in advance.
+    """
+    loop = asyncio.get_running_loop()
+    try:
+        called = await loop.run_in_executor(None, os.read, fd, 1)
+    finally:
+        os.close(fd)
+    if not called:
+        event(log, logging.INFO, "standby_released")
+    return bool(called)
+
+
 async def run(config: BridgeConfig) -> None:
     """Check the host, open (or inherit) the socket, serve until SIGTERM/SIGINT.
 
@@ -319,6 +336,11 @@ async def run(config: BridgeConfig) -> None:
     node = pb.Node(name=host.node_name(config.node), boot_id=host.boot_id())
     client = LogsvcClient(config.logsvc, ClientConfig(config.attempt_timeout, config.budget))
     bridge = Bridge(client, node, sock.send, journal=_journal(config.journal_dir))
+    standby = os.environ.pop(STANDBY_FD_ENV, None)
+    if standby is not None and not await _standby_until_called(int(standby)):
+        sock.close()
+        await client.close()
+        return
     event(log, logging.INFO, "bridge_listening", netlink="NETLINK_CONNECTOR", group=wire.CN_IDX_DM,
           connector=f"{wire.CN_IDX_DM}:{wire.CN_VAL_DM_USERSPACE_LOG}", port_id=sock.port_id,
           inherited=inherited is not None, journal=str(config.journal_dir or ""),

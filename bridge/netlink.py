@@ -21,7 +21,7 @@ from collections.abc import MutableMapping
 
 from bridge.wire import CN_IDX_DM
 
-__all__ = ["KernelSocket", "inherited_kernel_socket", "open_kernel_socket"]
+__all__ = ["LISTEN_FDS_START", "STANDBY_FD_ENV", "KernelSocket", "inherited_kernel_socket", "open_kernel_socket"]
 
 NETLINK_CONNECTOR = 11
 SOL_NETLINK = 270
@@ -31,6 +31,9 @@ RECV_BUFFER = 4 * 1024 * 1024
 MAX_DATAGRAM = 65536
 #: First file descriptor passed under the LISTEN_FDS protocol (SD_LISTEN_FDS_START).
 LISTEN_FDS_START = 3
+#: Set by ``--respawn``'s keeper for a standby bridge: the descriptor to read one byte
+#: from before serving (end of file: the keeper is gone).
+STANDBY_FD_ENV = "DMULOG_STANDBY_FD"
 
 
 class KernelSocket:
