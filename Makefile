@@ -5,6 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BUF := .cache/buf/node_modules/.bin/buf
 PYTEST_ARGS ?=
+CRASH_ROUNDS ?= 2
 
 .PHONY: all deps proto check-proto lint unit integration kernel test demo bench bench-codec crash clean
 
@@ -35,14 +36,15 @@ integration: deps
 kernel: deps
 	$(PY) -m pytest tests/kernel -m kernel $(PYTEST_ARGS)
 
-## Everything: lint, proto freshness, unit, integration and real-kernel tests.
-## (The crash-safety suite, tests/kernel/crash, runs with `make crash`.)
+## Everything: lint, proto freshness, unit, integration, real-kernel conformance and
+## crash safety (CRASH_ROUNDS node-crash rounds; every other crash scenario runs once).
 test: deps check-proto lint
-	$(PY) -m pytest tests --ignore=tests/kernel/crash $(PYTEST_ARGS)
+	DMULOG_CRASH_ROUNDS=$(CRASH_ROUNDS) $(PY) -m pytest tests $(PYTEST_ARGS)
 
-## Crash safety on the real kernel: node crashes and faults, with the data-loss checker.
+## Crash safety on the real kernel alone; more rounds: make crash CRASH_ROUNDS=30
+## (every other scenario runs a third as many), or python -m tests.kernel.crash.results.
 crash: deps
-	$(PY) -m pytest tests/kernel/crash $(PYTEST_ARGS)
+	DMULOG_CRASH_ROUNDS=$(CRASH_ROUNDS) $(PY) -m pytest tests/kernel/crash $(PYTEST_ARGS)
 
 ## Boot a real kernel, build a mirror on the full stack, write, show `dmulog status`.
 demo: deps

@@ -6,9 +6,11 @@ Every round has the same shape:
    fresh zeroed images, wait for N/N, run the random ``O_DIRECT`` writer. Once it runs,
    qemu throttles the second leg, so that in-flight writes are on one leg only and a
    crash leaves regions that differ (the log must have every one of them dirty).
-2. **Faults** while it writes, per scenario: none; kill -9 and restart the bridge in the
-   guest; kill -9 and restart the host logsvc; kill -9 and restart Redis (AOF); Redis
-   down for longer than the kernel's 15 s request timeout.
+2. **Faults** while it writes, per scenario: none; kill -9 the bridge in the guest (under
+   ``--respawn``, whose keeper holds the socket and restarts it; or the whole bridge,
+   started anew, so the kernel replays CTR and RESUME); kill -9 and restart the host
+   logsvc, alone or one of two replicas; kill -9 and restart Redis (AOF); Redis down
+   for longer than the kernel's 15 s request timeout.
 3. **Crash**: SIGKILL qemu at a random moment (seeded) while the writer runs.
 4. **Check before reactivation**: the legs against the log's state in Redis
    (:func:`.checker.check_legs_against_log`: zero violations), and the primary leg
@@ -86,6 +88,9 @@ class Scenario:
         integrated: put ``integrated_flush`` in the table.
         fault: ``none``, ``bridge``, ``logsvc``, ``redis`` or ``redis-outage``.
         faults: how many times the fault is injected per round.
+        respawn: run the bridge under ``--respawn`` (a ``bridge`` fault kills the bridge
+            process, the keeper restarts it on the same socket).
+        replicas: logsvc replicas (a ``logsvc`` fault kills replica 0).
         allow_timeouts: the kernel may log "timed out" (the log is unreachable > 15 s).
         description: one line for the results table.
     """
@@ -95,6 +100,8 @@ class Scenario:
     integrated: bool = False
     fault: str = "none"
     faults: int = 0
+    respawn: bool = False
+    replicas: int = 1
     allow_timeouts: bool = False
     description: str = ""
 
@@ -105,8 +112,15 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("node-crash", description="SIGKILL qemu mid-I/O, native dmulog log"),
         Scenario("node-crash-disk", log_type="clustered-disk", description="same, clustered-disk log"),
         Scenario("node-crash-integrated", integrated=True, description="same, dmulog + integrated_flush"),
-        Scenario("bridge-kill", fault="bridge", faults=2, description="kill -9 + restart the bridge in the guest"),
+        Scenario("bridge-kill", fault="bridge", faults=2, respawn=True,
+                 description="kill -9 the bridge in the guest; its keeper restarts it on the same socket"),
+        # The killed socket's queue dies with it, and a new bridge takes longer than the
+        # kernel's 15 s to start under emulation: a request may time out and be re-sent.
+        Scenario("agent-kill", fault="bridge", faults=2, allow_timeouts=True,
+                 description="kill -9 the whole bridge, start a new one: the kernel replays CTR + RESUME"),
         Scenario("logsvc-kill", fault="logsvc", faults=2, description="kill -9 + restart the host logsvc"),
+        Scenario("replica-kill", fault="logsvc", faults=2, replicas=2,
+                 description="two logsvc replicas, kill -9 + restart one"),
         Scenario("redis-kill", fault="redis", faults=2, description="kill -9 + restart Redis (AOF)"),
         Scenario(
             "redis-outage",
@@ -243,6 +257,7 @@ def _env(scenario: Scenario, uuid: str, phase: str, seed: int) -> dict[str, str]
         "SECTORS": str(SECTORS), "INTEGRATED": "1" if scenario.integrated else "0",
         "SEED": str(seed), "THREADS": "8", "MAX_BLOCKS": "64", "SPAN": str(LEG_BYTES),
         "BRIDGE_KILLS": str(scenario.faults if scenario.fault == "bridge" else 0), "KILL_SEED": str(seed % 32768),
+        "RESPAWN": "1" if scenario.respawn else "0",
     }  # fmt: skip
 
 
@@ -354,7 +369,8 @@ def _round(topo: Topology, scenario: Scenario, round_no: int, seed: int, rng: ra
     for v in res.leg_report.violations[:3]:
         res.traces[v.region] = region_trace(topo.trace, uuid, v.region)
     res.primary_report = checker.check_completed_writes([topo.image("leg0")], wlog)
-    bad, timed_out = _problems(boot.text("kmsg.txt"), scenario.allow_timeouts, scenario.fault == "bridge")
+    no_server = scenario.fault == "bridge" and not scenario.respawn  # the kernel's reconnect loop is the point
+    bad, timed_out = _problems(boot.text("kmsg.txt"), scenario.allow_timeouts, no_server)
     res.timed_out_lines += timed_out
     res.kernel_problems += [f"boot A: {line}" for line in bad]
     # ---- boot B: a new incarnation of the node recovers the mirror
@@ -413,7 +429,7 @@ def run_scenario(scenario: Scenario, workdir: Path, *, rounds: int, seed: int) -
     Round ``i`` uses seed ``seed + i``; the seeds are in every result.
     """
     results = []
-    with Topology(workdir, leg_bytes=LEG_BYTES) as topo:
+    with Topology(workdir, leg_bytes=LEG_BYTES, replicas=scenario.replicas) as topo:
         for i in range(1, rounds + 1):
             results.append(run_round(topo, scenario, i, seed + i))
     return results

@@ -1,11 +1,12 @@
 """A topology that survives a node crash: services on the host, kernel and bridge in a guest.
 
 Everything whose state must outlive the node runs on the host as a subprocess: a real
-``redis-server`` (AOF, ``appendfsync always``) and ``dmulog logsvc`` serving gRPC on a
-Unix socket. The node is a qemu guest (:mod:`tests.kernel.vm`) running the real kernel
-and ``dmulog bridge --logsvc 10.0.2.100:7000 --node crashnode``. The guest reaches
-logsvc only through qemu user-mode networking with ``restrict=on`` and one
-``guestfwd`` rule that runs ``socat STDIO UNIX-CONNECT:<logsvc socket>`` for each guest
+``redis-server`` (AOF, ``appendfsync always``) and one or more ``dmulog logsvc``
+replicas serving gRPC on Unix sockets. The node is a qemu guest (:mod:`tests.kernel.vm`)
+running the real kernel and ``dmulog bridge --logsvc 10.0.2.100:7000 --node crashnode``
+(with two replicas ``--logsvc ipv4:10.0.2.100:7000,10.0.2.100:7001``). The guest reaches
+logsvc only through qemu user-mode networking with ``restrict=on`` and one ``guestfwd``
+rule per replica that runs ``socat STDIO UNIX-CONNECT:<logsvc socket>`` for each guest
 connection; there is no other network.
 
 The mirror legs are host image files attached as virtio disks with ``cache=none`` and
@@ -49,13 +50,14 @@ from dmulog.v1 import dmulog_pb2_grpc as pb_grpc
 from tests.kernel.vm import GuestRun, run_guest
 from tests.servers import RedisProcess
 
-__all__ = ["GUEST_LOGSVC", "NODE", "REPO", "Boot", "Topology", "TopologyError"]
+__all__ = ["NODE", "REPO", "Boot", "Topology", "TopologyError"]
 
 REPO = Path(__file__).resolve().parents[3]
 VENV = Path(sys.executable).parent.parent
 DMULOG = VENV / "bin" / "dmulog"
-#: Where the guest finds logsvc: an address that exists only inside qemu's user network.
-GUEST_LOGSVC = "10.0.2.100:7000"
+#: Where the guest finds logsvc replica 0 (replica i: port 7000 + i): an address that
+#: exists only inside qemu's user network.
+GUEST_HOST, GUEST_PORT = "10.0.2.100", 7000
 #: The node's name: the same for every boot, so a restart is a new incarnation of one node.
 NODE = "crashnode"
 #: Guest disks, in the order the guest sees them (/dev/vda, /dev/vdb, /dev/vdc).
@@ -178,9 +180,10 @@ class Topology:
         workdir: host directory for images, Redis data, logs and guest results (kept).
         leg_bytes: size of each leg image.
         memory: guest RAM.
+        replicas: logsvc processes, all on the same Redis.
     """
 
-    def __init__(self, workdir: Path, *, leg_bytes: int = 32 << 20, memory: str = "1G"):
+    def __init__(self, workdir: Path, *, leg_bytes: int = 32 << 20, memory: str = "1G", replicas: int = 1):
         self.workdir = Path(workdir).resolve()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.leg_bytes = leg_bytes
@@ -189,10 +192,9 @@ class Topology:
         # A short private directory for the socket (sun_path is 108 bytes) with no comma
         # in it (the guestfwd option would split there).
         self._sockdir = Path(tempfile.mkdtemp(prefix="dmulog-crash-"))
-        self.socket = self._sockdir / "logsvc.sock"
-        self.logsvc: subprocess.Popen[bytes] | None = None
-        self._logsvc_log = self.workdir / "logsvc.log"
-        self._logsvc_starts = 0
+        self.sockets = [self._sockdir / f"logsvc{i}.sock" for i in range(replicas)]
+        self.logsvcs: list[subprocess.Popen[bytes] | None] = [None] * replicas
+        self._logsvc_logs = [self.workdir / f"logsvc{i}.log" for i in range(replicas)]
         #: Every command Redis executes (``redis-cli monitor``), for diagnosing a failure.
         self.trace = self.workdir / "redis-monitor.txt"
         self._monitor: subprocess.Popen[bytes] | None = None
@@ -206,14 +208,23 @@ class Topology:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @property
+    def guest_logsvc(self) -> str:
+        """The bridge's ``--logsvc`` inside the guest: every replica."""
+        if len(self.sockets) == 1:
+            return f"{GUEST_HOST}:{GUEST_PORT}"
+        return "ipv4:" + ",".join(f"{GUEST_HOST}:{GUEST_PORT + i}" for i in range(len(self.sockets)))
+
     def start(self) -> None:
-        """Start redis-server (and its trace), then logsvc."""
+        """Start redis-server (and its trace), then every logsvc replica."""
         self.start_redis()
-        self.start_logsvc()
+        for i in range(len(self.sockets)):
+            self.start_logsvc(i)
 
     def close(self) -> None:
         """Stop logsvc and Redis; remove the socket directory (the workdir is kept)."""
-        self.kill_logsvc()
+        for i in range(len(self.sockets)):
+            self.kill_logsvc(i)
         self.kill_redis()
         shutil.rmtree(self._sockdir, ignore_errors=True)
 
@@ -221,43 +232,45 @@ class Topology:
         """Start whichever of Redis and logsvc is not running (after a failed fault injection)."""
         if self.redis.proc is None or self.redis.proc.poll() is not None:
             self.start_redis()
-        if self.logsvc is None or self.logsvc.poll() is not None:
-            self.start_logsvc()
+        for i, proc in enumerate(self.logsvcs):
+            if proc is None or proc.poll() is not None:
+                self.start_logsvc(i)
 
     # ------------------------------------------------------------------- logsvc
 
-    def start_logsvc(self, timeout: float = 30) -> None:
-        """Start ``dmulog logsvc --listen unix:<socket> --redis <url>``; wait until it listens."""
-        if self.logsvc is not None and self.logsvc.poll() is None:
-            raise TopologyError("logsvc already running")
-        before = self._listening_lines()
-        with self._logsvc_log.open("ab") as log:
-            self.logsvc = subprocess.Popen(
-                [str(DMULOG), "--log-format", "json", "logsvc", "--listen", f"unix:{self.socket}",
+    def start_logsvc(self, replica: int = 0, timeout: float = 30) -> None:
+        """Start replica ``replica``: ``dmulog logsvc --listen unix:<socket> --redis <url>``; wait until it listens."""
+        running = self.logsvcs[replica]
+        if running is not None and running.poll() is None:
+            raise TopologyError(f"logsvc {replica} already running")
+        before = self._listening_lines(replica)
+        with self._logsvc_logs[replica].open("ab") as log:
+            proc = subprocess.Popen(
+                [str(DMULOG), "--log-format", "json", "logsvc", "--listen", f"unix:{self.sockets[replica]}",
                  "--redis", self.redis.url],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=REPO,
             )  # fmt: skip
-        self._logsvc_starts += 1
-        proc = self.logsvc
+        self.logsvcs[replica] = proc
 
         def up() -> bool:
             if proc.poll() is not None:
-                raise TopologyError(f"logsvc exited with {proc.returncode}; see {self._logsvc_log}")
-            return self._listening_lines() > before
+                raise TopologyError(f"logsvc exited with {proc.returncode}; see {self._logsvc_logs[replica]}")
+            return self._listening_lines(replica) > before
 
-        _wait(up, timeout, "logsvc_listening")
+        _wait(up, timeout, f"logsvc {replica} listening")
 
-    def _listening_lines(self) -> int:
+    def _listening_lines(self, replica: int) -> int:
         try:
-            return self._logsvc_log.read_text(errors="replace").count('"logsvc_listening"')
+            return self._logsvc_logs[replica].read_text(errors="replace").count('"logsvc_listening"')
         except FileNotFoundError:
             return 0
 
-    def kill_logsvc(self) -> None:
-        """SIGKILL logsvc (a crash, not a shutdown)."""
-        if self.logsvc is not None and self.logsvc.poll() is None:
-            self.logsvc.kill()
-            self.logsvc.wait()
+    def kill_logsvc(self, replica: int = 0) -> None:
+        """SIGKILL replica ``replica`` (a crash, not a shutdown)."""
+        proc = self.logsvcs[replica]
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
     # -------------------------------------------------------------------- redis
 
@@ -297,8 +310,9 @@ class Topology:
                 f.truncate(self.leg_bytes if name.startswith("leg") else 1 << 20)
 
     def qemu_args(self, qmp: Path) -> list[str]:
-        """The restricted user network with its one forward to logsvc, the three disks, a QMP socket."""
-        fwd = f"guestfwd=tcp:{GUEST_LOGSVC}-cmd:socat STDIO UNIX-CONNECT:{self.socket}"
+        """The restricted user network with a forward to each logsvc, the three disks, a QMP socket."""
+        fwd = ",".join(f"guestfwd=tcp:{GUEST_HOST}:{GUEST_PORT + i}-cmd:socat STDIO UNIX-CONNECT:{sock}"
+                       for i, sock in enumerate(self.sockets))  # fmt: skip
         args = ["-netdev", f"user,id=n0,restrict=on,{fwd}", "-device", "virtio-net-pci,netdev=n0"]
         for name in DISKS:
             path = str(self.image(name)).replace(",", ",,")
@@ -317,7 +331,7 @@ class Topology:
         if results.exists():
             shutil.rmtree(results)
         results.mkdir(parents=True)
-        full_env = {"DMULOG_VENV": str(VENV), "DMULOG_LOGSVC": GUEST_LOGSVC, "DMULOG_NODE": NODE, **env}
+        full_env = {"DMULOG_VENV": str(VENV), "DMULOG_LOGSVC": self.guest_logsvc, "DMULOG_NODE": NODE, **env}
         box: dict[str, object] = {}
         qmp = self._sockdir / f"qmp-{len(list(self._sockdir.glob('qmp-*')))}.sock"
 
@@ -338,7 +352,7 @@ class Topology:
     # -------------------------------------------------------------------- state
 
     def log_state(self, uuid: str, timeout: float = 30) -> pb.GetLogStateResponse:
-        """GetLogState of ``uuid`` from the host logsvc."""
-        with grpc.insecure_channel(f"unix:{self.socket}") as channel:
+        """GetLogState of ``uuid`` from the host logsvc (replica 0)."""
+        with grpc.insecure_channel(f"unix:{self.sockets[0]}") as channel:
             stub = pb_grpc.DirtyLogStub(channel)
             return stub.GetLogState(pb.GetLogStateRequest(uuid=uuid), timeout=timeout, wait_for_ready=True)

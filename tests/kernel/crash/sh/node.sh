@@ -11,12 +11,15 @@
 #   UUID LOG_TYPE REGION SECTORS INTEGRATED   the mirror table
 #   SEED THREADS SPAN MAX_BLOCKS               the writer
 #   BRIDGE_KILLS KILL_SEED                     crash phase: kill -9 and restart the bridge this often
+#   RESPAWN      1: run `dmulog bridge --respawn` and kill its bridge process (the keeper
+#                holding the socket restarts it); 0: kill the whole bridge and start a new one
 set -u -o pipefail
 export PATH="$DMULOG_VENV/bin:$PATH"
 R=/results
 T="timeout 120"
 LEG0=/dev/vda LEG1=/dev/vdb LOGDEV=/dev/vdc
 BRIDGE_KILLS=${BRIDGE_KILLS:-0}
+RESPAWN=${RESPAWN:-0}
 INTEGRATED=${INTEGRATED:-0}
 
 die() { echo "FAILED: $*"; echo "$*" >> $R/failures; dmsetup table 2>&1; exit 1; }
@@ -31,18 +34,29 @@ devices_up() {
   ip addr add 10.0.2.15/24 dev eth0 || die "eth0 address"
 }
 
-start_bridge() {
-  local before
-  before=$(grep -c bridge_listening $R/bridge.log 2>/dev/null || true)
-  dmulog --log-format json bridge --logsvc "$DMULOG_LOGSVC" --node "$DMULOG_NODE" >> $R/bridge.log 2>&1 &
-  BRIDGE_PID=$!
+listening() { grep -c bridge_listening $R/bridge.log 2>/dev/null || true; }
+
+# wait_listening N: until the bridge log has more than N bridge_listening lines.
+wait_listening() {
   for _ in $(seq 1200); do
-    [ "$(grep -c bridge_listening $R/bridge.log 2>/dev/null || true)" -gt "${before:-0}" ] && return 0
+    [ "$(listening)" -gt "${1:-0}" ] && return 0
     kill -0 $BRIDGE_PID 2>/dev/null || die "bridge exited"
     sleep 0.1
   done
   die "bridge did not start in 120 s"
 }
+
+start_bridge() {
+  local before respawn=""
+  before=$(listening)
+  [ "$RESPAWN" = 1 ] && respawn=--respawn
+  dmulog --log-format json bridge $respawn --logsvc "$DMULOG_LOGSVC" --node "$DMULOG_NODE" >> $R/bridge.log 2>&1 &
+  BRIDGE_PID=$!
+  wait_listening "$before"
+}
+
+# The bridge process under the keeper (the last one it started).
+bridge_worker() { grep keeper_started_bridge $R/bridge.log | tail -1 | sed 's/.*"pid": \([0-9]*\).*/\1/'; }
 
 table() {
   local flush="" n=3 args
@@ -105,10 +119,17 @@ case "$PHASE" in
         # Kill only while writes flow: 20 more completed since the last restart, then a random pause.
         wait_writes 20 120
         sleep "$(( RANDOM % 3 )).$(( RANDOM % 10 ))"
-        kill -9 "$BRIDGE_PID"; wait "$BRIDGE_PID" 2>/dev/null
-        note "bridge_killed_$i" "$(completed)"
-        sleep "0.$(( RANDOM % 10 ))"
-        start_bridge
+        if [ "$RESPAWN" = 1 ]; then
+          before=$(listening)
+          kill -9 "$(bridge_worker)"
+          note "bridge_killed_$i" "$(completed)"
+          wait_listening "$before"
+        else
+          kill -9 "$BRIDGE_PID"; wait "$BRIDGE_PID" 2>/dev/null
+          note "bridge_killed_$i" "$(completed)"
+          sleep "0.$(( RANDOM % 10 ))"
+          start_bridge
+        fi
         note "bridge_restarted_$i" "$(completed)"
       done
       note bridge_kills_done yes
