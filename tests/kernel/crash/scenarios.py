@@ -91,6 +91,8 @@ class Scenario:
         respawn: run the bridge under ``--respawn`` (a ``bridge`` fault kills the bridge
             process, the keeper restarts it on the same socket).
         replicas: logsvc replicas (a ``logsvc`` fault kills replica 0).
+        graceful: after the ``bridge`` faults, stop the bridge with SIGTERM under I/O and
+            start a new one (the kernel replays CTR and RESUME to it).
         allow_timeouts: the kernel may log "timed out" (the log is unreachable > 15 s).
         description: one line for the results table.
     """
@@ -102,6 +104,7 @@ class Scenario:
     faults: int = 0
     respawn: bool = False
     replicas: int = 1
+    graceful: bool = False
     allow_timeouts: bool = False
     description: str = ""
 
@@ -112,8 +115,8 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("node-crash", description="SIGKILL qemu mid-I/O, native dmulog log"),
         Scenario("node-crash-disk", log_type="clustered-disk", description="same, clustered-disk log"),
         Scenario("node-crash-integrated", integrated=True, description="same, dmulog + integrated_flush"),
-        Scenario("bridge-kill", fault="bridge", faults=2, respawn=True,
-                 description="kill -9 the bridge in the guest; its keeper restarts it on the same socket"),
+        Scenario("bridge-kill", fault="bridge", faults=2, respawn=True, graceful=True,
+                 description="kill -9 the bridge (--respawn) twice, then SIGTERM it and start a new one"),
         # The killed socket's queue dies with it, and a new bridge takes longer than the
         # kernel's 15 s to start under emulation: a request may time out and be re-sent.
         Scenario("agent-kill", fault="bridge", faults=2, allow_timeouts=True,
@@ -257,7 +260,7 @@ def _env(scenario: Scenario, uuid: str, phase: str, seed: int) -> dict[str, str]
         "SECTORS": str(SECTORS), "INTEGRATED": "1" if scenario.integrated else "0",
         "SEED": str(seed), "THREADS": "8", "MAX_BLOCKS": "64", "SPAN": str(LEG_BYTES),
         "BRIDGE_KILLS": str(scenario.faults if scenario.fault == "bridge" else 0), "KILL_SEED": str(seed % 32768),
-        "RESPAWN": "1" if scenario.respawn else "0",
+        "RESPAWN": "1" if scenario.respawn else "0", "GRACEFUL": "1" if scenario.graceful else "0",
     }  # fmt: skip
 
 
@@ -343,7 +346,8 @@ def _round(topo: Topology, scenario: Scenario, round_no: int, seed: int, rng: ra
         _wait_progress(boot, 10, 120, "writer warm-up")
         boot.throttle_writes("leg1", SLOW_LEG_IOPS)
         if scenario.fault == "bridge":
-            boot.wait_for(lambda: "bridge_kills_done=yes" in boot.text("outcome"), 180, "bridge kill loop")
+            done = "graceful_done=yes" if scenario.graceful else "bridge_kills_done=yes"
+            boot.wait_for(lambda: done in boot.text("outcome"), 240, "bridge kill loop")
             _wait_progress(boot, 10, 120, "after the bridge kills")
             res.events += [f"{k}={v}" for k, v in _outcome(boot).items() if k.startswith("bridge_")]
         elif scenario.fault != "none":
@@ -369,7 +373,8 @@ def _round(topo: Topology, scenario: Scenario, round_no: int, seed: int, rng: ra
     for v in res.leg_report.violations[:3]:
         res.traces[v.region] = region_trace(topo.trace, uuid, v.region)
     res.primary_report = checker.check_completed_writes([topo.image("leg0")], wlog)
-    no_server = scenario.fault == "bridge" and not scenario.respawn  # the kernel's reconnect loop is the point
+    # The kernel's reconnect loop is the point of a bridge that goes away with its socket.
+    no_server = scenario.fault == "bridge" and (scenario.graceful or not scenario.respawn)
     bad, timed_out = _problems(boot.text("kmsg.txt"), scenario.allow_timeouts, no_server)
     res.timed_out_lines += timed_out
     res.kernel_problems += [f"boot A: {line}" for line in bad]

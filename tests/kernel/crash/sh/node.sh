@@ -13,6 +13,7 @@
 #   BRIDGE_KILLS KILL_SEED                     crash phase: kill -9 and restart the bridge this often
 #   RESPAWN      1: run `dmulog bridge --respawn` and kill its bridge process (the keeper
 #                holding the socket restarts it); 0: kill the whole bridge and start a new one
+#   GRACEFUL     1: after the kills, stop the whole bridge with SIGTERM under I/O and start a new one
 set -u -o pipefail
 export PATH="$DMULOG_VENV/bin:$PATH"
 R=/results
@@ -20,6 +21,7 @@ T="timeout 120"
 LEG0=/dev/vda LEG1=/dev/vdb LOGDEV=/dev/vdc
 BRIDGE_KILLS=${BRIDGE_KILLS:-0}
 RESPAWN=${RESPAWN:-0}
+GRACEFUL=${GRACEFUL:-0}
 INTEGRATED=${INTEGRATED:-0}
 
 die() { echo "FAILED: $*"; echo "$*" >> $R/failures; dmsetup table 2>&1; exit 1; }
@@ -133,6 +135,18 @@ case "$PHASE" in
         note "bridge_restarted_$i" "$(completed)"
       done
       note bridge_kills_done yes
+    fi
+    if [ "$GRACEFUL" = 1 ]; then
+      # SIGTERM: the bridge leaves the group, answers what it holds, exits; the kernel
+      # loops on "log server not found" until the next bridge takes its replayed CTR.
+      wait_writes 20 120
+      kill -TERM "$BRIDGE_PID"; wait "$BRIDGE_PID"
+      note bridge_term_rc "$?"
+      note bridge_stopped_at "$(completed)"
+      start_bridge
+      note bridge_started_at "$(completed)"
+      wait_writes 10 120
+      note graceful_done yes
     fi
     # The host kills the node while the writer runs; never exit on our own.
     wait $WRITER
