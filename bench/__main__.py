@@ -39,6 +39,7 @@ from bridge import wire
 from bridge.agent import Bridge
 from bridge.client import ClientConfig, LogsvcClient
 from bridge.dispatch import ROUTES
+from bridge.journal import Journal
 from dmulog.v1 import dmulog_pb2 as pb
 from logsvc.keys import log_keys
 from logsvc.service import DirtyLogService
@@ -94,7 +95,10 @@ async def through_bridge(client: object, trace: list[bytes], mirrors: int, rec: 
     """Replay the trace through a real Bridge over a socket pair; returns wall seconds."""
     kernel_end, bridge_end = socket_pair()
     sock = UnixKernelSocket(bridge_end)
-    bridge = Bridge(client, NODE, sock.send)  # type: ignore[arg-type]
+    # The journal as in production: one small file per request on tmpfs.
+    shm = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
+    journal_dir = Path(tempfile.mkdtemp(prefix="dmulog-bench-journal-", dir=shm))
+    bridge = Bridge(client, NODE, sock.send, journal=Journal(journal_dir))  # type: ignore[arg-type]
     stop = asyncio.Event()
     serving = asyncio.ensure_future(bridge.serve(sock, stop))  # type: ignore[arg-type]
     try:
@@ -104,6 +108,7 @@ async def through_bridge(client: object, trace: list[bytes], mirrors: int, rec: 
         await serving
         kernel_end.close()
         sock.close()
+        shutil.rmtree(journal_dir, ignore_errors=True)
 
 
 def start_logsvc(redis_url: str, workdir: Path) -> tuple[subprocess.Popen[bytes], str]:

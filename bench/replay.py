@@ -42,14 +42,41 @@ def rewrite(datagram: bytes, *, uuid: str, luid: int, seq: int) -> bytes:
 class UnixKernelSocket:
     """The bridge's end of a socket pair, with KernelSocket's interface."""
 
+    owned = True
+
     def __init__(self, sock: socket.socket):
         self._sock = sock
+        self._next: bytes | None = None
         sock.setblocking(False)
 
+    async def peek(self) -> tuple[bytes, int]:
+        """Next datagram, kept until :meth:`consume`; the sender is reported as the kernel (port 0)."""
+        if self._next is None:
+            self._next = await asyncio.get_running_loop().sock_recv(self._sock, 65536)
+        return self._next, 0
+
+    def consume(self) -> None:
+        """Drop the datagram :meth:`peek` returned."""
+        self._next = None
+
     async def recv(self) -> tuple[bytes, int]:
-        """Next datagram; the sender is reported as the kernel (port 0)."""
-        data = await asyncio.get_running_loop().sock_recv(self._sock, 65536)
-        return data, 0
+        """Next datagram, taken off the queue."""
+        data, sender = await self.peek()
+        self.consume()
+        return data, sender
+
+    def recv_nowait(self) -> tuple[bytes, int] | None:
+        """A datagram already queued, or None."""
+        if self._next is not None:
+            data, self._next = self._next, None
+            return data, 0
+        try:
+            return self._sock.recv(65536), 0
+        except BlockingIOError:
+            return None
+
+    def leave_group(self) -> None:
+        """Nothing to leave: there is no netlink group here."""
 
     async def send(self, datagram: bytes) -> None:
         """A reply to the replaying side."""

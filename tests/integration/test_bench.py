@@ -1,0 +1,20 @@
+"""The benchmark still runs end to end (a tiny run; its numbers are not checked here)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_bench_runs_and_reports_every_column() -> None:
+    """`python -m bench` on a short prefix of the trace: exit 0, no request errors, every table printed."""
+    run = subprocess.run([sys.executable, "-m", "bench", "--requests", "20", "--mirrors", "1", "2"],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)  # fmt: skip
+
+    assert 0 == run.returncode, run.stdout + run.stderr
+    assert 2 == run.stdout.count("errors: 0"), run.stdout
+    assert "appendfsync always" in run.stdout and "appendfsync everysec" in run.stdout
+    assert "throughput, full stack" in run.stdout
