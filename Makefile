@@ -7,7 +7,7 @@ BUF := .cache/buf/node_modules/.bin/buf
 PYTEST_ARGS ?=
 CRASH_ROUNDS ?= 2
 
-.PHONY: all deps proto check-proto lint unit integration kernel test demo bench bench-codec crash clean
+.PHONY: all deps proto check-proto lint unit integration kernel test demo bench bench-codec bench-scale crash clean
 
 all: test
 
@@ -53,6 +53,10 @@ demo: deps
 ## Per-request latency against its floors, and throughput with 1, 8, 64 mirrors (ratios).
 bench: deps
 	$(PY) -m bench
+
+## 10,000 logs, and one log of 16 Mi regions: request latency must not grow with either.
+bench-scale: deps
+	$(PY) -m bench.scale
 
 ## The netlink codec against pyroute2's connector marshal.
 bench-codec: deps

@@ -18,3 +18,13 @@ def test_bench_runs_and_reports_every_column() -> None:
     assert 2 == run.stdout.count("errors: 0"), run.stdout
     assert "appendfsync always" in run.stdout and "appendfsync everysec" in run.stdout
     assert "throughput, full stack" in run.stdout
+
+
+def test_scale_bench_runs() -> None:
+    """`python -m bench.scale` with a few logs and a modest large log: exit 0 and both tables."""
+    run = subprocess.run([sys.executable, "-m", "bench.scale", "--logs", "50", "--regions", "65536"],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)  # fmt: skip
+
+    assert 0 == run.returncode, run.stdout + run.stderr
+    assert "50 logs of 128 regions" in run.stdout and "one log of 65536 regions" in run.stdout
+    assert "(exit 0," in run.stdout
