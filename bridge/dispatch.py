@@ -12,6 +12,8 @@ logsvc stays unreachable it gets -EAGAIN and the kernel asks again.
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +22,7 @@ from bridge import wire
 from bridge.wire import Request, RequestType
 from dmulog.v1 import dmulog_pb2 as pb
 
-__all__ = ["ROUTES", "Route"]
+__all__ = ["ROUTES", "Route", "block_devices"]
 
 Build = Callable[[Request, pb.LogRef, pb.Node], Any]
 Reply = Callable[[Request, Any], bytes]
@@ -60,7 +62,37 @@ def _regions(message: type[Any], name: str) -> Build:
 
 def _ctr(req: Request, log: pb.LogRef, node: pb.Node) -> pb.CtrRequest:
     ctr = wire.decode_ctr(req.data)
-    return pb.CtrRequest(log=log, node=node, target_sectors=ctr.target_sectors, log_type=ctr.log_type, args=ctr.args)
+    return pb.CtrRequest(log=log, node=node, target_sectors=ctr.target_sectors, log_type=ctr.log_type, args=ctr.args,
+                         block_devices=block_devices(ctr))  # fmt: skip
+
+
+def block_devices(ctr: wire.CtrArgs) -> dict[str, str]:
+    """What each absolute path among the CTR arguments names on this node.
+
+    logsvc may run on another machine, so only the node can tell which block
+    device a table's path means (cmirrord showed the log device's numbers
+    from fstat) and whether it exists at all: the kernel opens the log device
+    only after a successful CTR, and when that fails it drops the table
+    without a DTR, leaving the log behind. A path whose lookup fails for any
+    other reason (permissions, loops) gets no entry and is taken as given. A
+    replayed CTR reports only devices it found: its table is already loaded,
+    so refusing it now would only trap the kernel in its reconnect loop.
+    """
+    found: dict[str, str] = {}
+    for arg in ctr.args:
+        if not arg.startswith("/") or arg in found:
+            continue
+        try:
+            st = os.stat(arg)
+        except (FileNotFoundError, NotADirectoryError):
+            number = ""
+        except OSError:
+            continue
+        else:
+            number = f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}" if stat.S_ISBLK(st.st_mode) else ""
+        if number or not ctr.replay:
+            found[arg] = number
+    return found
 
 
 def _dtr(req: Request, log: pb.LogRef, node: pb.Node) -> pb.DtrRequest:

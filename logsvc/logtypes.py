@@ -6,8 +6,8 @@ Three types share one state machine and differ only here:
   them, so tables written for cmirrord work unchanged. ``clustered-core``
   keeps its bits only while the table lives, like the kernel's core log.
   ``clustered-disk`` keeps them in Redis across activations (cmirrord kept
-  them on the named device), and hands the device name back to the kernel so
-  the table still holds a reference to it.
+  them on the named device), and hands the device back to the kernel so the
+  table still holds a reference to it.
 * ``dmulog``, the native type: ``<region_size> [sync|nosync]``, persistent
   in Redis with the kernel disk log's resume rule, and no device at all.
 """
@@ -15,11 +15,12 @@ Three types share one state machine and differ only here:
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from logsvc.errors import InvalidArgument
 
-__all__ = ["LOG_TYPES", "MAX_REGIONS", "LogSpec", "parse_log_args", "status_info", "status_table"]
+__all__ = ["LOG_TYPES", "MAX_REGIONS", "LogSpec", "log_device", "parse_log_args", "status_info", "status_table"]
 
 CORE = "clustered-core"
 DISK = "clustered-disk"
@@ -33,6 +34,7 @@ MAX_REGIONS = 1 << 28
 
 _DEVICE = re.compile(r"(/[^\s\0]+|[0-9]+:[0-9]+)")
 _DECIMAL = re.compile(r"[0-9]+")
+_MAJOR_MINOR = re.compile(r"[0-9]{1,10}:[0-9]{1,10}")
 _OPTIONS = {
     CORE: frozenset({"sync", "nosync", "block_on_error"}),
     DISK: frozenset({"sync", "nosync", "block_on_error"}),
@@ -109,20 +111,43 @@ def parse_log_args(target_sectors: int, log_type: str, args: tuple[str, ...] | l
     return LogSpec(log_type, target_sectors, region_size, region_count, sync, "block_on_error" in options, device, args)
 
 
-def status_info(spec: LogSpec) -> str:
-    """STATUS_INFO text, as cmirrord prints it (``<#words> <type> ...``)."""
+def log_device(spec: LogSpec, block_devices: Mapping[str, str]) -> str:
+    """The log device as the kernel should reference it and the status show it.
+
+    cmirrord printed the numbers it got from fstat() of the device; logsvc may
+    run elsewhere, so the node reports them (``CtrRequest.block_devices``).
+    Without a report the device stays as given. A device the node reports
+    missing is refused now: the kernel would fail the table only after this
+    CTR succeeded, and send no DTR for it.
+    """
+    if not spec.device or spec.device not in block_devices:
+        return spec.device
+    number = block_devices[spec.device]
+    if not number:
+        raise InvalidArgument(f"log device {spec.device} is not a block device on the calling node")
+    if not _MAJOR_MINOR.fullmatch(number):
+        raise InvalidArgument(f"block_devices[{spec.device!r}] is {number!r}, not major:minor")
+    return number
+
+
+def status_info(spec: LogSpec, device: str | None = None) -> str:
+    """STATUS_INFO text, as cmirrord prints it (``<#words> <type> ...``).
+
+    ``device`` is the log device as resolved at CTR (see ``log_device``);
+    the table's own word when None.
+    """
     if spec.log_type == DISK:
-        # cmirrord fstat()s the device it writes; dmulog never opens it, so it
-        # reports the device as the table names it and never fails it.
-        return f"3 {DISK} {spec.device} A"
+        # dmulog never opens the device, so it never fails it.
+        return f"3 {DISK} {device or spec.device} A"
     return f"1 {spec.log_type}"
 
 
-def status_table(spec: LogSpec) -> str:
+def status_table(spec: LogSpec, device: str | None = None) -> str:
     """STATUS_TABLE text, as cmirrord prints it: ends with a space."""
     sync = f"{spec.sync} " if spec.sync else ""
     boe = "block_on_error" if spec.block_on_error else ""
-    device = f"{spec.device} " if spec.device else ""
+    device = device or spec.device
+    device = f"{device} " if device else ""
     if spec.log_type == NATIVE:
         return f"{NATIVE} {spec.region_size} {sync}"
     return f"{spec.log_type} {device}{spec.region_size} {sync}{boe} "

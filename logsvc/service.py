@@ -17,7 +17,7 @@ from dmulog.v1 import dmulog_pb2 as pb
 from dmulog.v1 import dmulog_pb2_grpc as pb_grpc
 from logsvc import validate
 from logsvc.errors import NotFound
-from logsvc.logtypes import LogSpec, parse_log_args, status_info, status_table
+from logsvc.logtypes import LogSpec, log_device, parse_log_args, status_info, status_table
 from logsvc.snapshot import log_state, log_summary
 from logsvc.store import Store
 
@@ -36,17 +36,18 @@ class DirtyLogService(pb_grpc.DirtyLogServicer):
         args = validate.caller(request)
         return await self._store.call(op, request.log.uuid, [*args, *extra], readonly=readonly)
 
-    async def _spec(self, request: pb.StatusInfoRequest | pb.StatusTableRequest) -> LogSpec:
+    async def _spec(self, request: pb.StatusInfoRequest | pb.StatusTableRequest) -> tuple[LogSpec, str]:
+        """The instance's arguments and its log device as resolved at CTR."""
         inst = json.loads(await self._op("describe", request, readonly=True))
         log_type, *args = inst["args"].split(" ")
-        return parse_log_args(int(inst["ts"]), log_type, args)
+        return parse_log_args(int(inst["ts"]), log_type, args), inst.get("device", "")
 
     async def Ctr(self, request: pb.CtrRequest, context: Ctx) -> pb.CtrResponse:
         validate.caller(request)
         s = parse_log_args(request.target_sectors, request.log_type, list(request.args))
         device = await self._op(
             "ctr", request, s.target_sectors, s.log_type, s.region_size, s.region_count, s.sync,
-            s.canonical_args, s.device, int(s.persistent), request.log.uuid,
+            s.canonical_args, log_device(s, request.block_devices), int(s.persistent), request.log.uuid,
         )  # fmt: skip
         return pb.CtrResponse(device=device.decode() if isinstance(device, bytes) else "")
 
@@ -99,10 +100,10 @@ class DirtyLogService(pb_grpc.DirtyLogServicer):
         return pb.GetSyncCountResponse(sync_count=int(await self._op("get_sync_count", request, readonly=True)))
 
     async def StatusInfo(self, request: pb.StatusInfoRequest, context: Ctx) -> pb.StatusInfoResponse:
-        return pb.StatusInfoResponse(text=status_info(await self._spec(request)))
+        return pb.StatusInfoResponse(text=status_info(*await self._spec(request)))
 
     async def StatusTable(self, request: pb.StatusTableRequest, context: Ctx) -> pb.StatusTableResponse:
-        return pb.StatusTableResponse(text=status_table(await self._spec(request)))
+        return pb.StatusTableResponse(text=status_table(*await self._spec(request)))
 
     async def IsRemoteRecovering(
         self, request: pb.IsRemoteRecoveringRequest, context: Ctx

@@ -118,8 +118,10 @@ class LogHandle:
     def _k(self) -> dict[str, object]:
         return {"log": self.log, "node": self.node}
 
-    async def ctr(self, sectors: int, log_type: str, *args: str) -> pb.CtrResponse:
-        return await self.stub.Ctr(pb.CtrRequest(**self._k(), target_sectors=sectors, log_type=log_type, args=args))
+    async def ctr(self, sectors: int, log_type: str, *args: str,
+                  block_devices: dict[str, str] | None = None) -> pb.CtrResponse:  # fmt: skip
+        return await self.stub.Ctr(pb.CtrRequest(**self._k(), target_sectors=sectors, log_type=log_type, args=args,
+                                                 block_devices=block_devices or {}))  # fmt: skip
 
     async def dtr(self) -> None:
         await self.stub.Dtr(pb.DtrRequest(**self._k()))

@@ -37,18 +37,27 @@ class Node(_message.Message):
     def __init__(self, name: _Optional[str] = ..., boot_id: _Optional[str] = ...) -> None: ...
 
 class CtrRequest(_message.Message):
-    __slots__ = ("log", "node", "target_sectors", "log_type", "args")
+    __slots__ = ("log", "node", "target_sectors", "log_type", "args", "block_devices")
+    class BlockDevicesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     LOG_FIELD_NUMBER: _ClassVar[int]
     NODE_FIELD_NUMBER: _ClassVar[int]
     TARGET_SECTORS_FIELD_NUMBER: _ClassVar[int]
     LOG_TYPE_FIELD_NUMBER: _ClassVar[int]
     ARGS_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_DEVICES_FIELD_NUMBER: _ClassVar[int]
     log: LogRef
     node: Node
     target_sectors: int
     log_type: str
     args: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, log: _Optional[_Union[LogRef, _Mapping]] = ..., node: _Optional[_Union[Node, _Mapping]] = ..., target_sectors: _Optional[int] = ..., log_type: _Optional[str] = ..., args: _Optional[_Iterable[str]] = ...) -> None: ...
+    block_devices: _containers.ScalarMap[str, str]
+    def __init__(self, log: _Optional[_Union[LogRef, _Mapping]] = ..., node: _Optional[_Union[Node, _Mapping]] = ..., target_sectors: _Optional[int] = ..., log_type: _Optional[str] = ..., args: _Optional[_Iterable[str]] = ..., block_devices: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class CtrResponse(_message.Message):
     __slots__ = ("device",)

@@ -299,7 +299,12 @@ local function dtr(k, argv)
   for i = 1, #all, 2 do
     if cjson.decode(all[i + 1]).node == argv[1] then node_left = true end
   end
-  if #all == 0 and not inst.persistent then
+  -- A persistent log that no table ever activated holds nothing a new CTR
+  -- would not recreate, so it goes with its last table like a core log: a
+  -- table the kernel refused after its CTR (a bad leg, a wrong leg count)
+  -- leaves nothing behind. Unless someone marked regions: when in doubt, dirty.
+  local never_active = redis.call('HGET', k[1], 'fresh') == '1' and redis.call('HLEN', k[5]) == 0
+  if #all == 0 and (not inst.persistent or never_active) then
     redis.call('DEL', k[1], k[2], k[3], k[4], k[5], k[6])
     return 0
   end

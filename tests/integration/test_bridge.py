@@ -7,13 +7,17 @@ datagrams out.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import itertools
+import os
+import stat
 import struct
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import grpc
 import pytest
 
 from bridge import wire
@@ -22,6 +26,7 @@ from bridge.client import ClientConfig, LogsvcClient
 from bridge.journal import Journal
 from bridge.wire import RequestType as T
 from dmulog.v1 import dmulog_pb2 as pb
+from dmulog.v1 import dmulog_pb2_grpc as pb_grpc
 from tests.servers import RedisProcess, free_port, logsvc_server
 
 U64 = struct.Struct("=Q")
@@ -129,6 +134,36 @@ async def test_bad_constructor_arguments_are_einval(kernel: KernelSide, uuid: st
     assert (await kernel.ask(T.CTR, b"120 clustered-core 24", uuid=uuid)).error == -errno.EINVAL
 
 
+def _a_block_device() -> tuple[str, str]:
+    """Some block device node of this machine, with its major:minor (skip the test when there is none)."""
+    for path in sorted(Path("/dev").iterdir()):
+        with contextlib.suppress(OSError):
+            st = path.stat()
+            if stat.S_ISBLK(st.st_mode):
+                return str(path), f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
+    pytest.skip("no block device in /dev")
+
+
+async def test_clustered_disk_device_is_named_by_its_numbers_on_this_node(kernel: KernelSide, uuid: str) -> None:
+    """The CTR reply and the status name the log device by major:minor, as cmirrord's fstat() did (§8.2)."""
+    path, number = _a_block_device()
+    ctr = await kernel.ask(T.CTR, f"120 clustered-disk {path} 16".encode(), uuid=uuid)
+    assert (0, number.encode() + b"\0") == (ctr.error, ctr.data)
+    assert 0 == (await kernel.ask(T.RESUME, uuid=uuid)).error
+    assert f"3 clustered-disk {number} A".encode() + b"\0" == (await kernel.ask(T.STATUS_INFO, uuid=uuid)).data
+
+
+async def test_clustered_disk_device_missing_on_this_node_fails_ctr_without_a_trace(
+    kernel: KernelSide, stub: pb_grpc.DirtyLogStub, uuid: str, tmp_path: Path
+) -> None:
+    """A log device the kernel could not open fails the CTR itself: the kernel sends no DTR after a later failure."""
+    ctr = await kernel.ask(T.CTR, f"120 clustered-disk {tmp_path}/missing 16".encode(), uuid=uuid)
+    assert -errno.EINVAL == ctr.error
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await stub.GetLogState(pb.GetLogStateRequest(uuid=uuid))
+    assert grpc.StatusCode.NOT_FOUND == e.value.code()
+
+
 async def test_datagrams_not_from_the_kernel_are_ignored(kernel: KernelSide, uuid: str) -> None:
     """A request from a userspace port (not 0) is never answered."""
     kernel.send(T.CTR, b"120 clustered-core 16", uuid=uuid, sender=4242)
@@ -151,9 +186,11 @@ async def test_unreachable_logsvc_critical_requests_get_eagain(uuid: str) -> Non
 async def test_stale_seq_is_never_answered(redis: RedisProcess, uuid: str) -> None:
     """A reply ready only after the kernel's timeout is dropped; the kernel's re-send under a new seq is answered."""
     port = free_port()
-    k = KernelSide(f"127.0.0.1:{port}", budget=8.0, attempt_timeout=0.5, kernel_timeout=1.0)
+    # The kernel's timeout (scaled down) must exceed the channel's longest reconnect
+    # backoff (1 s + jitter), or even the re-sent request could not be answered in time.
+    k = KernelSide(f"127.0.0.1:{port}", budget=8.0, attempt_timeout=0.5, kernel_timeout=2.0)
     first = k.send(T.CTR, b"120 clustered-core 16", uuid=uuid)
-    await asyncio.sleep(1.2)  # the kernel has given up on `first` and re-sends
+    await asyncio.sleep(2.2)  # the kernel has given up on `first` and re-sends
     second = k.send(T.CTR, b"120 clustered-core 16", uuid=uuid)
     async with logsvc_server(redis.url, listen=f"127.0.0.1:{port}"):
         reply = await k.reply()

@@ -69,6 +69,54 @@ async def test_ctr_of_clustered_disk_returns_the_device(log: LogHandle) -> None:
     assert (await log.ctr(SECTORS, "clustered-disk", "253:2", "16")).device == "253:2"
 
 
+async def test_clustered_disk_names_its_device_by_the_node_s_numbers(log: LogHandle) -> None:
+    """With the node's major:minor for the device path, CTR hands the numbers back and the status shows them."""
+    reply = await log.ctr(SECTORS, "clustered-disk", "/dev/vg/mlog", "16", block_devices={"/dev/vg/mlog": "253:7"})
+    assert "253:7" == reply.device
+    assert "3 clustered-disk 253:7 A" == await log.status_info()
+    assert "clustered-disk 253:7 16  " == await log.status_table()
+    assert ["/dev/vg/mlog", "16"] == list((await log.state()).args)  # the table's words are kept as given
+
+
+async def test_clustered_disk_without_the_node_s_numbers_shows_the_device_as_given(log: LogHandle) -> None:
+    """A caller that reports nothing (an older bridge) gets the table's word back, as before."""
+    assert "/dev/vg/mlog" == (await log.ctr(SECTORS, "clustered-disk", "/dev/vg/mlog", "16")).device
+    assert "3 clustered-disk /dev/vg/mlog A" == await log.status_info()
+
+
+async def test_clustered_disk_device_missing_on_the_node_is_refused_and_leaves_nothing(log: LogHandle) -> None:
+    """The kernel would drop the table after CTR without a DTR; refusing the CTR leaves no orphan instance."""
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await log.ctr(SECTORS, "clustered-disk", "/dev/nonexistent", "16", block_devices={"/dev/nonexistent": ""})
+    assert grpc.StatusCode.INVALID_ARGUMENT == e.value.code()
+    assert "/dev/nonexistent is not a block device on the calling node" in (e.value.details() or "")
+    assert grpc.StatusCode.NOT_FOUND == await code_of(log.state())
+
+
+@pytest.mark.parametrize(("log_type", "args"), [("dmulog", ["16"]), ("clustered-disk", ["253:2", "16", "nosync"])])
+async def test_persistent_log_never_activated_goes_with_its_last_table(
+    log: LogHandle, log_type: str, args: list[str]
+) -> None:
+    """A table the kernel refuses after CTR (bad leg, wrong leg count) gets DTR before any RESUME: nothing stays."""
+    await log.ctr(SECTORS, log_type, *args)
+    await log.dtr()
+    assert grpc.StatusCode.NOT_FOUND == await code_of(log.state())
+    listing = await log.stub.ListLogs(pb.ListLogsRequest())
+    assert [] == [s.uuid for s in listing.logs if s.uuid == log.log.uuid]
+
+
+async def test_never_activated_log_stays_while_another_table_or_a_mark_holds_it(log: LogHandle) -> None:
+    """Only the last table of a never-activated log takes it along, and never one with marks (when in doubt, dirty)."""
+    other = log.other(luid=0x77)
+    await log.ctr(SECTORS, "dmulog", "16", "nosync")
+    await other.ctr(SECTORS, "dmulog", "16", "nosync")
+    await log.dtr()
+    assert [other.log.luid] == [i.luid for i in (await other.state()).instances]
+    await other.mark(3)
+    await other.dtr()
+    assert [3] == dirty(await log.state())
+
+
 async def test_requests_for_an_unknown_instance_are_not_found(log: LogHandle) -> None:
     """Every per-instance request on an unknown (uuid, luid) is NOT_FOUND, so the kernel replays CTR."""
     calls = [log.resume(), log.presuspend(), log.postsuspend(), log.region_size(), log.is_clean(0), log.in_sync(0),

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import sys
 
 import pytest
 
 from bridge import wire
-from bridge.dispatch import ROUTES
+from bridge.dispatch import ROUTES, block_devices
 from bridge.wire import REPLY_CAPACITY, Request, RequestType, WireError
 from dmulog.v1 import dmulog_pb2 as pb
 
@@ -313,3 +315,50 @@ def test_every_route_replies_to_its_rpc_output_type():
         full = wire.encode_reply(request, 0, payload)
         expected = 196 + len(payload)
         assert expected == int.from_bytes(full[0:4], NATIVE)
+
+
+def _ctr(text: str) -> wire.CtrArgs:
+    return wire.decode_ctr(text.encode())
+
+
+def test_block_devices_names_missing_paths_and_files_as_no_device(tmp_path):
+    """A path that is missing or not a block device on the node is reported as '' (logsvc refuses it)."""
+    plain = tmp_path / "logdev"
+    plain.write_bytes(b"")
+    ctr = _ctr(f"2048 clustered-disk {tmp_path}/missing 1024 {plain} {plain}/below")
+    expected = {f"{tmp_path}/missing": "", str(plain): "", f"{plain}/below": ""}
+    assert expected == block_devices(ctr)
+
+
+def test_block_devices_gives_major_minor_of_a_block_device(monkeypatch):
+    """A block device path becomes its decimal major:minor, what cmirrord's fstat() showed."""
+    real_stat = os.stat
+    device = os.stat_result((stat.S_IFBLK | 0o600, 0, 0, 1, 0, 0, 0, 0, 0, 0), {"st_rdev": os.makedev(253, 7)})
+    monkeypatch.setattr(os, "stat", lambda path, *a, **kw: device if path == "/dev/vg/mlog" else real_stat(path))
+    assert {"/dev/vg/mlog": "253:7"} == block_devices(_ctr("2048 clustered-disk /dev/vg/mlog 1024 nosync"))
+
+
+def test_block_devices_skips_words_that_are_not_paths():
+    """Region sizes, options and major:minor words are no paths: nothing to report."""
+    assert {} == block_devices(_ctr("2048 clustered-disk 253:2 1024 nosync block_on_error"))
+
+
+def test_block_devices_of_a_replayed_ctr_reports_only_what_it_found(tmp_path):
+    """The reconnect loop's CTR is for a table already loaded: a vanished path must not make it fail forever."""
+    assert {} == block_devices(_ctr(f"2048 clustered-disk {tmp_path}/gone 1024\0"))
+
+
+def test_block_devices_omits_paths_it_could_not_look_at(monkeypatch):
+    """A path whose lookup fails for another reason (permissions) is taken as given, not refused."""
+
+    def denied(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(os, "stat", denied)
+    assert {} == block_devices(_ctr("2048 clustered-disk /dev/vg/mlog 1024"))
+
+
+def test_ctr_carries_the_block_devices(tmp_path):
+    """The CtrRequest the bridge sends holds the node's findings next to the table's words."""
+    built = ROUTES[T.CTR].build(req(T.CTR, f"2048 clustered-disk {tmp_path}/gone 1024".encode()), LOG, NODE)
+    assert {f"{tmp_path}/gone": ""} == dict(built.block_devices)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from logsvc.errors import InvalidArgument
-from logsvc.logtypes import LOG_TYPES, MAX_REGIONS, LogSpec, parse_log_args, status_info, status_table
+from logsvc.logtypes import LOG_TYPES, MAX_REGIONS, LogSpec, log_device, parse_log_args, status_info, status_table
 
 CORE, DISK, NATIVE = "clustered-core", "clustered-disk", "dmulog"
 MLOG = "/dev/mapper/vg-lv_mlog"
@@ -205,3 +205,44 @@ def test_status_info_word_count(log_type, args, info, table):
     words = status_info(parse_log_args(2048, log_type, args)).split(" ")
     expected = int(words[0])
     assert expected == len(words) - 1
+
+
+# (table's device word, what the node reported, the device the kernel and the status get)
+DEVICES = [
+    pytest.param("/dev/loop2", {"/dev/loop2": "7:2"}, "7:2", id="path-resolved"),
+    pytest.param("/dev/loop2", {}, "/dev/loop2", id="path-not-reported"),
+    pytest.param("/dev/loop2", {"/dev/other": "7:3"}, "/dev/loop2", id="other-path-reported"),
+    pytest.param("253:2", {}, "253:2", id="major-minor-as-given"),
+]
+
+
+@pytest.mark.parametrize(("word", "reported", "expected"), DEVICES)
+def test_log_device_uses_the_node_report(word, reported, expected):
+    """clustered-disk's device is the node's major:minor when reported, else the table's word."""
+    assert expected == log_device(parse_log_args(2048, DISK, [word, "1024"]), reported)
+
+
+def test_log_device_of_other_types_is_empty():
+    """Only clustered-disk has a log device, whatever the node reported."""
+    assert "" == log_device(parse_log_args(2048, CORE, ["1024"]), {"/dev/loop2": "7:2"})
+
+
+@pytest.mark.parametrize(
+    ("reported", "message"),
+    [
+        pytest.param({MLOG: ""}, "not a block device on the calling node", id="missing-on-node"),
+        pytest.param({MLOG: "sda"}, "not major:minor", id="garbage"),
+        pytest.param({MLOG: "7:"}, "not major:minor", id="half"),
+    ],
+)
+def test_log_device_refuses_what_the_node_cannot_open(reported, message):
+    """A device the node reports missing fails CTR now: the kernel would fail the table later and send no DTR."""
+    with pytest.raises(InvalidArgument, match=message):
+        log_device(parse_log_args(2048, DISK, [MLOG, "1024"]), reported)
+
+
+def test_status_shows_the_resolved_device():
+    """With the node's numbers, the status texts read like cmirrord's fstat()-based ones (protocol.md §8.2)."""
+    spec = parse_log_args(2048, DISK, [MLOG, "1024", "nosync"])
+    expected = ("3 clustered-disk 253:7 A", "clustered-disk 253:7 1024 nosync  ")
+    assert expected == (status_info(spec, "253:7"), status_table(spec, "253:7"))
