@@ -145,11 +145,17 @@ class Bridge:
         finally:
             self.journal.done(entry)
 
-    def replay_journal(self) -> int:
+    async def replay_journal(self) -> int:
         """Answer the requests an earlier bridge journalled and left unanswered; how many.
 
         Entries the kernel has already given up on (15 s or older) are dropped:
         it re-sent them under a new seq, which is queued or on its way.
+
+        Returns only once every replayed request is answered, before anything
+        newer is read: a journalled CLEAR whose reply went out just before the
+        old bridge died may be followed in the queue by a MARK of the same
+        region, and running the two at once could let the CLEAR land last and
+        drop a mark that protects a write in flight.
         """
         replayed, now = 0, time.monotonic()
         for entry in self.journal.pending():
@@ -162,6 +168,7 @@ class Bridge:
             replayed += 1
         if replayed:
             event(log, logging.INFO, "journal_replayed", requests=replayed)
+            await asyncio.wait(set(self.tasks))
         return replayed
 
     def _already_replayed(self, datagram: bytes) -> bool:
@@ -350,7 +357,7 @@ async def run(config: BridgeConfig) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        bridge.replay_journal()
+        await bridge.replay_journal()
         await bridge.serve(sock, stop)
         if sock.owned:
             sock.leave_group()

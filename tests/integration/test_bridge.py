@@ -242,7 +242,9 @@ async def test_a_restarted_bridge_answers_what_its_predecessor_left_unanswered(
 
     restarted = KernelSide(logsvc, journal=Journal(tmp_path / "inflight"))
     try:
-        assert 1 == restarted.bridge.replay_journal()
+        assert 1 == await restarted.bridge.replay_journal()
+        # Answered before replay_journal returned, so before anything newer is read.
+        assert 1 == restarted.sent.qsize()
         reply = await restarted.reply()
         assert (fresh_seq, 0, u64(16)) == (reply.seq, reply.error, reply.data)
         await asyncio.sleep(0.3)
