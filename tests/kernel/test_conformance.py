@@ -301,13 +301,6 @@ note done "$SECONDS"
 """
 
 
-def outcome(run: GuestRun) -> dict[str, str]:
-    """The key=value lines the guest wrote."""
-    path = run.results_dir / "outcome"
-    lines = path.read_text().splitlines() if path.exists() else []
-    return dict(line.split("=", 1) for line in lines if "=" in line)
-
-
 def _fields(out: dict[str, str], prefix: str, *keys: str) -> tuple[str | None, ...]:
     """The values of ``<prefix>.<key>`` for each key, None where missing."""
     return tuple(out.get(f"{prefix}.{k}") for k in keys)
@@ -338,7 +331,7 @@ def limits(tmp_path_factory: pytest.TempPathFactory) -> GuestRun:
 def test_conformance_boot_completes_and_kernel_log_is_clean(conformance: GuestRun) -> None:
     """Every step ran, and the kernel never logged a timeout, a short reply buffer, BUG or WARNING."""
     assert 0 == conformance.rc, conformance.describe()
-    assert "done" in outcome(conformance), conformance.describe()
+    assert "done" in conformance.outcome(), conformance.describe()
     assert [] == conformance.problems
 
 
@@ -350,7 +343,7 @@ def _sync_field(status: str) -> str:
 
 def _combo(run: GuestRun, combo: str) -> dict[str, str]:
     prefix = f"m.{combo}."
-    return {k[len(prefix) :]: v for k, v in outcome(run).items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in run.outcome().items() if k.startswith(prefix)}
 
 
 @pytest.mark.parametrize("combo", COMBO_IDS)
@@ -387,7 +380,7 @@ def _expected_texts(run: GuestRun, combo: str) -> tuple[str, str]:
     log_type, mode, flush = combo.rsplit("-", 2)
     c = _combo(run, combo)
     leg_a, leg_b = c["legs"].split(" ")
-    ld_path, ld_number = outcome(run)["logdev"].split(" ")
+    ld_path, ld_number = run.outcome()["logdev"].split(" ")
     info = {"clustered-core": "1 clustered-core", "dmulog": "1 dmulog"}.get(log_type, f"3 clustered-disk {ld_number} A")
     words = [c["uuid"], *(["integrated_flush"] if flush == "integrated" else []), log_type,
              *([ld_path] if log_type == "clustered-disk" else []), "2048", mode]  # fmt: skip
@@ -442,7 +435,7 @@ def _bridge_reasons(run: GuestRun, name: str) -> list[str]:
 @pytest.mark.parametrize("name", list(BAD_TABLES))
 def test_bad_table_fails_with_its_reason_logged(conformance: GuestRun, name: str) -> None:
     """`dmsetup create` fails, no device is left, and the bridge log (CTR EINVAL) or kernel log says why."""
-    assert "1" == outcome(conformance).get(f"bad.{name}.rc"), _text(conformance, f"bad.{name}.out")
+    assert "1" == conformance.outcome().get(f"bad.{name}.rc"), _text(conformance, f"bad.{name}.out")
     assert f"bad-{name}\t" not in _text(conformance, "bad-devices.txt")
     where, reason = BAD_TABLES[name]
     dmesg = _text(conformance, f"bad.{name}.dmesg")
@@ -457,14 +450,14 @@ def test_bad_table_fails_with_its_reason_logged(conformance: GuestRun, name: str
 @pytest.mark.parametrize("name", list(BAD_TABLES))
 def test_bad_table_leaves_nothing_in_redis(conformance: GuestRun, name: str) -> None:
     """No key of the bad table's log is left, even when the kernel failed the table after a successful CTR."""
-    assert "0" == outcome(conformance).get("bad.scan_rc")
+    assert "0" == conformance.outcome().get("bad.scan_rc")
     keys = _text(conformance, "bad-keys.txt").split()
     assert [] == [k for k in keys if k.startswith(f"dmulog:{{conf-bad-{name}}}:")]
 
 
 def test_a_good_mirror_works_right_after_bad_tables(conformance: GuestRun) -> None:
     """Bad tables break nothing: the stack keeps running and the next mirror works."""
-    out = outcome(conformance)
+    out = conformance.outcome()
     assert "yes" == out.get("bad.alive")
     assert ("0", "0", "0", "yes") == _fields(out, "bad.good", "create_rc", "write_rc", "remove_rc", "legs_identical")
     status = out.get("bad.good.status", "")
@@ -473,7 +466,7 @@ def test_a_good_mirror_works_right_after_bad_tables(conformance: GuestRun) -> No
 
 def test_parallel_mirrors_of_mixed_types(conformance: GuestRun) -> None:
     """Four mirrors (three types, both flush modes) created, resynced and written at the same time all agree."""
-    out = outcome(conformance)
+    out = conformance.outcome()
     for i in (1, 2, 3, 4):
         got = _fields(out, f"par.{i}", "create_rc", "settled", "io_rc", "remove_rc", "legs_identical")
         assert ("0", "0", "00", "0", "yes") == got, (i, got)
@@ -486,7 +479,7 @@ _INSTANCE = re.compile(r"^ {4}guest luid (0x[0-9a-f]+) boot \S+ (\w+) 8 regions$
 
 def test_reload_runs_two_instances_until_resume(conformance: GuestRun) -> None:
     """Between `dmsetup load` and `resume` the log has the old table's instance and the new one; then only the new."""
-    out = outcome(conformance)
+    out = conformance.outcome()
     assert ("0", "0", "0", "0") == _fields(out, "reload", "load_rc", "during_rc", "resume_rc", "after_rc")
     during = _INSTANCE.findall(_text(conformance, "reload-during.txt"))
     after = _INSTANCE.findall(_text(conformance, "reload-after.txt"))
@@ -497,7 +490,7 @@ def test_reload_runs_two_instances_until_resume(conformance: GuestRun) -> None:
 
 def test_reload_under_io_keeps_the_legs_identical(conformance: GuestRun) -> None:
     """Writes running across the reload, and after it, all land on both legs."""
-    out = outcome(conformance)
+    out = conformance.outcome()
     assert ("0", "0", "0") == (out.get("reload.writer_rc"), out.get("reload.write_after_rc"), out.get("reload.settled"))
     assert re.fullmatch(r"0 8192 mirror 2 7:\d+ 7:\d+ 8/8 1 AA 1 dmulog", out.get("reload.status", ""))
     assert "yes" == out.get("par.4.legs_identical")
@@ -509,13 +502,13 @@ def test_reload_under_io_keeps_the_legs_identical(conformance: GuestRun) -> None
 def test_limits_boot_completes_and_kernel_log_is_clean(limits: GuestRun) -> None:
     """Every step ran (a failed leg included), and the kernel never logged BUG, WARNING or a timeout."""
     assert 0 == limits.rc, limits.describe()
-    assert "done" in outcome(limits), limits.describe()
+    assert "done" in limits.outcome(), limits.describe()
     assert [] == limits.problems
 
 
 def test_one_mib_regions_over_a_4_gib_target(limits: GuestRun) -> None:
     """4096 regions of 2048 sectors, nosync: in sync at once, writes land on both legs, `dmulog status` works."""
-    out = outcome(limits)
+    out = limits.outcome()
     assert ("0", "00", "0", "0") == _fields(out, "big", "create_rc", "write_rc", "dmulog_status_rc", "remove_rc")
     for key in ("first_status", "status"):
         assert re.fullmatch(r"0 8388608 mirror 2 7:\d+ 7:\d+ 4096/4096 1 AA 1 dmulog", out.get(f"big.{key}", "")), key
@@ -525,7 +518,7 @@ def test_one_mib_regions_over_a_4_gib_target(limits: GuestRun) -> None:
 
 def test_more_regions_than_cmirrord_allows(limits: GuestRun) -> None:
     """2,097,153 regions of 2 sectors (cmirrord stops at 2,097,152): created, written to the last one, removed."""
-    out = outcome(limits)
+    out = limits.outcome()
     assert ("0", "000", "0", "0") == _fields(out, "many", "create_rc", "write_rc", "dmulog_status_rc", "remove_rc")
     for key in ("first_status", "status"):
         assert re.fullmatch(r"0 4194306 mirror 2 7:\d+ 7:\d+ 2097153/2097153 1 AA 1 clustered-core",
@@ -537,14 +530,14 @@ def test_more_regions_than_cmirrord_allows(limits: GuestRun) -> None:
 
 def test_region_size_2_resyncs_every_region(limits: GuestRun) -> None:
     """The smallest region size with sync copies all 16 regions of a small target, one by one."""
-    out = outcome(limits)
+    out = limits.outcome()
     assert ("0", "0", "0", "yes") == _fields(out, "tiny", "create_rc", "settled", "remove_rc", "legs_identical")
     assert re.fullmatch(r"0 32 mirror 2 7:\d+ 7:\d+ 16/16 1 AA 1 dmulog", out.get("tiny.status", ""))
 
 
 def test_partial_last_region_is_resynced(limits: GuestRun) -> None:
     """A target that is not a whole number of regions gets ceil(len/size) regions, the short last one copied too."""
-    out = outcome(limits)
+    out = limits.outcome()
     expected = ("0", "0", "0", "0", "yes")
     assert expected == _fields(out, "part", "create_rc", "settled", "write_rc", "remove_rc", "legs_identical")
     assert re.fullmatch(r"0 8200 mirror 2 7:\d+ 7:\d+ 5/5 1 AA 1 clustered-core", out.get("part.status", ""))
@@ -552,14 +545,14 @@ def test_partial_last_region_is_resynced(limits: GuestRun) -> None:
 
 def test_region_size_equal_to_the_target(limits: GuestRun) -> None:
     """The largest region size the log accepts (the whole target) makes a one-region mirror that works."""
-    out = outcome(limits)
+    out = limits.outcome()
     assert ("0", "0", "0", "yes") == _fields(out, "one", "create_rc", "write_rc", "remove_rc", "legs_identical")
     assert re.fullmatch(r"0 8192 mirror 2 7:\d+ 7:\d+ 1/1 1 AA 1 dmulog", out.get("one.status", ""))
 
 
 def test_failed_leg_write_completes_and_the_leg_shows_d(limits: GuestRun) -> None:
     """A write that fails on leg 1 still completes (no handle_errors); the status marks that leg D (§8.1)."""
-    out = outcome(limits)
+    out = limits.outcome()
     leg_a, leg_b = out.get("fail.legs", "? ?").split(" ")
     assert ("0", "0", "0", "00") == _fields(out, "fail", "create_rc", "swap_rc", "write_rc", "write2_rc")
     assert f"0 8192 mirror 2 {leg_a} {leg_b} 8/8 1 AA 1 dmulog" == out.get("fail.status0")
@@ -578,7 +571,7 @@ def test_failed_leg_sets_the_written_regions_out_of_sync(limits: GuestRun) -> No
 
 def test_failed_leg_causes_no_retry_loop(limits: GuestRun) -> None:
     """With the leg dead and no I/O nothing repeats: no request and no log line in 10 s, after a resume too."""
-    out = outcome(limits)
+    out = limits.outcome()
     keys = ("quiet_requests", "quiet_log_lines", "quiet_kernel_lines", "recovery_requests", "recovery_kernel_lines",
             "resumed_requests", "resumed_log_lines", "resumed_kernel_lines")  # fmt: skip
     counts = {k: int(out.get(f"fail.{k}", "-1")) for k in keys}
@@ -598,7 +591,7 @@ def test_kernel_reports_a_failed_recovery_as_in_sync(limits: GuestRun) -> None:
     `dmsetup status` reads N/N AA. Only handle_errors (and dmeventd) would
     keep the failure visible.
     """
-    out = outcome(limits)
+    out = limits.outcome()
     calls = _text(limits, "fail.monitor")
     assert "Write error during recovery" in _text(limits, "fail.recovery.dmesg")
     for region in (2, 5):
@@ -610,6 +603,6 @@ def test_kernel_reports_a_failed_recovery_as_in_sync(limits: GuestRun) -> None:
 
 def test_failed_leg_leaves_the_stack_running_and_removes_cleanly(limits: GuestRun) -> None:
     """The bridge and logsvc survive a dead leg and a resume over it; the mirror and its linear leg remove cleanly."""
-    out = outcome(limits)
+    out = limits.outcome()
     assert ("yes", "yes") == (out.get("fail.alive"), out.get("fail.alive_after_resume"))
     assert ("0", "0", "0", "0") == _fields(out, "fail", "resume_rc", "write3_rc", "remove_rc", "remove_linear_rc")

@@ -68,13 +68,6 @@ note done yes
 """
 
 
-def outcome(run: GuestRun) -> dict[str, str]:
-    """The key=value lines the guest wrote."""
-    path = run.results_dir / "outcome"
-    lines = path.read_text().splitlines() if path.exists() else []
-    return dict(line.split("=", 1) for line in lines)
-
-
 @pytest.fixture(scope="module")
 def lifecycle(tmp_path_factory: pytest.TempPathFactory) -> GuestRun:
     """One boot running the lifecycle of a mirror for every log type."""
@@ -85,14 +78,14 @@ def lifecycle(tmp_path_factory: pytest.TempPathFactory) -> GuestRun:
 def test_guest_script_completes_and_kernel_log_is_clean(lifecycle: GuestRun) -> None:
     """The scenario finishes, and the kernel never logged Insufficient space, timed out, or any failure."""
     assert 0 == lifecycle.rc, lifecycle.describe()
-    assert "yes" == outcome(lifecycle).get("done")
+    assert "yes" == lifecycle.outcome().get("done")
     assert [] == lifecycle.problems
 
 
 @pytest.mark.parametrize("log_type", TYPES)
 def test_mirror_resyncs_and_reports_status(lifecycle: GuestRun, log_type: str) -> None:
     """The mirror status shows 64/64 in sync and the log's status text, also after suspend and reload."""
-    out = outcome(lifecycle)
+    out = lifecycle.outcome()
     tail = {"clustered-core": "1 clustered-core", "dmulog": "1 dmulog"}.get(log_type, r"3 clustered-disk 7:\d+ A")
     pattern = re.compile(rf"0 65536 mirror 2 7:\d+ 7:\d+ 64/64 1 AA {tail}")
     assert "64/64" == out.get(f"{log_type}.initial_sync"), lifecycle.describe()
@@ -103,12 +96,12 @@ def test_mirror_resyncs_and_reports_status(lifecycle: GuestRun, log_type: str) -
 @pytest.mark.parametrize("log_type", TYPES)
 def test_legs_are_identical_after_writes(lifecycle: GuestRun, log_type: str) -> None:
     """After resync, writes, suspend/resume and reload, both legs hold exactly the same bytes."""
-    assert "yes" == outcome(lifecycle).get(f"{log_type}.legs_identical"), lifecycle.describe()
+    assert "yes" == lifecycle.outcome().get(f"{log_type}.legs_identical"), lifecycle.describe()
 
 
 def test_a_second_server_is_refused(lifecycle: GuestRun) -> None:
     """The bridge will not start beside another log server or another bridge: the kernel multicasts to both."""
-    out = outcome(lifecycle)
+    out = lifecycle.outcome()
     assert ("1", "1") == (out.get("refused_other_rc"), out.get("refused_second_rc")), out
     assert "another userspace log server" in (lifecycle.results_dir / "refused-other.txt").read_text()
     assert "another dmulog bridge" in (lifecycle.results_dir / "refused-second.txt").read_text()
@@ -116,14 +109,14 @@ def test_a_second_server_is_refused(lifecycle: GuestRun) -> None:
 
 def test_kernel_table_round_trips_the_log_arguments(lifecycle: GuestRun) -> None:
     """The kernel prints the userspace log table as given, with its argument count."""
-    out = outcome(lifecycle)
+    out = lifecycle.outcome()
     assert re.fullmatch(r"0 65536 mirror userspace 3 dmulog-e2e-dmulog dmulog 1024 2 7:\d+ 0 7:\d+ 0",
                         out.get("dmulog.table", "")), out.get("dmulog.table")  # fmt: skip
 
 
 def test_clustered_disk_holds_a_reference_to_its_device(lifecycle: GuestRun) -> None:
     """The CTR reply's device name makes the kernel take the log device as a dependency (3 devices)."""
-    deps = outcome(lifecycle).get("clustered-disk.deps", "")
+    deps = lifecycle.outcome().get("clustered-disk.deps", "")
     assert 3 == deps.count("("), deps
 
 
@@ -168,7 +161,7 @@ _EXPECTED_WITHOUT_SERVER = re.compile(r"Userspace log server not found|Unable to
 def test_bridge_restart_under_io_is_transparent(tmp_path: Path) -> None:
     """Killing the bridge under I/O only delays writes: the kernel's replayed CTR (no reply room) and RESUME succeed."""
     run = run_guest(BRIDGE_RESTART, timeout=600, env=ENV, cwd=REPO, memory="1500M", results_dir=tmp_path)
-    out = outcome(run)
+    out = run.outcome()
     assert 0 == run.rc, run.describe()
     assert ("0", "yes") == (out.get("dd_rc"), out.get("legs_identical")), out
     assert re.fullmatch(r"0 65536 mirror 2 7:\d+ 7:\d+ 64/64 1 AA 3 clustered-disk 7:\d+ A", out["status"])

@@ -284,6 +284,12 @@ class GuestRun:
             return "guest script exceeded its in-guest timeout; guest powered off"
         return f"qemu exited (status {self.qemu_returncode}) before the guest wrote an exit code"
 
+    def outcome(self) -> dict[str, str]:
+        """The ``key=value`` lines the guest script wrote to ``/results/outcome`` (the tests' usual report)."""
+        path = self.results_dir / "outcome"
+        lines = path.read_text().splitlines() if path.exists() else []
+        return dict(line.split("=", 1) for line in lines if "=" in line)
+
     def describe(self, tail: int = 40) -> str:
         """A multi-line summary for assertion messages: outcome, log tails, problems."""
         parts = [
