@@ -140,6 +140,8 @@ $T dmsetup create m --table "$TABLE" || die create
 dmsetup mknodes m
 wait_sync m 180
 kill -9 $BRIDGE_PID; wait $BRIDGE_PID 2>/dev/null
+# A status query meets the missing server for sure (writes alone may not need a log request).
+timeout 120 dmsetup status m > /dev/null 2>&1 &
 # Writes now reach a kernel with no server: it loops, replaying CTR every 2 s.
 ( dd if=/dev/urandom of=/dev/mapper/m bs=4k count=64 seek=50 oflag=direct status=none; echo $? > /tmp/dd.rc ) &
 DD=$!
