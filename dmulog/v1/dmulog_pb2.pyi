@@ -293,6 +293,104 @@ class IsRemoteRecoveringResponse(_message.Message):
     in_sync_hint: int
     def __init__(self, is_recovering: _Optional[bool] = ..., in_sync_hint: _Optional[int] = ...) -> None: ...
 
+class ExchangeRequest(_message.Message):
+    __slots__ = ("calls",)
+    CALLS_FIELD_NUMBER: _ClassVar[int]
+    calls: _containers.RepeatedCompositeFieldContainer[ExchangeCall]
+    def __init__(self, calls: _Optional[_Iterable[_Union[ExchangeCall, _Mapping]]] = ...) -> None: ...
+
+class ExchangeCall(_message.Message):
+    __slots__ = ("id", "timeout_ms", "ctr", "dtr", "presuspend", "postsuspend", "resume", "get_region_size", "is_clean", "in_sync", "flush", "mark_region", "clear_region", "get_resync_work", "set_region_sync", "get_sync_count", "status_info", "status_table", "is_remote_recovering")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    CTR_FIELD_NUMBER: _ClassVar[int]
+    DTR_FIELD_NUMBER: _ClassVar[int]
+    PRESUSPEND_FIELD_NUMBER: _ClassVar[int]
+    POSTSUSPEND_FIELD_NUMBER: _ClassVar[int]
+    RESUME_FIELD_NUMBER: _ClassVar[int]
+    GET_REGION_SIZE_FIELD_NUMBER: _ClassVar[int]
+    IS_CLEAN_FIELD_NUMBER: _ClassVar[int]
+    IN_SYNC_FIELD_NUMBER: _ClassVar[int]
+    FLUSH_FIELD_NUMBER: _ClassVar[int]
+    MARK_REGION_FIELD_NUMBER: _ClassVar[int]
+    CLEAR_REGION_FIELD_NUMBER: _ClassVar[int]
+    GET_RESYNC_WORK_FIELD_NUMBER: _ClassVar[int]
+    SET_REGION_SYNC_FIELD_NUMBER: _ClassVar[int]
+    GET_SYNC_COUNT_FIELD_NUMBER: _ClassVar[int]
+    STATUS_INFO_FIELD_NUMBER: _ClassVar[int]
+    STATUS_TABLE_FIELD_NUMBER: _ClassVar[int]
+    IS_REMOTE_RECOVERING_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    timeout_ms: int
+    ctr: CtrRequest
+    dtr: DtrRequest
+    presuspend: PresuspendRequest
+    postsuspend: PostsuspendRequest
+    resume: ResumeRequest
+    get_region_size: GetRegionSizeRequest
+    is_clean: IsCleanRequest
+    in_sync: InSyncRequest
+    flush: FlushRequest
+    mark_region: MarkRegionRequest
+    clear_region: ClearRegionRequest
+    get_resync_work: GetResyncWorkRequest
+    set_region_sync: SetRegionSyncRequest
+    get_sync_count: GetSyncCountRequest
+    status_info: StatusInfoRequest
+    status_table: StatusTableRequest
+    is_remote_recovering: IsRemoteRecoveringRequest
+    def __init__(self, id: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., ctr: _Optional[_Union[CtrRequest, _Mapping]] = ..., dtr: _Optional[_Union[DtrRequest, _Mapping]] = ..., presuspend: _Optional[_Union[PresuspendRequest, _Mapping]] = ..., postsuspend: _Optional[_Union[PostsuspendRequest, _Mapping]] = ..., resume: _Optional[_Union[ResumeRequest, _Mapping]] = ..., get_region_size: _Optional[_Union[GetRegionSizeRequest, _Mapping]] = ..., is_clean: _Optional[_Union[IsCleanRequest, _Mapping]] = ..., in_sync: _Optional[_Union[InSyncRequest, _Mapping]] = ..., flush: _Optional[_Union[FlushRequest, _Mapping]] = ..., mark_region: _Optional[_Union[MarkRegionRequest, _Mapping]] = ..., clear_region: _Optional[_Union[ClearRegionRequest, _Mapping]] = ..., get_resync_work: _Optional[_Union[GetResyncWorkRequest, _Mapping]] = ..., set_region_sync: _Optional[_Union[SetRegionSyncRequest, _Mapping]] = ..., get_sync_count: _Optional[_Union[GetSyncCountRequest, _Mapping]] = ..., status_info: _Optional[_Union[StatusInfoRequest, _Mapping]] = ..., status_table: _Optional[_Union[StatusTableRequest, _Mapping]] = ..., is_remote_recovering: _Optional[_Union[IsRemoteRecoveringRequest, _Mapping]] = ...) -> None: ...
+
+class ExchangeResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[ExchangeResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[ExchangeResult, _Mapping]]] = ...) -> None: ...
+
+class ExchangeResult(_message.Message):
+    __slots__ = ("id", "code", "message", "ctr", "dtr", "presuspend", "postsuspend", "resume", "get_region_size", "is_clean", "in_sync", "flush", "mark_region", "clear_region", "get_resync_work", "set_region_sync", "get_sync_count", "status_info", "status_table", "is_remote_recovering")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    CTR_FIELD_NUMBER: _ClassVar[int]
+    DTR_FIELD_NUMBER: _ClassVar[int]
+    PRESUSPEND_FIELD_NUMBER: _ClassVar[int]
+    POSTSUSPEND_FIELD_NUMBER: _ClassVar[int]
+    RESUME_FIELD_NUMBER: _ClassVar[int]
+    GET_REGION_SIZE_FIELD_NUMBER: _ClassVar[int]
+    IS_CLEAN_FIELD_NUMBER: _ClassVar[int]
+    IN_SYNC_FIELD_NUMBER: _ClassVar[int]
+    FLUSH_FIELD_NUMBER: _ClassVar[int]
+    MARK_REGION_FIELD_NUMBER: _ClassVar[int]
+    CLEAR_REGION_FIELD_NUMBER: _ClassVar[int]
+    GET_RESYNC_WORK_FIELD_NUMBER: _ClassVar[int]
+    SET_REGION_SYNC_FIELD_NUMBER: _ClassVar[int]
+    GET_SYNC_COUNT_FIELD_NUMBER: _ClassVar[int]
+    STATUS_INFO_FIELD_NUMBER: _ClassVar[int]
+    STATUS_TABLE_FIELD_NUMBER: _ClassVar[int]
+    IS_REMOTE_RECOVERING_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    code: int
+    message: str
+    ctr: CtrResponse
+    dtr: DtrResponse
+    presuspend: PresuspendResponse
+    postsuspend: PostsuspendResponse
+    resume: ResumeResponse
+    get_region_size: GetRegionSizeResponse
+    is_clean: IsCleanResponse
+    in_sync: InSyncResponse
+    flush: FlushResponse
+    mark_region: MarkRegionResponse
+    clear_region: ClearRegionResponse
+    get_resync_work: GetResyncWorkResponse
+    set_region_sync: SetRegionSyncResponse
+    get_sync_count: GetSyncCountResponse
+    status_info: StatusInfoResponse
+    status_table: StatusTableResponse
+    is_remote_recovering: IsRemoteRecoveringResponse
+    def __init__(self, id: _Optional[int] = ..., code: _Optional[int] = ..., message: _Optional[str] = ..., ctr: _Optional[_Union[CtrResponse, _Mapping]] = ..., dtr: _Optional[_Union[DtrResponse, _Mapping]] = ..., presuspend: _Optional[_Union[PresuspendResponse, _Mapping]] = ..., postsuspend: _Optional[_Union[PostsuspendResponse, _Mapping]] = ..., resume: _Optional[_Union[ResumeResponse, _Mapping]] = ..., get_region_size: _Optional[_Union[GetRegionSizeResponse, _Mapping]] = ..., is_clean: _Optional[_Union[IsCleanResponse, _Mapping]] = ..., in_sync: _Optional[_Union[InSyncResponse, _Mapping]] = ..., flush: _Optional[_Union[FlushResponse, _Mapping]] = ..., mark_region: _Optional[_Union[MarkRegionResponse, _Mapping]] = ..., clear_region: _Optional[_Union[ClearRegionResponse, _Mapping]] = ..., get_resync_work: _Optional[_Union[GetResyncWorkResponse, _Mapping]] = ..., set_region_sync: _Optional[_Union[SetRegionSyncResponse, _Mapping]] = ..., get_sync_count: _Optional[_Union[GetSyncCountResponse, _Mapping]] = ..., status_info: _Optional[_Union[StatusInfoResponse, _Mapping]] = ..., status_table: _Optional[_Union[StatusTableResponse, _Mapping]] = ..., is_remote_recovering: _Optional[_Union[IsRemoteRecoveringResponse, _Mapping]] = ...) -> None: ...
+
 class ListLogsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

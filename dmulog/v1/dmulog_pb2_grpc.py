@@ -121,6 +121,11 @@ class DirtyLogStub:
                 request_serializer=dmulog_dot_v1_dot_dmulog__pb2.IsRemoteRecoveringRequest.SerializeToString,
                 response_deserializer=dmulog_dot_v1_dot_dmulog__pb2.IsRemoteRecoveringResponse.FromString,
                 _registered_method=True)
+        self.Exchange = channel.stream_stream(
+                '/dmulog.v1.DirtyLog/Exchange',
+                request_serializer=dmulog_dot_v1_dot_dmulog__pb2.ExchangeRequest.SerializeToString,
+                response_deserializer=dmulog_dot_v1_dot_dmulog__pb2.ExchangeResponse.FromString,
+                _registered_method=True)
         self.ListLogs = channel.unary_unary(
                 '/dmulog.v1.DirtyLog/ListLogs',
                 request_serializer=dmulog_dot_v1_dot_dmulog__pb2.ListLogsRequest.SerializeToString,
@@ -268,6 +273,29 @@ class DirtyLogServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Exchange(self, request_iterator, context):
+        """Exchange carries the kernel request RPCs above over one long-lived
+        stream, for a client that sends many small requests: the per-call cost
+        of a unary RPC (call set-up, metadata, status) is then paid once per
+        stream instead of once per request, and requests that are ready at the
+        same time travel in one message. The dmulog bridge uses it.
+
+        Each ExchangeCall carries one request and an id chosen by the client;
+        the service answers each with exactly one ExchangeResult with the same
+        id. Requests are served concurrently, as separate unary calls would be,
+        so results may come in any order and in any grouping. A request means
+        exactly what its unary RPC means and fails with the status that RPC
+        would have ended with, carried in its result; one request's failure does
+        not end the stream. When the stream ends (the service shuts down, the
+        connection breaks) before a request's result arrived, the request may or
+        may not have been carried out: the client sends it again, as after a
+        failed unary call. A client may keep several streams open, e.g. one per
+        replica.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListLogs(self, request, context):
         """ListLogs lists every log known to the service. Read-only.
         """
@@ -369,6 +397,11 @@ def add_DirtyLogServicer_to_server(servicer, server):
                     servicer.IsRemoteRecovering,
                     request_deserializer=dmulog_dot_v1_dot_dmulog__pb2.IsRemoteRecoveringRequest.FromString,
                     response_serializer=dmulog_dot_v1_dot_dmulog__pb2.IsRemoteRecoveringResponse.SerializeToString,
+            ),
+            'Exchange': grpc.stream_stream_rpc_method_handler(
+                    servicer.Exchange,
+                    request_deserializer=dmulog_dot_v1_dot_dmulog__pb2.ExchangeRequest.FromString,
+                    response_serializer=dmulog_dot_v1_dot_dmulog__pb2.ExchangeResponse.SerializeToString,
             ),
             'ListLogs': grpc.unary_unary_rpc_method_handler(
                     servicer.ListLogs,
@@ -842,6 +875,33 @@ class DirtyLog:
             '/dmulog.v1.DirtyLog/IsRemoteRecovering',
             dmulog_dot_v1_dot_dmulog__pb2.IsRemoteRecoveringRequest.SerializeToString,
             dmulog_dot_v1_dot_dmulog__pb2.IsRemoteRecoveringResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Exchange(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/dmulog.v1.DirtyLog/Exchange',
+            dmulog_dot_v1_dot_dmulog__pb2.ExchangeRequest.SerializeToString,
+            dmulog_dot_v1_dot_dmulog__pb2.ExchangeResponse.FromString,
             options,
             channel_credentials,
             insecure,
