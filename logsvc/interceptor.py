@@ -16,7 +16,7 @@ import grpc
 from dmulog.logs import bind, event, unbind
 from logsvc.errors import STATUS_OF, LogError
 
-__all__ = ["RequestInterceptor"]
+__all__ = ["RequestInterceptor", "serve_one"]
 
 log = logging.getLogger("dmulog.logsvc.request")
 
@@ -30,6 +30,37 @@ def _fields(request: Any) -> dict[str, Any]:
     if node is not None and hasattr(node, "name"):
         fields["node"] = node.name
     return fields
+
+
+async def serve_one(
+    method: str, request: Any, handling: Awaitable[Any], slow_ms: float = 100.0
+) -> tuple[Any, grpc.StatusCode, str]:
+    """Await ``handling`` under the request's log context: (response, code, detail).
+
+    The one place where a LogError becomes a gRPC status and where a request
+    gets its log line, shared by unary calls and Exchange streams so that both
+    answer and log a request identically.
+    """
+    token = bind(method=method, **_fields(request))
+    start = time.perf_counter()
+    code, detail = grpc.StatusCode.OK, ""
+    try:
+        return await handling, code, detail
+    except LogError as e:
+        code, detail = STATUS_OF.get(type(e), grpc.StatusCode.INTERNAL), str(e)
+    except TimeoutError:
+        code, detail = grpc.StatusCode.DEADLINE_EXCEEDED, "request abandoned after its timeout"
+    except Exception as e:
+        log.exception("request_failed")
+        code, detail = grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}"
+    finally:
+        ms = (time.perf_counter() - start) * 1000
+        # Failures and slow requests at INFO; the rest at DEBUG, since a
+        # busy mirror sends thousands of requests a second.
+        level = logging.INFO if code != grpc.StatusCode.OK or ms >= slow_ms else logging.DEBUG
+        event(log, level, "request", code=code.name, ms=round(ms, 3), **({"detail": detail} if detail else {}))
+        unbind(token)
+    return None, code, detail
 
 
 class RequestInterceptor(grpc.aio.ServerInterceptor):
@@ -59,23 +90,9 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
         slow_ms = self._slow_ms
 
         async def behavior(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            token = bind(method=method, **_fields(request))
-            start = time.perf_counter()
-            code, detail = grpc.StatusCode.OK, ""
-            try:
-                return await inner(request, context)
-            except LogError as e:
-                code, detail = STATUS_OF.get(type(e), grpc.StatusCode.INTERNAL), str(e)
-            except Exception as e:
-                log.exception("request_failed")
-                code, detail = grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}"
-            finally:
-                ms = (time.perf_counter() - start) * 1000
-                # Failures and slow requests at INFO; the rest at DEBUG, since a
-                # busy mirror sends thousands of requests a second.
-                level = logging.INFO if code != grpc.StatusCode.OK or ms >= slow_ms else logging.DEBUG
-                event(log, level, "request", code=code.name, ms=round(ms, 3), **({"detail": detail} if detail else {}))
-                unbind(token)
+            response, code, detail = await serve_one(method, request, inner(request, context), slow_ms)
+            if code is grpc.StatusCode.OK:
+                return response
             await context.abort(code, detail)
 
         wrapped = grpc.unary_unary_rpc_method_handler(

@@ -40,7 +40,9 @@ class LogsvcConfig:
     grace: float = 5.0
 
 
-async def build_server(store: Store, listen: str) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
+async def build_server(
+    store: Store, listen: str
+) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer, DirtyLogService]:
     """A ready-to-start server on ``listen`` (``host:port`` or ``unix:/path``)."""
     server = grpc.aio.server(
         interceptors=[RequestInterceptor()],
@@ -50,7 +52,8 @@ async def build_server(store: Store, listen: str) -> tuple[grpc.aio.Server, int,
             ("grpc.max_receive_message_length", 4 * 1024 * 1024),
         ],
     )
-    pb_grpc.add_DirtyLogServicer_to_server(DirtyLogService(store), server)
+    service = DirtyLogService(store)
+    pb_grpc.add_DirtyLogServicer_to_server(service, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     port = server.add_insecure_port(listen)
@@ -58,7 +61,7 @@ async def build_server(store: Store, listen: str) -> tuple[grpc.aio.Server, int,
         raise OSError(f"cannot listen on {listen}")
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return server, port, health_servicer
+    return server, port, health_servicer, service
 
 
 def _text(value: object) -> object:
@@ -93,7 +96,7 @@ async def serve(config: LogsvcConfig) -> None:
     try:
         await store.load_library()
         await _check_durability(store)
-        server, port, health_servicer = await build_server(store, config.listen)
+        server, port, health_servicer, service = await build_server(store, config.listen)
         await server.start()
         event(log, logging.INFO, "logsvc_listening", listen=config.listen, port=port, redis=url,
               embedded_redis=embedded is not None)  # fmt: skip
@@ -104,6 +107,9 @@ async def serve(config: LogsvcConfig) -> None:
         await stop.wait()
         event(log, logging.INFO, "logsvc_stopping")
         await health_servicer.enter_graceful_shutdown()
+        # Streams never end on their own: ask them to, so that stop() sees
+        # them finish within the grace period instead of cancelling them.
+        service.drain()
         await server.stop(config.grace)
     finally:
         await store.close()

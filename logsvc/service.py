@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
 from typing import Any, TypeAlias
 
 import grpc
@@ -17,6 +18,7 @@ from dmulog.v1 import dmulog_pb2 as pb
 from dmulog.v1 import dmulog_pb2_grpc as pb_grpc
 from logsvc import validate
 from logsvc.errors import NotFound
+from logsvc.exchange import Exchanges
 from logsvc.logtypes import LogSpec, log_device, parse_log_args, status_info, status_table
 from logsvc.snapshot import log_state, log_summary
 from logsvc.store import Store
@@ -31,6 +33,11 @@ class DirtyLogService(pb_grpc.DirtyLogServicer):
 
     def __init__(self, store: Store):
         self._store = store
+        self._exchanges = Exchanges(self)
+
+    def drain(self) -> None:
+        """Shutting down: end every Exchange stream once what it has read is answered."""
+        self._exchanges.drain()
 
     async def _op(self, op: str, request: Any, *extra: str | int, readonly: bool = False) -> Any:
         args = validate.caller(request)
@@ -110,6 +117,12 @@ class DirtyLogService(pb_grpc.DirtyLogServicer):
     ) -> pb.IsRemoteRecoveringResponse:
         recovering, hint = await self._op("is_remote_recovering", request, request.region)
         return pb.IsRemoteRecoveringResponse(is_recovering=recovering == 1, in_sync_hint=hint)
+
+    async def Exchange(
+        self, request_iterator: AsyncIterator[pb.ExchangeRequest], context: Ctx
+    ) -> AsyncIterator[pb.ExchangeResponse]:
+        async for response in self._exchanges.serve(request_iterator, context):
+            yield response
 
     async def ListLogs(self, request: pb.ListLogsRequest, context: Ctx) -> pb.ListLogsResponse:
         uuids = await self._store.log_uuids()

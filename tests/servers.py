@@ -92,7 +92,7 @@ async def logsvc_server(redis_url: str, listen: str = "127.0.0.1:0", prefix: str
     """A real logsvc gRPC server on a free port; yields its target address."""
     store = Store.from_url(redis_url, prefix=prefix)
     await store.load_library()
-    server, port, _health = await build_server(store, listen)
+    server, port, _health, _service = await build_server(store, listen)
     await server.start()
     try:
         yield listen if listen.startswith("unix:") else f"127.0.0.1:{port}"

@@ -1,0 +1,141 @@
+"""The Exchange stream: the kernel request RPCs, many per stream.
+
+A unary call in Python gRPC costs more than the Redis round trip it wraps
+(call set-up, metadata, status, a task per call, on both sides); a bridge
+sends thousands of small requests a second, so it opens one stream and sends
+them all over it. Each request on a stream is handled exactly as its unary
+RPC would be: the same servicer method, the same error mapping and log line
+(``serve_one``), concurrently with the stream's other requests. Results
+that are ready together leave in one message, which is where a busy stream
+saves most: each message costs a write through gRPC's machinery.
+
+Shutdown: ``drain`` stops every stream from reading further requests,
+answers the ones already read, and ends the stream; a client then sends what
+is still unanswered to another replica (or to this one once it is back), and
+nothing it sent is half done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any, Final
+
+import grpc
+
+from dmulog.v1 import dmulog_pb2 as pb
+from logsvc.interceptor import serve_one
+
+__all__ = ["Exchanges", "methods_by_field"]
+
+MAX_IN_FLIGHT: Final = 1024
+"""Requests one stream may have in progress; past it the stream stops reading
+(gRPC flow control then holds the client back) instead of growing tasks."""
+
+_END: Final = object()
+_DRAIN: Final = object()
+
+
+def methods_by_field() -> dict[str, str]:
+    """ExchangeCall's oneof field name → the DirtyLog method that serves it.
+
+    Derived from the descriptors, so a request type added to the proto cannot
+    be routed to the wrong method.
+    """
+    method_of = {m.input_type.full_name: m.name for m in pb.DESCRIPTOR.services_by_name["DirtyLog"].methods}
+    fields = pb.ExchangeCall.DESCRIPTOR.oneofs_by_name["request"].fields
+    return {f.name: method_of[f.message_type.full_name] for f in fields}
+
+
+_METHOD_OF: Final = methods_by_field()
+_OK: Final = grpc.StatusCode.OK
+
+
+class Exchanges:
+    """Serves the Exchange streams of one servicer; knows them so it can drain them."""
+
+    def __init__(self, servicer: Any, max_in_flight: int = MAX_IN_FLIGHT):
+        self._servicer = servicer
+        self._max_in_flight = max_in_flight
+        self._open: set[asyncio.Queue[Any]] = set()
+        self._draining = False
+
+    def drain(self) -> None:
+        """Make every stream, open now or later, finish what it has read and end."""
+        self._draining = True
+        for queue in self._open:
+            queue.put_nowait(_DRAIN)
+
+    async def _one(self, msg: pb.ExchangeCall, context: Any) -> pb.ExchangeResult:
+        kind = msg.WhichOneof("request")
+        if kind is None:
+            return pb.ExchangeResult(id=msg.id, code=grpc.StatusCode.INVALID_ARGUMENT.value[0],
+                                     message="ExchangeCall carries no request")  # fmt: skip
+        method = _METHOD_OF[kind]
+        inner = getattr(msg, kind)
+        handling = getattr(self._servicer, method)(inner, context)
+        if msg.timeout_ms:
+            handling = asyncio.wait_for(handling, msg.timeout_ms / 1000)
+        response, code, detail = await serve_one(method, inner, handling)
+        if code is _OK:
+            return pb.ExchangeResult(id=msg.id, **{kind: response})
+        return pb.ExchangeResult(id=msg.id, code=code.value[0], message=detail)
+
+    async def serve(self, requests: AsyncIterator[pb.ExchangeRequest], context: Any) -> AsyncIterator[Any]:
+        """Responses to ``requests``: each carries every result ready by then."""
+        if self._draining:
+            return
+        out: asyncio.Queue[Any] = asyncio.Queue()
+        slots = asyncio.Semaphore(self._max_in_flight)
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def answer(call: pb.ExchangeCall) -> None:
+            try:
+                out.put_nowait(await self._one(call, context))
+            finally:
+                slots.release()
+
+        async def read() -> None:
+            try:
+                async for msg in requests:
+                    for call in msg.calls:
+                        await slots.acquire()
+                        task = asyncio.create_task(answer(call))
+                        tasks.add(task)
+                        task.add_done_callback(tasks.discard)
+            finally:
+                # The client is done sending (or gone): end the stream once
+                # everything read is answered.
+                await asyncio.gather(*tasks, return_exceptions=True)
+                out.put_nowait(_END)
+
+        self._open.add(out)
+        reader = asyncio.create_task(read())
+        try:
+            while True:
+                item = await out.get()
+                batch = []
+                while item is not _END and item is not _DRAIN:
+                    batch.append(item)
+                    if out.empty():
+                        break
+                    item = out.get_nowait()
+                if batch:
+                    yield pb.ExchangeResponse(results=batch)
+                if item is _END:
+                    return
+                if item is _DRAIN:
+                    reader.cancel()
+                    await asyncio.gather(reader, *tasks, return_exceptions=True)
+                    rest = []
+                    while not out.empty():
+                        if isinstance(item := out.get_nowait(), pb.ExchangeResult):
+                            rest.append(item)
+                    if rest:
+                        yield pb.ExchangeResponse(results=rest)
+                    return
+        finally:
+            self._open.discard(out)
+            reader.cancel()
+            for task in tasks:
+                task.cancel()
