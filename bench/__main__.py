@@ -13,10 +13,13 @@ Rows, per request type:
 * ``getbit``: a bare GETBIT round trip, the floor for IN_SYNC.
 * ``codec``: the bridge answering from a null backend: decode, dispatch,
   encode and a socket hop, no gRPC.
-* ``full``: bridge → gRPC → logsvc (separate process) → Redis.
+* ``unary``: bridge → gRPC → logsvc (separate process) → Redis, one unary
+  call per request (the transport before Exchange streams; any client may
+  still use it).
+* ``full``: the same over the bridge's Exchange streams, as in production.
 
-Then throughput and tail latency of the full stack with 1, 8 and 64 mirrors
-replaying the trace at once.
+Then throughput and tail latency of the full stack, over streams and over
+unary calls, with 1, 8 and 64 mirrors replaying the trace at once.
 """
 
 from __future__ import annotations
@@ -127,9 +130,10 @@ def start_logsvc(redis_url: str, workdir: Path) -> tuple[subprocess.Popen[bytes]
     raise RuntimeError("logsvc did not start")
 
 
-async def full_stack(target: str, trace: list[bytes], mirrors: int, rec: Recorder) -> float:
+async def full_stack(target: str, trace: list[bytes], mirrors: int, rec: Recorder, transport: str = "stream") -> float:
     """The trace through bridge → logsvc → Redis."""
-    client = LogsvcClient(target, ClientConfig(attempt_timeout=10.0, budget=20.0))
+    config = ClientConfig(attempt_timeout=10.0, budget=20.0, transport=transport)  # type: ignore[arg-type]
+    client = LogsvcClient(target, config)
     try:
         return await through_bridge(client, trace, mirrors, rec)
     finally:
@@ -155,7 +159,7 @@ async def main_async(args: argparse.Namespace) -> int:
     print(f"dmulog bench  {time.strftime('%Y-%m-%d %H:%M')}  {platform.node()}  {os.cpu_count()} cpus  "
           f"python {platform.python_version()}  trace {args.trace} ({len(trace)} requests per mirror)")  # fmt: skip
     results: dict[str, dict[str, Recorder]] = {}
-    throughput: list[tuple[str, int, float, Recorder]] = []
+    throughput: list[tuple[str, int, float, Recorder]] = []  # (transport, mirrors, wall, samples)
     for policy in ("always", "everysec"):
         r = RedisProcess(workdir / f"redis-{policy}").start()
         if policy != "always":
@@ -163,16 +167,18 @@ async def main_async(args: argparse.Namespace) -> int:
                            check=True, capture_output=True)  # fmt: skip
         logsvc, target = start_logsvc(r.url, workdir)
         try:
-            floor, getbit, codec, full = Recorder(), Recorder(), Recorder(), Recorder()
+            floor, getbit, codec, unary, full = Recorder(), Recorder(), Recorder(), Recorder(), Recorder()
             await redis_floor(r.url, trace, floor, getbit)
             await through_bridge(NullClient(), trace, 1, codec)
+            await full_stack(target, trace, 1, unary, "unary")
             await full_stack(target, trace, 1, full)
-            results[policy] = {"redis": floor, "getbit": getbit, "codec": codec, "full": full}
+            results[policy] = {"redis": floor, "getbit": getbit, "codec": codec, "unary": unary, "full": full}
             if policy == "always":
                 for mirrors in args.mirrors:
-                    rec = Recorder()
-                    wall = await full_stack(target, trace, mirrors, rec)
-                    throughput.append((policy, mirrors, wall, rec))
+                    for transport in ("stream", "unary"):
+                        rec = Recorder()
+                        wall = await full_stack(target, trace, mirrors, rec, transport)
+                        throughput.append((transport, mirrors, wall, rec))
         finally:
             logsvc.terminate()
             logsvc.wait(10)
@@ -184,29 +190,31 @@ async def main_async(args: argparse.Namespace) -> int:
             f"\nlatency per request, appendfsync {policy} (µs; ratio = full p50 / floor p50; "
             "IN_SYNC's floor is a bare GETBIT)"
         )
-        head = "".join(f" {c + ' p50':>8} {'p99':>8} {'p99.9':>8} |" for c in ("redis", "codec", "full"))
+        head = "".join(f" {c + ' p50':>8} {'p99':>8} {'p99.9':>8} |" for c in ("redis", "codec", "unary", "full"))
         print(f"{'request':<22} {'n':>6} |{head}  ratio")
         for name in sorted(recs["full"].samples, key=lambda n: -len(recs["full"].samples[n])):
             f, c, fl = recs["redis"].samples[name], recs["codec"].samples[name], recs["full"].samples[name]
+            u = recs["unary"].samples[name]
             floor = recs["getbit"].samples[name] if name == "IN_SYNC" else f
             ratio = statistics.median(fl) / statistics.median(floor) if floor else None
-            print(row(name, len(fl), [stats(f), stats(c), stats(fl)], ratio))
+            print(row(name, len(fl), [stats(f), stats(c), stats(u), stats(fl)], ratio))
         if recs["getbit"].samples:
             gb = recs["getbit"].samples["IN_SYNC"]
-            print(row("(GETBIT floor)", len(gb), [stats(gb), (0, 0, 0), (0, 0, 0)], None))
+            print(row("(GETBIT floor)", len(gb), [stats(gb), (0, 0, 0), (0, 0, 0), (0, 0, 0)], None))
         errors = sum(r.errors for r in recs.values())
         print(f"errors: {errors}")
 
-    print("\nthroughput, full stack, appendfsync always")
-    print(f"{'mirrors':>8} {'requests':>9} {'req/s':>8} {'scaling':>8} {'p50 µs':>8} {'p99 µs':>8} {'p99/p50':>8}")
-    base = None
-    for _, mirrors, wall, rec in throughput:
+    print("\nthroughput, full stack, appendfsync always (scaling: against 1 mirror on the same transport)")
+    print(f"{'transport':<10} {'mirrors':>8} {'requests':>9} {'req/s':>8} {'scaling':>8} {'p50 µs':>8} "
+          f"{'p99 µs':>8} {'p99/p50':>8}")  # fmt: skip
+    base: dict[str, float] = {}
+    for transport, mirrors, wall, rec in sorted(throughput, key=lambda t: (t[0] != "stream", t[1])):
         values = [v for s in rec.samples.values() for v in s]
         rate = rec.requests / wall
-        base = base or rate
+        base.setdefault(transport, rate)
         p50, p99, _ = stats(values)
-        print(f"{mirrors:>8} {rec.requests:>9} {rate:>8.0f} {rate / base:>8.2f} {p50 * 1e6:>8.0f} {p99 * 1e6:>8.0f} "
-              f"{p99 / p50:>8.2f}")  # fmt: skip
+        print(f"{transport:<10} {mirrors:>8} {rec.requests:>9} {rate:>8.0f} {rate / base[transport]:>8.2f} "
+              f"{p50 * 1e6:>8.0f} {p99 * 1e6:>8.0f} {p99 / p50:>8.2f}")  # fmt: skip
     return 0
 
 

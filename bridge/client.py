@@ -1,35 +1,57 @@
-"""The bridge's gRPC client of logsvc: one channel, one stub, bounded retries.
+"""The bridge's gRPC client of logsvc: one channel, long-lived streams, bounded retries.
 
-The channel and stub are made once; every request reuses them. The target
-may name several logsvc replicas (``ipv4:10.0.0.5:7500,10.0.0.6:7500``, or a
-``dns:///`` name with several addresses): calls are spread round-robin over
-the ones that are up, and a replica that goes away just drops out. A call that
-fails because logsvc (or its Redis) is unreachable is retried with a jittered
-backoff for ``budget`` seconds; each attempt has its own deadline, and the
-whole stays under the kernel's 15 s request timeout, so the kernel never
-logs "Request timed out" on our account.
+Requests travel over ``Exchange`` streams (proto/dmulog/v1/dmulog.proto): a
+unary call in Python gRPC costs more than the Redis round trip behind it, on
+both sides, and the bridge sends thousands of small requests a second. The
+channel, stub and streams are made once and reused. Against a logsvc that
+does not know Exchange (UNIMPLEMENTED), the client falls back to one unary
+call per request, which is also what ``transport="unary"`` selects.
+
+The target may name several logsvc replicas (``ipv4:10.0.0.5:7500,10.0.0.6:7500``,
+or a ``dns:///`` name with several addresses): the channel balances
+round-robin over the ones that are up, so the client keeps one stream per
+named address (at least two), each placed by that balancer when it opens,
+and a replica that goes away just drops out: its streams end and are opened
+again elsewhere. A request whose fate is unknown (logsvc or its Redis
+unreachable, the stream broke before the answer) is sent again with a
+jittered backoff for ``budget`` seconds; each attempt has its own timeout,
+which logsvc also applies, and the whole stays under the kernel's 15 s
+request timeout, so the kernel never logs "Request timed out" on our account.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import errno
+import itertools
 import json
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final, Literal
 
 import grpc
 
 from bridge.errors import RETRYABLE, UNREACHABLE_ERRNO, errno_of
 from dmulog.logs import event
 from dmulog.retry import RetryPolicy
+from dmulog.v1 import dmulog_pb2 as pb
 from dmulog.v1 import dmulog_pb2_grpc as pb_grpc
 
-__all__ = ["CallFailed", "LogsvcClient"]
+__all__ = ["CallFailed", "ClientConfig", "LogsvcClient"]
 
 log = logging.getLogger("dmulog.bridge.client")
+
+_CODE: Final = {code.value[0]: code for code in grpc.StatusCode}
+# Request message name -> its field in ExchangeCall.request (and ExchangeResult.response).
+_FIELD_OF: Final = {f.message_type.name: f.name for f in pb.ExchangeCall.DESCRIPTOR.oneofs_by_name["request"].fields}
+# How a whole stream may end without saying anything about its requests.
+_STREAM_LOST: Final = RETRYABLE | {grpc.StatusCode.CANCELLED, grpc.StatusCode.OK, grpc.StatusCode.UNKNOWN}
+# The response time logsvc is allowed past its own timeout before the client gives
+# up on an attempt: the request must be abandoned there before it is sent again.
+_SLACK: Final = 0.25
 
 
 class CallFailed(Exception):
@@ -41,17 +63,117 @@ class CallFailed(Exception):
 
 
 class _Retryable(Exception):
-    def __init__(self, error: grpc.aio.AioRpcError):
-        super().__init__(error.details())
-        self.error = error
+    """An attempt whose outcome says nothing about the request: try again."""
+
+    def __init__(self, code: grpc.StatusCode, detail: str):
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
+class _Final(Exception):
+    def __init__(self, code: grpc.StatusCode, detail: str):
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
+class _Unimplemented(Exception):
+    """logsvc has no Exchange: it predates it."""
 
 
 @dataclass(frozen=True)
 class ClientConfig:
-    """Timing of calls to logsvc."""
+    """Timing and transport of calls to logsvc."""
 
     attempt_timeout: float = 3.0
     budget: float = 9.0
+    transport: Literal["stream", "unary"] = "stream"
+    streams: int = 0
+    """Streams to keep open; 0: one per address named in the target, at least two."""
+
+
+def _addresses(target: str) -> int:
+    """How many addresses a target names (1 for a name to be resolved)."""
+    scheme, _, rest = target.partition(":")
+    if scheme in ("ipv4", "ipv6"):
+        return len(rest.split(","))
+    return 1
+
+
+class _Stream:
+    """One Exchange stream and the requests waiting for their answers on it."""
+
+    def __init__(self, stub: pb_grpc.DirtyLogStub):
+        self._outbox: asyncio.Queue[pb.ExchangeCall | None] = asyncio.Queue()
+        self._waiting: dict[int, asyncio.Future[pb.ExchangeResult]] = {}
+        self._call = stub.Exchange(self._requests())
+        self.ended: BaseException | None = None
+        self._reader = asyncio.create_task(self._read())
+
+    async def _requests(self) -> AsyncIterator[pb.ExchangeRequest]:
+        """What gRPC writes: every call queued by the time the last write finished, as one message."""
+        outbox = self._outbox
+        while (call := await outbox.get()) is not None:
+            calls = [call]
+            while not outbox.empty():
+                if (call := outbox.get_nowait()) is None:
+                    yield pb.ExchangeRequest(calls=calls)
+                    return
+                calls.append(call)
+            yield pb.ExchangeRequest(calls=calls)
+
+    async def _read(self) -> None:
+        ended: BaseException
+        try:
+            async for response in self._call:
+                for result in response.results:
+                    waiter = self._waiting.pop(result.id, None)
+                    if waiter is not None and not waiter.done():
+                        waiter.set_result(result)
+            ended = _Retryable(grpc.StatusCode.UNAVAILABLE, "logsvc ended the stream")
+        except grpc.aio.AioRpcError as e:
+            code = e.code()
+            if code == grpc.StatusCode.UNIMPLEMENTED:
+                ended = _Unimplemented(e.details())
+            elif code in _STREAM_LOST:
+                ended = _Retryable(code, e.details() or code.name)
+            else:
+                ended = _Final(code, e.details() or code.name)
+        except asyncio.CancelledError:
+            ended = _Retryable(grpc.StatusCode.CANCELLED, "stream closed")
+        self.ended = ended
+        for waiter in self._waiting.values():
+            if not waiter.done():
+                waiter.set_exception(ended)
+        self._waiting.clear()
+
+    async def ask(self, msg: pb.ExchangeCall, timeout: float) -> pb.ExchangeResult:
+        """Send one request and wait up to ``timeout`` for its result."""
+        if self.ended is not None:
+            raise self.ended
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[pb.ExchangeResult] = loop.create_future()
+        self._waiting[msg.id] = waiter
+        self._outbox.put_nowait(msg)
+        timer = loop.call_later(timeout, _expire, waiter)
+        try:
+            return await waiter
+        finally:
+            timer.cancel()
+            self._waiting.pop(msg.id, None)
+
+    async def close(self) -> None:
+        """Stop sending; end the call."""
+        self._outbox.put_nowait(None)
+        self._call.cancel()
+        self._reader.cancel()
+        await asyncio.gather(self._reader, return_exceptions=True)
+
+
+def _expire(waiter: asyncio.Future[pb.ExchangeResult]) -> None:
+    if not waiter.done():
+        waiter.set_exception(_Retryable(grpc.StatusCode.DEADLINE_EXCEEDED, "no answer within the attempt timeout"))
 
 
 class LogsvcClient:
@@ -72,9 +194,21 @@ class LogsvcClient:
         )
         self._stub = pb_grpc.DirtyLogStub(self._channel)
         self._retry = RetryPolicy(budget=self._config.budget, base=0.05, cap=1.0, retryable=(_Retryable,))
+        self._use_stream = self._config.transport == "stream"
+        self._streams: list[_Stream | None] = [None] * (self._config.streams or max(2, _addresses(target)))
+        self._turn = itertools.count()
+        self._ids = itertools.count(1)
+
+    @property
+    def transport(self) -> str:
+        """``stream`` or ``unary``: what requests travel over now."""
+        return "stream" if self._use_stream else "unary"
 
     async def close(self) -> None:
-        """Close the channel."""
+        """End the streams and close the channel."""
+        streams = [s for s in self._streams if s is not None]
+        self._streams = [None] * len(self._streams)
+        await asyncio.gather(*(s.close() for s in streams))
         await self._channel.close()
 
     async def call(self, rpc: str, request: Any, *, critical: bool) -> Any:
@@ -84,30 +218,58 @@ class LogsvcClient:
         kernel asks again at once, so it keeps waiting without acting on an
         answer we could not make durable); any other with EHOSTDOWN.
         """
-        method = getattr(self._stub, rpc)
-        timeout = self._config.attempt_timeout
-
-        async def attempt() -> Any:
-            try:
-                return await method(request, timeout=timeout)
-            except grpc.aio.AioRpcError as e:
-                if e.code() in RETRYABLE:
-                    raise _Retryable(e) from e
-                raise
-
         try:
             # Fast path: one attempt with no retry machinery; the policy only
             # comes in once logsvc has failed to answer.
             start = time.monotonic()
             try:
-                return await attempt()
+                return await self._attempt(rpc, request)
             except _Retryable:
                 left = max(0.0, self._config.budget - (time.monotonic() - start))
-                return await dataclasses.replace(self._retry, budget=left).run(attempt)
+                return await dataclasses.replace(self._retry, budget=left).run(lambda: self._attempt(rpc, request))
         except _Retryable as e:
             code = errno.EAGAIN if critical else UNREACHABLE_ERRNO
             event(log, logging.WARNING, "logsvc_unreachable", target=self.target, rpc=rpc,
-                  status=e.error.code().name, detail=e.error.details(), errno=code)  # fmt: skip
-            raise CallFailed(code, f"logsvc unreachable: {e.error.details()}") from None
+                  status=e.code.name, detail=e.detail, errno=code)  # fmt: skip
+            raise CallFailed(code, f"logsvc unreachable: {e.detail}") from None
+        except _Final as e:
+            raise CallFailed(errno_of(e.code), e.detail or e.code.name) from None
+
+    async def _attempt(self, rpc: str, request: Any) -> Any:
+        if self._use_stream:
+            try:
+                return await self._exchange(request)
+            except _Unimplemented:
+                event(log, logging.WARNING, "exchange_unimplemented", target=self.target,
+                      consequence="one unary call per request from now on")  # fmt: skip
+                self._use_stream = False
+        return await self._unary(rpc, request)
+
+    async def _unary(self, rpc: str, request: Any) -> Any:
+        try:
+            return await getattr(self._stub, rpc)(request, timeout=self._config.attempt_timeout)
         except grpc.aio.AioRpcError as e:
-            raise CallFailed(errno_of(e.code()), e.details() or e.code().name) from None
+            code = e.code()
+            if code in RETRYABLE:
+                raise _Retryable(code, e.details() or code.name) from e
+            raise _Final(code, e.details() or code.name) from e
+
+    def _stream(self) -> _Stream:
+        """The next stream in turn, opened again if it has ended."""
+        i = next(self._turn) % len(self._streams)
+        stream = self._streams[i]
+        if stream is None or stream.ended is not None:
+            stream = self._streams[i] = _Stream(self._stub)
+        return stream
+
+    async def _exchange(self, request: Any) -> Any:
+        field = _FIELD_OF[request.DESCRIPTOR.name]
+        timeout = self._config.attempt_timeout
+        msg = pb.ExchangeCall(id=next(self._ids), timeout_ms=max(1, int(timeout * 1000)), **{field: request})
+        response = await self._stream().ask(msg, timeout + _SLACK)
+        if response.code:
+            code = _CODE.get(response.code, grpc.StatusCode.UNKNOWN)
+            if code in RETRYABLE:
+                raise _Retryable(code, response.message)
+            raise _Final(code, response.message)
+        return getattr(response, field)

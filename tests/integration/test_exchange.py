@@ -1,0 +1,252 @@
+"""The Exchange stream against a real logsvc and Redis, and the bridge client on it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from bridge.client import ClientConfig, LogsvcClient
+from dmulog.v1 import dmulog_pb2 as pb
+from dmulog.v1 import dmulog_pb2_grpc as pb_grpc
+from logsvc.exchange import methods_by_field
+from logsvc.server import build_server
+from logsvc.service import DirtyLogService
+from logsvc.store import Store
+from tests.servers import LogHandle, RedisProcess, free_port, logsvc_server
+
+NODE = pb.Node(name="node-a", boot_id="boot-1")
+S = grpc.StatusCode
+OK, INVALID, NOT_FOUND, DEADLINE = (c.value[0] for c in (S.OK, S.INVALID_ARGUMENT, S.NOT_FOUND, S.DEADLINE_EXCEEDED))
+
+
+class Stream:
+    """One raw Exchange stream: send calls, collect results by id."""
+
+    def __init__(self, stub: pb_grpc.DirtyLogStub):
+        self.call = stub.Exchange()
+        self.results: dict[int, pb.ExchangeResult] = {}
+        self.messages = 0
+
+    async def send(self, *calls: pb.ExchangeCall) -> None:
+        await self.call.write(pb.ExchangeRequest(calls=calls))
+
+    async def wait(self, *ids: int, timeout: float = 5.0) -> list[pb.ExchangeResult]:
+        async def collect() -> None:
+            while not set(ids) <= self.results.keys():
+                response = await self.call.read()
+                assert response is not grpc.aio.EOF, "the stream ended early"
+                self.messages += 1
+                for result in response.results:
+                    assert result.id not in self.results, f"two results for id {result.id}"
+                    self.results[result.id] = result
+
+        await asyncio.wait_for(collect(), timeout)
+        return [self.results[i] for i in ids]
+
+
+def ref(uuid: str) -> pb.LogRef:
+    """The one instance each test drives."""
+    return pb.LogRef(uuid=uuid, luid=7)
+
+
+async def open_log(s: Stream, uuid: str, regions: int = 8) -> None:
+    """CTR then RESUME, each waited for: calls on one stream run concurrently."""
+    await s.send(pb.ExchangeCall(id=1, ctr=pb.CtrRequest(log=ref(uuid), node=NODE, target_sectors=16 * regions,
+                                                          log_type="dmulog", args=["16", "nosync"])))  # fmt: skip
+    assert OK == (await s.wait(1))[0].code
+    await s.send(pb.ExchangeCall(id=2, resume=pb.ResumeRequest(log=ref(uuid), node=NODE)))
+    assert OK == (await s.wait(2))[0].code
+
+
+def test_every_kernel_request_type_has_its_field_and_method() -> None:
+    """The oneof covers exactly the 17 kernel RPCs, each routed to the method of the same name."""
+    routes = methods_by_field()
+    kernel_rpcs = {m.name for m in pb.DESCRIPTOR.services_by_name["DirtyLog"].methods} - {
+        "Exchange", "ListLogs", "GetLogState"}  # fmt: skip
+    assert 17 == len(routes)
+    assert kernel_rpcs == set(routes.values())
+    for field, method in routes.items():
+        assert field.replace("_", "") == method.lower()
+
+
+async def test_calls_in_one_message_are_each_answered_by_id(stub: pb_grpc.DirtyLogStub, uuid: str) -> None:
+    """A batch mixing good and bad calls: every id gets its own result; a failure does not end the stream."""
+    s = Stream(stub)
+    await open_log(s, uuid)
+    k = {"log": ref(uuid), "node": NODE}
+    await s.send(
+        pb.ExchangeCall(id=10, mark_region=pb.MarkRegionRequest(**k, regions=[3])),
+        pb.ExchangeCall(id=11, in_sync=pb.InSyncRequest(**k, region=999)),
+        pb.ExchangeCall(id=12),
+        pb.ExchangeCall(id=13, get_region_size=pb.GetRegionSizeRequest(**k)),
+        pb.ExchangeCall(id=14, get_sync_count=pb.GetSyncCountRequest(**k)),
+    )
+    mark, bad_region, empty, size, count = await s.wait(10, 11, 12, 13, 14)
+    assert (OK, "mark_region") == (mark.code, mark.WhichOneof("response"))
+    assert (INVALID, None) == (bad_region.code, bad_region.WhichOneof("response"))
+    assert "999" in bad_region.message
+    assert (INVALID, "ExchangeCall carries no request") == (empty.code, empty.message)
+    assert (OK, 16) == (size.code, size.get_region_size.region_size)
+    assert (OK, 8) == (count.code, count.get_sync_count.sync_count)  # nosync: every region starts in sync
+    # The stream still works after the failures, and the mark is real.
+    await s.send(pb.ExchangeCall(id=15, is_clean=pb.IsCleanRequest(**k, region=3)))
+    (clean,) = await s.wait(15)
+    assert (OK, False) == (clean.code, clean.is_clean.clean)
+    s.call.cancel()
+
+
+async def test_errors_are_those_of_the_unary_rpc(stub: pb_grpc.DirtyLogStub, uuid: str) -> None:
+    """The same request fails with the same status code and message on both transports."""
+    request = pb.InSyncRequest(log=ref(uuid), node=NODE, region=0)  # no such log
+    with pytest.raises(grpc.aio.AioRpcError) as unary:
+        await stub.InSync(request)
+    s = Stream(stub)
+    await s.send(pb.ExchangeCall(id=1, in_sync=request))
+    (result,) = await s.wait(1)
+    assert (unary.value.code().value[0], unary.value.details()) == (result.code, result.message)
+    assert NOT_FOUND == result.code
+    s.call.cancel()
+
+
+async def test_timeout_abandons_a_call_waiting_for_redis(tmp_path: Path, uuid: str) -> None:
+    """A call past its timeout_ms is answered DEADLINE_EXCEEDED and never carried out, even once Redis is back.
+
+    The same call without a timeout waits for Redis and is carried out: the
+    control that shows the first outcome is the timeout's doing.
+    """
+    redis = RedisProcess(tmp_path / "redis").start()
+    processes = [redis]
+    try:
+        async with logsvc_server(redis.url) as target, grpc.aio.insecure_channel(target) as channel:
+            stub = pb_grpc.DirtyLogStub(channel)
+            s = Stream(stub)
+            await open_log(s, uuid)
+            k = {"log": ref(uuid), "node": NODE}
+            redis.kill()
+            start = time.monotonic()
+            await s.send(pb.ExchangeCall(id=10, timeout_ms=300, mark_region=pb.MarkRegionRequest(**k, regions=[5])),
+                         pb.ExchangeCall(id=11, mark_region=pb.MarkRegionRequest(**k, regions=[6])))  # fmt: skip
+            (abandoned,) = await s.wait(10)
+            assert DEADLINE == abandoned.code
+            assert time.monotonic() - start < 1.5
+            processes.append(RedisProcess(tmp_path / "redis", port=redis.port).start())  # same AOF, same port
+            (waited,) = await s.wait(11, timeout=10)
+            assert OK == waited.code
+            await asyncio.sleep(3.0)  # past logsvc's own Redis retry budget (2.5 s)
+            handle = LogHandle(stub, uuid, luid=7)
+            assert await handle.is_clean(5), "the abandoned MARK was carried out after all"
+            assert not await handle.is_clean(6)
+            s.call.cancel()
+    finally:
+        for process in processes:
+            process.kill()
+
+
+@pytest.fixture
+async def served(redis: RedisProcess) -> AsyncIterator[tuple[grpc.aio.Server, DirtyLogService, str]]:
+    """A logsvc server whose servicer the test can drain."""
+    store = Store.from_url(redis.url)
+    await store.load_library()
+    server, port, _health, service = await build_server(store, "127.0.0.1:0")
+    await server.start()
+    try:
+        yield server, service, f"127.0.0.1:{port}"
+    finally:
+        await server.stop(0)
+        await store.close()
+
+
+async def test_drain_answers_what_was_read_then_ends_every_stream(
+    served: tuple[grpc.aio.Server, DirtyLogService, str], uuid: str
+) -> None:
+    """Shutting down: open streams end on their own, so the server stops at once rather than after its grace."""
+    server, service, target = served
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = pb_grpc.DirtyLogStub(channel)
+        s = Stream(stub)
+        await open_log(s, uuid)
+        k = {"log": ref(uuid), "node": NODE}
+        await s.send(
+            *(pb.ExchangeCall(id=100 + r, mark_region=pb.MarkRegionRequest(**k, regions=[r])) for r in range(8))
+        )
+        service.drain()
+        # Whatever the server read before the drain is answered; the stream then ends cleanly.
+        while (response := await asyncio.wait_for(s.call.read(), 5)) is not grpc.aio.EOF:
+            s.results.update((r.id, r) for r in response.results)
+        assert grpc.StatusCode.OK == await s.call.code()
+        assert all(r.code == OK for r in s.results.values())
+        late = Stream(stub)  # a stream opened while draining ends at once
+        assert grpc.aio.EOF == await asyncio.wait_for(late.call.read(), 5)
+        start = time.monotonic()
+        await server.stop(5.0)
+        assert time.monotonic() - start < 1.0
+
+
+async def test_client_falls_back_to_unary_calls_on_a_logsvc_without_exchange(redis: RedisProcess, uuid: str) -> None:
+    """Against an older logsvc (no Exchange method) requests still succeed, over unary calls."""
+    store = Store.from_url(redis.url)
+    await store.load_library()
+    service = DirtyLogService(store)
+    unary = {
+        m.name: grpc.unary_unary_rpc_method_handler(
+            getattr(service, m.name),
+            request_deserializer=getattr(pb, m.input_type.name).FromString,
+            response_serializer=getattr(pb, m.output_type.name).SerializeToString,
+        )
+        for m in pb.DESCRIPTOR.services_by_name["DirtyLog"].methods
+        if m.name != "Exchange"
+    }
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("dmulog.v1.DirtyLog", unary),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    client = LogsvcClient(f"127.0.0.1:{port}", ClientConfig(attempt_timeout=2.0, budget=4.0))
+    try:
+        assert "stream" == client.transport
+        request = pb.CtrRequest(log=ref(uuid), node=NODE, target_sectors=128, log_type="dmulog", args=["16"])
+        await client.call("Ctr", request, critical=False)
+        assert "unary" == client.transport
+        size = await client.call("GetRegionSize", pb.GetRegionSizeRequest(log=ref(uuid), node=NODE), critical=False)
+        assert 16 == size.region_size
+    finally:
+        await client.close()
+        await server.stop(0)
+        await store.close()
+
+
+async def test_client_spreads_streams_and_survives_a_stream_ending(redis: RedisProcess, uuid: str) -> None:
+    """Two replicas, one drained and stopped: pending and later calls land on the other, without an error."""
+    a_port, b_port = free_port(), free_port()
+    async with logsvc_server(redis.url, listen=f"127.0.0.1:{b_port}"):
+        store = Store.from_url(redis.url)
+        server, _port, _health, service = await build_server(store, f"127.0.0.1:{a_port}")
+        await server.start()
+        client = LogsvcClient(
+            f"ipv4:127.0.0.1:{a_port},127.0.0.1:{b_port}", ClientConfig(attempt_timeout=1.0, budget=6.0)
+        )
+        try:
+            k = {"log": ref(uuid), "node": NODE}
+            await client.call(
+                "Ctr", pb.CtrRequest(**k, target_sectors=128, log_type="dmulog", args=["16"]), critical=True
+            )
+            await client.call("Resume", pb.ResumeRequest(**k), critical=True)
+            marks = [
+                asyncio.create_task(client.call("MarkRegion", pb.MarkRegionRequest(**k, regions=[r]), critical=True))
+                for r in range(8)
+            ]
+            service.drain()
+            await server.stop(2.0)
+            await asyncio.gather(*marks)
+            for r in range(8):
+                clean = await client.call("IsClean", pb.IsCleanRequest(**k, region=r), critical=False)
+                assert not clean.clean
+            assert "stream" == client.transport
+        finally:
+            await client.close()
+            await server.stop(0)
+            await store.close()
