@@ -74,9 +74,8 @@ class Exchanges:
         method = _METHOD_OF[kind]
         inner = getattr(msg, kind)
         handling = getattr(self._servicer, method)(inner, context)
-        if msg.timeout_ms:
-            handling = asyncio.wait_for(handling, msg.timeout_ms / 1000)
-        response, code, detail = await serve_one(method, inner, handling)
+        timeout = msg.timeout_ms / 1000 if msg.timeout_ms else None
+        response, code, detail = await serve_one(method, inner, handling, timeout=timeout)
         if code is _OK:
             return pb.ExchangeResult(id=msg.id, **{kind: response})
         return pb.ExchangeResult(id=msg.id, code=code.value[0], message=detail)

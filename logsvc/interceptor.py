@@ -6,6 +6,7 @@ place where a LogError becomes a gRPC status.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -33,19 +34,21 @@ def _fields(request: Any) -> dict[str, Any]:
 
 
 async def serve_one(
-    method: str, request: Any, handling: Awaitable[Any], slow_ms: float = 100.0
+    method: str, request: Any, handling: Awaitable[Any], slow_ms: float = 100.0, timeout: float | None = None
 ) -> tuple[Any, grpc.StatusCode, str]:
     """Await ``handling`` under the request's log context: (response, code, detail).
 
     The one place where a LogError becomes a gRPC status and where a request
     gets its log line, shared by unary calls and Exchange streams so that both
-    answer and log a request identically.
+    answer and log a request identically. Past ``timeout`` seconds the request
+    is cancelled and ends DEADLINE_EXCEEDED (a timer, not a task per request).
     """
     token = bind(method=method, **_fields(request))
     start = time.perf_counter()
     code, detail = grpc.StatusCode.OK, ""
     try:
-        return await handling, code, detail
+        async with asyncio.timeout(timeout):
+            return await handling, code, detail
     except LogError as e:
         code, detail = STATUS_OF.get(type(e), grpc.StatusCode.INTERNAL), str(e)
     except TimeoutError:
