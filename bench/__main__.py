@@ -18,6 +18,10 @@ Rows, per request type:
   still use it).
 * ``full``: the same over the bridge's Exchange streams, as in production.
 
+Then the floor of the first hop by itself: an echo round trip in another
+process over a plain socket, a unary gRPC call and a gRPC stream message
+(bench/transport.py).
+
 Then throughput and tail latency of the full stack, over streams and over
 unary calls, with 1, 8 and 64 mirrors replaying the trace at once.
 """
@@ -38,6 +42,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench.replay import NullClient, Recorder, Replayer, UnixKernelSocket, load_trace, rewrite, socket_pair
+from bench.transport import measure as measure_hops
 from bridge import wire
 from bridge.agent import Bridge
 from bridge.client import ClientConfig, LogsvcClient
@@ -158,6 +163,7 @@ async def main_async(args: argparse.Namespace) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="dmulog-bench-", dir=args.workdir))
     print(f"dmulog bench  {time.strftime('%Y-%m-%d %H:%M')}  {platform.node()}  {os.cpu_count()} cpus  "
           f"python {platform.python_version()}  trace {args.trace} ({len(trace)} requests per mirror)")  # fmt: skip
+    hops = await measure_hops(workdir, args.requests)
     results: dict[str, dict[str, Recorder]] = {}
     throughput: list[tuple[str, int, float, Recorder]] = []  # (transport, mirrors, wall, samples)
     for policy in ("always", "everysec"):
@@ -203,6 +209,13 @@ async def main_async(args: argparse.Namespace) -> int:
             print(row("(GETBIT floor)", len(gb), [stats(gb), (0, 0, 0), (0, 0, 0), (0, 0, 0)], None))
         errors = sum(r.errors for r in recs.values())
         print(f"errors: {errors}")
+
+    print("\none hop, nothing behind it: echo round trip to another process over a Unix socket (µs)")
+    print(f"{'transport':<12} {'n':>6} {'p50':>8} {'p99':>8} {'p99.9':>8} {'x socket':>9}")
+    for name, samples in hops.items():
+        p50, p99, p999 = stats(samples)
+        ratio = p50 / statistics.median(hops["socket"])
+        print(f"{name:<12} {len(samples):>6} {p50 * 1e6:>8.0f} {p99 * 1e6:>8.0f} {p999 * 1e6:>8.0f} {ratio:>9.2f}")
 
     print("\nthroughput, full stack, appendfsync always (scaling: against 1 mirror on the same transport)")
     print(f"{'transport':<10} {'mirrors':>8} {'requests':>9} {'req/s':>8} {'scaling':>8} {'p50 µs':>8} "

@@ -18,6 +18,10 @@ def test_bench_runs_and_reports_every_column() -> None:
     assert 2 == run.stdout.count("errors: 0"), run.stdout
     assert "appendfsync always" in run.stdout and "appendfsync everysec" in run.stdout
     assert "throughput, full stack" in run.stdout
+    for transport in ("socket", "grpc unary", "grpc stream"):
+        assert f"\n{transport} " in run.stdout, transport
+    for transport in ("stream", "unary"):
+        assert f"\n{transport} " in run.stdout, transport
 
 
 def test_scale_bench_runs() -> None:
