@@ -49,6 +49,19 @@ class UnixKernelSocket:
         self._next: bytes | None = None
         sock.setblocking(False)
 
+    def fileno(self) -> int:
+        """The descriptor, watched for reading."""
+        return self._sock.fileno()
+
+    def peek_nowait(self) -> tuple[bytes, int] | None:
+        """Next datagram if one is queued, kept until :meth:`consume`; the sender is the kernel (port 0)."""
+        if self._next is None:
+            try:
+                self._next = self._sock.recv(65536)
+            except BlockingIOError:
+                return None
+        return self._next, 0
+
     async def peek(self) -> tuple[bytes, int]:
         """Next datagram, kept until :meth:`consume`; the sender is reported as the kernel (port 0)."""
         if self._next is None:

@@ -218,34 +218,42 @@ class Bridge:
             unbind(token)
 
     async def serve(self, sock: KernelSocket, stop: asyncio.Event) -> None:
-        """Read datagrams until ``stop`` is set."""
-        stopper = asyncio.ensure_future(stop.wait())
+        """Read datagrams until ``stop`` is set.
+
+        Reading is a callback on the socket becoming readable that takes every
+        datagram already queued (up to a bound, so replies and gRPC get their
+        turn): no future, task or reader registration per request.
+        """
+        loop = asyncio.get_running_loop()
+        fd = sock.fileno()
+        loop.add_reader(fd, self._take_queued, sock)
         try:
-            while not stop.is_set():
-                peek = asyncio.ensure_future(sock.peek())
-                done, _ = await asyncio.wait({peek, stopper}, return_when=asyncio.FIRST_COMPLETED)
-                if peek not in done:
-                    peek.cancel()
-                    await asyncio.gather(peek, return_exceptions=True)
-                    break
-                try:
-                    data, sender = peek.result()
-                    # Journal first, then take it off the queue: killed at any
-                    # point, this request is in the socket or in the journal.
-                    replayed = sender == 0 and self._already_replayed(data)
-                    entry = self.journal.record(data) if sender == 0 and not replayed else None
-                    sock.consume()
-                except OSError as e:
-                    # ENOBUFS: the receive queue overflowed and the kernel
-                    # dropped requests; it will time out and re-send them.
-                    event(log, logging.ERROR, "netlink_recv_error", errno=errno.errorcode.get(e.errno or 0, e.errno))
-                    continue
-                if replayed:
-                    event(log, logging.DEBUG, "request_already_replayed", size=len(data))
-                    continue
-                self.accept(data, sender, entry)
+            self._take_queued(sock)  # anything queued before we watched
+            await stop.wait()
         finally:
-            stopper.cancel()
+            loop.remove_reader(fd)
+
+    def _take_queued(self, sock: KernelSocket, limit: int = 64) -> None:
+        for _ in range(limit):
+            try:
+                got = sock.peek_nowait()
+                if got is None:
+                    return
+                data, sender = got
+                # Journal first, then take it off the queue: killed at any
+                # point, this request is in the socket or in the journal.
+                replayed = sender == 0 and self._already_replayed(data)
+                entry = self.journal.record(data) if sender == 0 and not replayed else None
+                sock.consume()
+            except OSError as e:
+                # ENOBUFS: the receive queue overflowed and the kernel
+                # dropped requests; it will time out and re-send them.
+                event(log, logging.ERROR, "netlink_recv_error", errno=errno.errorcode.get(e.errno or 0, e.errno))
+                return
+            if replayed:
+                event(log, logging.DEBUG, "request_already_replayed", size=len(data))
+                continue
+            self.accept(data, sender, entry)
 
 
 def check_capabilities() -> None:

@@ -55,18 +55,23 @@ class KernelSocket:
         return int(self._sock.getsockname()[0])
 
     def fileno(self) -> int:
-        """The descriptor (to pass the socket on to a child process)."""
+        """The descriptor (to watch it for reading, or to pass the socket on to a child process)."""
         return self._sock.fileno()
 
+    def peek_nowait(self) -> tuple[bytes, int] | None:
+        """The next datagram and its sender's port id (0 = the kernel), left in the queue; None if none."""
+        try:
+            data, addr = self._sock.recvfrom(MAX_DATAGRAM, socket.MSG_PEEK)
+        except BlockingIOError:
+            return None
+        return data, int(addr[0])
+
     async def peek(self) -> tuple[bytes, int]:
-        """The next datagram and its sender's port id (0 = the kernel), left in the queue."""
+        """The next datagram and its sender's port id, left in the queue; waits for one."""
         loop, fd = asyncio.get_running_loop(), self._sock.fileno()
         while True:
-            try:
-                data, addr = self._sock.recvfrom(MAX_DATAGRAM, socket.MSG_PEEK)
-                return data, int(addr[0])
-            except BlockingIOError:
-                pass
+            if (got := self.peek_nowait()) is not None:
+                return got
             ready = loop.create_future()
             loop.add_reader(fd, ready.set_result, None)
             try:
