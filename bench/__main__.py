@@ -145,6 +145,19 @@ async def full_stack(target: str, trace: list[bytes], mirrors: int, rec: Recorde
         await client.close()
 
 
+def cpu_seconds(*pids: int) -> tuple[float, ...]:
+    """CPU time (user + system, all threads) used so far by each process, from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = []
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            out.append((int(fields[11]) + int(fields[12])) / tick)  # utime, stime
+        except (OSError, IndexError, ValueError):
+            out.append(0.0)
+    return tuple(out)
+
+
 def row(name: str, n: int, cols: list[tuple[float, float, float]], ratio: float | None) -> str:
     """One line of the latency table (µs)."""
     cells = "".join(f" {p50 * 1e6:>8.0f} {p99 * 1e6:>8.0f} {p999 * 1e6:>8.0f} |" for p50, p99, p999 in cols)
@@ -165,7 +178,8 @@ async def main_async(args: argparse.Namespace) -> int:
           f"python {platform.python_version()}  trace {args.trace} ({len(trace)} requests per mirror)")  # fmt: skip
     hops = await measure_hops(workdir, args.requests)
     results: dict[str, dict[str, Recorder]] = {}
-    throughput: list[tuple[str, int, float, Recorder]] = []  # (transport, mirrors, wall, samples)
+    # (transport, mirrors, wall, samples, busy cores of bridge+replayer, logsvc, redis)
+    throughput: list[tuple[str, int, float, Recorder, tuple[float, ...]]] = []
     for policy in ("always", "everysec"):
         r = RedisProcess(workdir / f"redis-{policy}").start()
         if policy != "always":
@@ -183,8 +197,11 @@ async def main_async(args: argparse.Namespace) -> int:
                 for mirrors in args.mirrors:
                     for transport in ("stream", "unary"):
                         rec = Recorder()
+                        before = cpu_seconds(os.getpid(), logsvc.pid, r.proc.pid if r.proc else 0)
                         wall = await full_stack(target, trace, mirrors, rec, transport)
-                        throughput.append((transport, mirrors, wall, rec))
+                        after = cpu_seconds(os.getpid(), logsvc.pid, r.proc.pid if r.proc else 0)
+                        busy = tuple((b - a) / wall for a, b in zip(before, after, strict=True))
+                        throughput.append((transport, mirrors, wall, rec, busy))
         finally:
             logsvc.terminate()
             logsvc.wait(10)
@@ -218,16 +235,18 @@ async def main_async(args: argparse.Namespace) -> int:
         print(f"{name:<12} {len(samples):>6} {p50 * 1e6:>8.0f} {p99 * 1e6:>8.0f} {p999 * 1e6:>8.0f} {ratio:>9.2f}")
 
     print("\nthroughput, full stack, appendfsync always (scaling: against 1 mirror on the same transport)")
+    print("bridge, logsvc, redis: CPU used during the run, in cores (the bridge column includes the replayer)")
     print(f"{'transport':<10} {'mirrors':>8} {'requests':>9} {'req/s':>8} {'scaling':>8} {'p50 µs':>8} "
-          f"{'p99 µs':>8} {'p99/p50':>8}")  # fmt: skip
+          f"{'p99 µs':>8} {'p99/p50':>8} {'bridge':>7} {'logsvc':>7} {'redis':>7}")  # fmt: skip
     base: dict[str, float] = {}
-    for transport, mirrors, wall, rec in sorted(throughput, key=lambda t: (t[0] != "stream", t[1])):
+    for transport, mirrors, wall, rec, busy in sorted(throughput, key=lambda t: (t[0] != "stream", t[1])):
         values = [v for s in rec.samples.values() for v in s]
         rate = rec.requests / wall
         base.setdefault(transport, rate)
         p50, p99, _ = stats(values)
         print(f"{transport:<10} {mirrors:>8} {rec.requests:>9} {rate:>8.0f} {rate / base[transport]:>8.2f} "
-              f"{p50 * 1e6:>8.0f} {p99 * 1e6:>8.0f} {p99 / p50:>8.2f}")  # fmt: skip
+              f"{p50 * 1e6:>8.0f} {p99 * 1e6:>8.0f} {p99 / p50:>8.2f}"
+              + "".join(f" {b:>7.2f}" for b in busy))  # fmt: skip
     return 0
 
 
