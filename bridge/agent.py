@@ -351,6 +351,7 @@ async def run(config: BridgeConfig) -> None:
     node = pb.Node(name=host.node_name(config.node), boot_id=host.boot_id())
     client = LogsvcClient(config.logsvc, ClientConfig(config.attempt_timeout, config.budget))
     bridge = Bridge(client, node, sock.send, journal=_journal(config.journal_dir))
+    client.warm()
     standby = os.environ.pop(STANDBY_FD_ENV, None)
     if standby is not None and not await _standby_until_called(int(standby)):
         sock.close()

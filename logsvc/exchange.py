@@ -60,6 +60,11 @@ class Exchanges:
         self._open: set[asyncio.Queue[Any]] = set()
         self._draining = False
 
+    @property
+    def open_streams(self) -> int:
+        """Streams being served now."""
+        return len(self._open)
+
     def drain(self) -> None:
         """Make every stream, open now or later, finish what it has read and end."""
         self._draining = True

@@ -35,6 +35,11 @@ class DirtyLogService(pb_grpc.DirtyLogServicer):
         self._store = store
         self._exchanges = Exchanges(self)
 
+    @property
+    def open_streams(self) -> int:
+        """Exchange streams being served now (for health and metrics)."""
+        return self._exchanges.open_streams
+
     def drain(self) -> None:
         """Shutting down: end every Exchange stream once what it has read is answered."""
         self._exchanges.drain()

@@ -250,3 +250,19 @@ async def test_client_spreads_streams_and_survives_a_stream_ending(redis: RedisP
             await client.close()
             await server.stop(0)
             await store.close()
+
+
+async def test_warm_opens_every_stream_before_the_first_request(
+    served: tuple[grpc.aio.Server, DirtyLogService, str],
+) -> None:
+    """A (standby) bridge has its streams open before the kernel asks anything."""
+    _server, service, target = served
+    client = LogsvcClient(target)
+    try:
+        client.warm()
+        deadline = time.monotonic() + 5
+        while service.open_streams < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert 2 == service.open_streams
+    finally:
+        await client.close()
