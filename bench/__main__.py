@@ -48,6 +48,7 @@ from bridge.agent import Bridge
 from bridge.client import ClientConfig, LogsvcClient
 from bridge.dispatch import ROUTES
 from bridge.journal import Journal
+from dmulog import eventloop
 from dmulog.v1 import dmulog_pb2 as pb
 from logsvc.keys import log_keys
 from logsvc.service import DirtyLogService
@@ -257,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=1500, help="requests per mirror (prefix of the trace)")
     parser.add_argument("--mirrors", type=int, nargs="+", default=[1, 8, 64], help="concurrency levels")
     parser.add_argument("--workdir", default=None, help="where Redis keeps its AOF (default: a temp dir)")
-    return asyncio.run(main_async(parser.parse_args(argv)))
+    # The loop production runs on: the bridge under test lives in this process.
+    return eventloop.run(main_async(parser.parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import grpc
 
+from dmulog import eventloop
+
 SERVICE = "dmulog.bench.Echo"
 PAYLOAD = b"x" * 60
 _LEN = struct.Struct("!I")
@@ -113,4 +115,4 @@ async def _timed(once: Callable[[], Awaitable[None]], n: int) -> list[float]:
 
 
 if __name__ == "__main__":
-    asyncio.run(serve(Path(sys.argv[1])))
+    eventloop.run(serve(Path(sys.argv[1])))

@@ -73,7 +73,7 @@ class KernelSocket:
             if (got := self.peek_nowait()) is not None:
                 return got
             ready = loop.create_future()
-            loop.add_reader(fd, ready.set_result, None)
+            loop.add_reader(fd, _wake, ready)
             try:
                 await ready
             finally:
@@ -98,9 +98,25 @@ class KernelSocket:
         return data, int(addr[0])
 
     async def send(self, datagram: bytes) -> None:
-        """One reply, one datagram, to the kernel (port 0)."""
-        loop = asyncio.get_running_loop()
-        await loop.sock_sendto(self._sock, datagram, (0, 0))
+        """One reply, one datagram, to the kernel (port 0).
+
+        The kernel takes a netlink message to itself synchronously, so the
+        send is tried at once; only a full socket buffer makes it wait.
+        (Not ``loop.sock_sendto``: uvloop does not implement it.)
+        """
+        while True:
+            try:
+                self._sock.sendto(datagram, (0, 0))
+                return
+            except BlockingIOError:
+                pass
+            loop, fd = asyncio.get_running_loop(), self._sock.fileno()
+            ready = loop.create_future()
+            loop.add_writer(fd, _wake, ready)
+            try:
+                await ready
+            finally:
+                loop.remove_writer(fd)
 
     def leave_group(self) -> None:
         """Stop receiving requests: from now on the kernel finds no listener here.
@@ -117,6 +133,12 @@ class KernelSocket:
     def close(self) -> None:
         """Close this process's descriptor (an inherited socket lives on in its owner)."""
         self._sock.close()
+
+
+def _wake(ready: asyncio.Future[None]) -> None:
+    """A descriptor is ready; the loop may say so again before the waiter runs."""
+    if not ready.done():
+        ready.set_result(None)
 
 
 def _join(sock: socket.socket) -> None:
