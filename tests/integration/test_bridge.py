@@ -210,6 +210,19 @@ async def test_identical_concurrent_requests_are_each_answered(kernel: KernelSid
     assert {0} == {r.error for r in replies}
 
 
+async def test_requests_are_counted_by_type(kernel: KernelSide, uuid: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Every decoded kernel request is counted by type (what `request_counts` logs on SIGUSR1); others are not."""
+    await kernel.ask(T.CTR, b"120 clustered-core 16", uuid=uuid)
+    for _ in range(2):
+        await kernel.ask(T.IN_SYNC, u64(0), uuid=uuid)
+    kernel.send(T.FLUSH, uuid=uuid, sender=4242)  # not from the kernel: ignored, not counted
+    assert {"CTR": 1, "IN_SYNC": 2} == kernel.bridge.counts
+    with caplog.at_level("INFO", logger="dmulog.bridge"):
+        kernel.bridge.log_counts()
+    [record] = [r for r in caplog.records if r.getMessage() == "request_counts"]
+    assert {"counts": {"CTR": 1, "IN_SYNC": 2}} == record.event_data  # type: ignore[attr-defined]
+
+
 async def test_logsvc_restart_within_the_budget_is_invisible(redis: RedisProcess, uuid: str) -> None:
     """A logsvc that comes back within the retry budget costs the kernel time, not an error."""
     port = free_port()
