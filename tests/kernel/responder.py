@@ -27,6 +27,10 @@ DTR and the suspend/resume calls, which need no state. Stdlib only; needs root
 the initial network namespace, i.e. run it inside the test VM::
 
     python -m tests.kernel.responder --ready-file /tmp/ready [--capture DIR] [-v]
+
+It counts requests by type and prints the counts to stderr on SIGUSR1 and at exit
+(``responder: requests <total>: CTR=1 FLUSH=...``), so a benchmark can read them
+between workloads without the cost of a line per request.
 """
 
 from __future__ import annotations
@@ -296,6 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, stop)
     sock = open_socket()
     responder = Responder()
+    signal.signal(signal.SIGUSR1, lambda _signum, _frame: print_counts(responder))
     capture = Capture(args.capture) if args.capture else None
     if args.ready_file:
         tmp = args.ready_file.with_name(args.ready_file.name + ".tmp")
@@ -306,9 +311,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (KeyboardInterrupt, SystemExit):
         pass
     finally:
-        counts = " ".join(f"{k}={v}" for k, v in sorted(responder.counts.items()))
-        print(f"responder: requests {sum(responder.counts.values())}: {counts}", file=sys.stderr, flush=True)
+        print_counts(responder)
     return 0
+
+
+def print_counts(responder: Responder) -> None:
+    """One stderr line with the requests answered so far, by type.
+
+    Written with a single ``os.write``: it also runs from a signal handler, which may
+    interrupt a ``print`` of the serve loop, and buffered text I/O is not reentrant.
+    """
+    counts = " ".join(f"{k}={v}" for k, v in sorted(responder.counts.items()))
+    line = f"responder: requests {sum(responder.counts.values())}: {counts}\n"
+    os.write(sys.stderr.fileno(), line.encode())
 
 
 if __name__ == "__main__":

@@ -181,9 +181,12 @@ class Topology:
         leg_bytes: size of each leg image.
         memory: guest RAM.
         replicas: logsvc processes, all on the same Redis.
+        trace: record every Redis command (``redis-cli monitor``) for diagnosing a
+            failure; MONITOR slows Redis down, so a benchmark turns it off.
     """
 
-    def __init__(self, workdir: Path, *, leg_bytes: int = 32 << 20, memory: str = "1G", replicas: int = 1):
+    def __init__(self, workdir: Path, *, leg_bytes: int = 32 << 20, memory: str = "1G", replicas: int = 1,
+                 trace: bool = True):  # fmt: skip
         self.workdir = Path(workdir).resolve()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.leg_bytes = leg_bytes
@@ -197,6 +200,7 @@ class Topology:
         self._logsvc_logs = [self.workdir / f"logsvc{i}.log" for i in range(replicas)]
         #: Every command Redis executes (``redis-cli monitor``), for diagnosing a failure.
         self.trace = self.workdir / "redis-monitor.txt"
+        self._tracing = trace
         self._monitor: subprocess.Popen[bytes] | None = None
 
     # ----------------------------------------------------------------- lifecycle
@@ -283,7 +287,7 @@ class Topology:
         """Start redis-server (again: same port and data directory, so it replays its AOF)."""
         self.redis.start()
         cli = shutil.which("redis-cli")
-        if cli is not None:
+        if cli is not None and self._tracing:
             with self.trace.open("ab") as out:
                 self._monitor = subprocess.Popen(
                     [cli, "-p", str(self.redis.port), "monitor"], stdin=subprocess.DEVNULL, stdout=out,
@@ -309,11 +313,15 @@ class Topology:
             with path.open("wb") as f:
                 f.truncate(self.leg_bytes if name.startswith("leg") else 1 << 20)
 
-    def qemu_args(self, qmp: Path) -> list[str]:
-        """The restricted user network with a forward to each logsvc, the three disks, a QMP socket."""
+    def network_args(self) -> list[str]:
+        """The restricted user network with a forward to each logsvc: the guest's only way out."""
         fwd = ",".join(f"guestfwd=tcp:{GUEST_HOST}:{GUEST_PORT + i}-cmd:socat STDIO UNIX-CONNECT:{sock}"
                        for i, sock in enumerate(self.sockets))  # fmt: skip
-        args = ["-netdev", f"user,id=n0,restrict=on,{fwd}", "-device", "virtio-net-pci,netdev=n0"]
+        return ["-netdev", f"user,id=n0,restrict=on,{fwd}", "-device", "virtio-net-pci,netdev=n0"]
+
+    def qemu_args(self, qmp: Path) -> list[str]:
+        """The network (:meth:`network_args`), the three disks, a QMP socket."""
+        args = self.network_args()
         for name in DISKS:
             path = str(self.image(name)).replace(",", ",,")
             args += ["-drive", f"file={path},if=virtio,format=raw,cache=none,aio=threads,id={name}"]

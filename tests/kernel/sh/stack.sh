@@ -24,10 +24,11 @@ start_logsvc() {
   wait_log $R/logsvc.log logsvc_listening 120 || die "logsvc did not start"
 }
 
+# start_bridge [LOGSVC]: a bridge on logsvc at LOGSVC (default: the one start_logsvc started).
 start_bridge() {
   local before
   before=$(grep -c bridge_listening $R/bridge.log 2>/dev/null || true)
-  dmulog --log-format json bridge --logsvc "unix:$SOCK" --node guest >> $R/bridge.log 2>&1 &
+  dmulog --log-format json bridge --logsvc "${1:-unix:$SOCK}" --node guest >> $R/bridge.log 2>&1 &
   BRIDGE_PID=$!
   for _ in $(seq 1200); do
     [ "$(grep -c bridge_listening $R/bridge.log 2>/dev/null || true)" -gt "${before:-0}" ] && return 0
