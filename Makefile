@@ -7,7 +7,7 @@ BUF := .cache/buf/node_modules/.bin/buf
 PYTEST_ARGS ?=
 CRASH_ROUNDS ?= 2
 
-.PHONY: all deps proto check-proto lint unit integration kernel test demo bench bench-codec bench-scale crash clean
+.PHONY: all deps proto check-proto lint unit integration kernel test demo bench bench-codec bench-scale bench-guest crash clean
 
 all: test
 
@@ -57,6 +57,10 @@ bench: deps
 ## 10,000 logs, and one log of 16 Mi regions: request latency must not grow with either.
 bench-scale: deps
 	$(PY) -m bench.scale
+
+## Write throughput of a real mirror with each log: core, responder, dmulog in guest / on host (ratios).
+bench-guest: deps
+	$(PY) -m bench.guest
 
 ## The netlink codec against pyroute2's connector marshal.
 bench-codec: deps

@@ -1,0 +1,95 @@
+"""The guest benchmark still runs end to end: ``python -m bench.guest --quick``, one boot, every log.
+
+Its numbers are not judged here (one short repetition under emulation says little);
+what is checked is that every configuration really moved data and that the request
+counts come from real log servers seeing the kernel's real request pattern.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import json
+from typing import Any
+
+import pytest
+
+from bench import guest
+from bench.guest import CONFIGS, WORKLOADS
+
+pytestmark = pytest.mark.kernel
+USERSPACE = [c for c in CONFIGS if c.userspace]
+
+
+@dataclasses.dataclass(frozen=True)
+class QuickRun:
+    """What ``python -m bench.guest --quick`` returned, printed and wrote to summary.json."""
+
+    rc: int
+    stdout: str
+    summary: dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory: pytest.TempPathFactory) -> QuickRun:
+    """One ``--quick`` run, in this process: a failing guest still powers off its VM (run_guest's timeout)."""
+    results = tmp_path_factory.mktemp("bench-guest")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        rc = guest.main(["--quick", "--results-dir", str(results)])
+    summary_file = results / "summary.json"
+    assert summary_file.exists(), out.getvalue()
+    return QuickRun(rc, out.getvalue(), json.loads(summary_file.read_text()))
+
+
+def _cells(run: QuickRun) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(c["config"], c["workload"]): c for c in run.summary["cells"]}
+
+
+def test_the_run_is_clean_and_prints_the_table(quick: QuickRun) -> None:
+    """Exit 0 (guest finished, no kernel log problem, no missing result); one table row per log and workload."""
+    assert 0 == quick.rc, quick.stdout
+    assert ([], [], 0) == (quick.summary["problems"], quick.summary["missing"], quick.summary["rc"])
+    rows = [line for line in quick.stdout.splitlines() if line.startswith(("| random", "| sequential"))]
+    assert len(CONFIGS) * len(WORKLOADS) == len(rows), quick.stdout
+    assert "only the ratios matter" in quick.stdout
+    assert "of the responder's IOPS (target 50%)" in quick.stdout
+
+
+def test_every_configuration_moved_data(quick: QuickRun) -> None:
+    """Every (log, workload) completed writes, with a nonzero throughput, and has both ratios."""
+    cells = _cells(quick)
+    assert {(c.name, w.name) for c in CONFIGS for w in WORKLOADS} == set(cells)
+    for key, cell in cells.items():
+        assert cell["writes"] > 0 and cell["median"] > 0 and min(cell["samples"]) > 0, (key, cell)
+        assert cell["vs_core"] > 0, key
+        assert (cell["vs_responder"] is None) == (key[0] == "core"), (key, cell)
+
+
+def test_userspace_logs_saw_the_requests_of_a_write(quick: QuickRun) -> None:
+    """Every userspace log counted IN_SYNC, FLUSH and CLEAR_REGION; MARK_REGION only without integrated_flush.
+
+    With integrated_flush the marks ride inside FLUSH. The in-kernel log has no counts at all.
+    """
+    cells = _cells(quick)
+    for w in WORKLOADS:
+        assert cells["core", w.name]["requests"] is None
+        for c in USERSPACE:
+            requests = cells[c.name, w.name]["requests"]
+            assert requests and {"IN_SYNC", "FLUSH", "CLEAR_REGION"} <= set(requests), (c.name, w.name, requests)
+            assert ("MARK_REGION" in requests) != c.integrated_flush, (c.name, w.name, requests)
+
+
+def test_one_write_at_a_time_costs_two_in_sync_requests(quick: QuickRun) -> None:
+    """Random 4 KiB writes one at a time: about two IN_SYNC (and one MARK) per write, for every userspace log.
+
+    Each write lands in a region the kernel does not hold, whatever answers the log, so
+    the counts per write are the same for the responder and dmulog however slow it is.
+    """
+    cells = _cells(quick)
+    for c in USERSPACE:
+        per_1000 = cells[c.name, "rand4k-qd1"]["per_1000_writes"]
+        assert 1500 <= per_1000["IN_SYNC"] <= 2500, (c.name, per_1000)
+        if not c.integrated_flush:
+            assert 500 <= per_1000["MARK_REGION"] <= 1500, (c.name, per_1000)
