@@ -43,12 +43,12 @@ from pathlib import Path
 
 from bench.replay import NullClient, Recorder, Replayer, UnixKernelSocket, load_trace, rewrite, socket_pair
 from bench.transport import measure as measure_hops
+from bench.transport import table as hop_table
 from bridge import wire
 from bridge.agent import Bridge
 from bridge.client import ClientConfig, LogsvcClient
 from bridge.dispatch import ROUTES
 from bridge.journal import Journal
-from dmulog import eventloop
 from dmulog.v1 import dmulog_pb2 as pb
 from logsvc.keys import log_keys
 from logsvc.service import DirtyLogService
@@ -229,11 +229,7 @@ async def main_async(args: argparse.Namespace) -> int:
         print(f"errors: {errors}")
 
     print("\none hop, nothing behind it: echo round trip to another process over a Unix socket (µs)")
-    print(f"{'transport':<12} {'n':>6} {'p50':>8} {'p99':>8} {'p99.9':>8} {'x socket':>9}")
-    for name, samples in hops.items():
-        p50, p99, p999 = stats(samples)
-        ratio = p50 / statistics.median(hops["socket"])
-        print(f"{name:<12} {len(samples):>6} {p50 * 1e6:>8.0f} {p99 * 1e6:>8.0f} {p999 * 1e6:>8.0f} {ratio:>9.2f}")
+    print(hop_table(hops))
 
     print("\nthroughput, full stack, appendfsync always (scaling: against 1 mirror on the same transport)")
     print("bridge, logsvc, redis: CPU used during the run, in cores (the bridge column includes the replayer)")
@@ -258,8 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=1500, help="requests per mirror (prefix of the trace)")
     parser.add_argument("--mirrors", type=int, nargs="+", default=[1, 8, 64], help="concurrency levels")
     parser.add_argument("--workdir", default=None, help="where Redis keeps its AOF (default: a temp dir)")
-    # The loop production runs on: the bridge under test lives in this process.
-    return eventloop.run(main_async(parser.parse_args(argv)))
+    return asyncio.run(main_async(parser.parse_args(argv)))
 
 
 if __name__ == "__main__":

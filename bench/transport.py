@@ -10,21 +10,24 @@ messages (about an ExchangeCall's size) as
   the least any Python transport can cost;
 * ``grpc unary``: one unary call per message;
 * ``grpc stream``: one message each way on a long-lived bidirectional stream.
+
+``python -m bench.transport [N]`` prints the table alone (bench/guest.sh runs
+it in the guest, where gRPC suffers from emulation far more than a socket).
 """
 
 from __future__ import annotations
 
 import asyncio
+import statistics
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import grpc
-
-from dmulog import eventloop
 
 SERVICE = "dmulog.bench.Echo"
 PAYLOAD = b"x" * 60
@@ -65,7 +68,7 @@ async def serve(workdir: Path) -> None:
 
 async def measure(workdir: Path, n: int) -> dict[str, list[float]]:
     """``n`` sequential round trips per transport, in seconds, after a warm-up."""
-    proc = subprocess.Popen([sys.executable, "-m", "bench.transport", str(workdir)])
+    proc = subprocess.Popen([sys.executable, "-m", "bench.transport", "--serve", str(workdir)])
     try:
         for _ in range(200):
             if (workdir / "ready").exists():
@@ -114,5 +117,31 @@ async def _timed(once: Callable[[], Awaitable[None]], n: int) -> list[float]:
     return samples
 
 
+def table(hops: dict[str, list[float]]) -> str:
+    """The hop table: p50, p99, p99.9 in µs and p50 against the plain socket's."""
+    lines = [f"{'transport':<12} {'n':>6} {'p50':>8} {'p99':>8} {'p99.9':>8} {'x socket':>9}"]
+    base = statistics.median(hops["socket"])
+    for name, samples in hops.items():
+        ordered = sorted(samples)
+        p99, p999 = (ordered[min(len(ordered) - 1, int(q * len(ordered)))] for q in (0.99, 0.999))
+        p50 = statistics.median(samples)
+        lines.append(f"{name:<12} {len(samples):>6} {p50 * 1e6:>8.0f} {p99 * 1e6:>8.0f} {p999 * 1e6:>8.0f} "
+                     f"{p50 / base:>9.2f}")  # fmt: skip
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    """``--serve DIR``: the echo servers (child process); else measure N round trips each and print."""
+    if argv[:1] == ["--serve"]:
+        asyncio.run(serve(Path(argv[1])))
+        return 0
+    n = int(argv[0]) if argv else 2000
+    with tempfile.TemporaryDirectory(prefix="dmulog-hop-") as workdir:
+        hops = asyncio.run(measure(Path(workdir), n))
+    print("one hop, nothing behind it: echo round trip to another process over a Unix socket (µs)")
+    print(table(hops))
+    return 0
+
+
 if __name__ == "__main__":
-    eventloop.run(serve(Path(sys.argv[1])))
+    sys.exit(main(sys.argv[1:]))

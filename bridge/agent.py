@@ -37,7 +37,6 @@ from bridge.client import CallFailed, ClientConfig, LogsvcClient
 from bridge.dispatch import ROUTES
 from bridge.journal import Journal
 from bridge.netlink import STANDBY_FD_ENV, KernelSocket, inherited_kernel_socket, open_kernel_socket
-from dmulog import eventloop
 from dmulog.logs import bind, event, unbind
 from dmulog.v1 import dmulog_pb2 as pb
 
@@ -373,7 +372,7 @@ async def run(config: BridgeConfig) -> None:
     event(log, logging.INFO, "bridge_listening", netlink="NETLINK_CONNECTOR", group=wire.CN_IDX_DM,
           connector=f"{wire.CN_IDX_DM}:{wire.CN_VAL_DM_USERSPACE_LOG}", port_id=sock.port_id,
           inherited=inherited is not None, journal=str(config.journal_dir or ""),
-          logsvc=config.logsvc, transport=client.transport, loop=eventloop.current(),
+          logsvc=config.logsvc, transport=client.transport,
           node=node.name, boot_id=node.boot_id)  # fmt: skip
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

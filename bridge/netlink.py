@@ -102,7 +102,6 @@ class KernelSocket:
 
         The kernel takes a netlink message to itself synchronously, so the
         send is tried at once; only a full socket buffer makes it wait.
-        (Not ``loop.sock_sendto``: uvloop does not implement it.)
         """
         while True:
             try:

@@ -8,6 +8,7 @@ an environment variable ``DMULOG_<OPTION>`` (the flag wins).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import enum
 import os
 import sys
@@ -17,7 +18,7 @@ from typing import TextIO
 
 import grpc
 
-from dmulog import eventloop, logs
+from dmulog import logs
 
 __all__ = ["ExitStatus", "main"]
 
@@ -106,7 +107,7 @@ def _program(args: argparse.Namespace, out: TextIO, argv: Sequence[str]) -> Exit
     if args.command == "logsvc":
         from logsvc.server import LogsvcConfig, serve
 
-        eventloop.run(serve(LogsvcConfig(listen=args.listen, redis_url=args.redis, state_dir=Path(args.state_dir),
+        asyncio.run(serve(LogsvcConfig(listen=args.listen, redis_url=args.redis, state_dir=Path(args.state_dir),
                                        key_prefix=args.key_prefix)))  # fmt: skip
         return ExitStatus.OK
     if args.command == "bridge":
@@ -118,11 +119,11 @@ def _program(args: argparse.Namespace, out: TextIO, argv: Sequence[str]) -> Exit
             from bridge.keeper import keep
 
             return ExitStatus(keep(["-m", "dmulog", *(a for a in argv if a != "--respawn")]))
-        eventloop.run(run(BridgeConfig(logsvc=args.logsvc, node=args.node, attempt_timeout=args.attempt_timeout,
+        asyncio.run(run(BridgeConfig(logsvc=args.logsvc, node=args.node, attempt_timeout=args.attempt_timeout,
                                      budget=args.retry_budget,
                                      journal_dir=Path(args.journal_dir) if args.journal_dir else None)))  # fmt: skip
         return ExitStatus.OK
-    return eventloop.run(_status(args, out))
+    return asyncio.run(_status(args, out))
 
 
 class _Usage(Exception):

@@ -15,7 +15,6 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from dmulog import eventloop
 from dmulog.logs import event
 from dmulog.v1 import dmulog_pb2_grpc as pb_grpc
 from logsvc.embedded_redis import EmbeddedRedis
@@ -100,7 +99,7 @@ async def serve(config: LogsvcConfig) -> None:
         server, port, health_servicer, service = await build_server(store, config.listen)
         await server.start()
         event(log, logging.INFO, "logsvc_listening", listen=config.listen, port=port, redis=url,
-              embedded_redis=embedded is not None, loop=eventloop.current())  # fmt: skip
+              embedded_redis=embedded is not None)  # fmt: skip
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
