@@ -159,6 +159,14 @@ class _Stream:
         timer = loop.call_later(timeout, _expire, waiter)
         try:
             return await waiter
+        except _Retryable as e:
+            if e.code == grpc.StatusCode.DEADLINE_EXCEEDED and self.ended is None:
+                # logsvc answers every call within its timeout, even with an
+                # error; silence means the stream (or its replica) is stuck.
+                # End it, so this call's retry and everything after it go to
+                # a new stream rather than waiting out the same silence.
+                self._call.cancel()
+            raise
         finally:
             timer.cancel()
             self._waiting.pop(msg.id, None)

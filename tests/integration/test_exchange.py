@@ -266,3 +266,40 @@ async def test_warm_opens_every_stream_before_the_first_request(
         assert 2 == service.open_streams
     finally:
         await client.close()
+
+
+async def test_a_silent_stream_is_replaced_and_its_calls_go_elsewhere(redis: RedisProcess, uuid: str) -> None:
+    """A replica that takes requests and never answers costs one attempt timeout per stream, not every call."""
+
+    async def swallow(requests: AsyncIterator[pb.ExchangeRequest], context: object) -> AsyncIterator[bytes]:
+        async for _ in requests:
+            pass
+        yield b""  # never reached while the client keeps the stream open
+
+    silent = grpc.aio.server()
+    handler = grpc.stream_stream_rpc_method_handler(
+        swallow, request_deserializer=pb.ExchangeRequest.FromString, response_serializer=lambda b: b
+    )
+    silent.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("dmulog.v1.DirtyLog", {"Exchange": handler}),)
+    )
+    silent_port = silent.add_insecure_port("127.0.0.1:0")
+    await silent.start()
+    good_port = free_port()
+    async with logsvc_server(redis.url, listen=f"127.0.0.1:{good_port}"):
+        target = f"ipv4:127.0.0.1:{silent_port},127.0.0.1:{good_port}"
+        client = LogsvcClient(target, ClientConfig(attempt_timeout=0.3, budget=8.0))
+        try:
+            k = {"log": ref(uuid), "node": NODE}
+            await client.call(
+                "Ctr", pb.CtrRequest(**k, target_sectors=128, log_type="dmulog", args=["16"]), critical=True
+            )
+            start = time.monotonic()
+            for r in range(8):
+                await client.call("MarkRegion", pb.MarkRegionRequest(**k, regions=[r]), critical=True)
+            # Without replacing the silent stream, every other call would wait out its
+            # attempt (0.3 s, plus 0.25 s of slack) at least once.
+            assert time.monotonic() - start < 4 * (0.3 + 0.25)
+        finally:
+            await client.close()
+            await silent.stop(0)
