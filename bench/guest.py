@@ -386,6 +386,9 @@ def render(report: Report) -> str:
     ]
     if report.headline():
         notes.insert(1, str(report.headline()))
+    hops = report.results_dir / "hops.txt"
+    if hops.exists():
+        notes += ["", "In the same guest, " + hops.read_text().strip()]
     if not report.ok:
         notes.append(f"PROBLEMS: guest rc={report.rc}; see {report.results_dir / 'failure.txt'}")
         notes += [f"  kernel: {p}" for p in report.problems]

@@ -12,7 +12,7 @@
 #   LOG_TYPE       log type of the dmulog tables (clustered-core or dmulog)
 #   HOST_LOGSVC    the bridge's --logsvc for dmulog-host*: logsvc on the host, through guestfwd
 #   FIO_TIMEOUT    seconds one fio run (all repetitions of a workload) may take
-# Output, per configuration C and workload W: /results/C/W.json (fio) and, for the
+# Output: /results/hops.txt (one hop's cost per transport, in the guest); per configuration C and workload W: /results/C/W.json (fio) and, for the
 # userspace logs, /results/C/W.before and W.after (the log server's request counts
 # around the run); /results/outcome says which configurations finished.
 . tests/kernel/sh/stack.sh
@@ -65,6 +65,10 @@ run_config() {
 make_legs
 fallocate -l $(( SECTORS * 512 )) /tmp/leg0 || die "fallocate leg0"
 fallocate -l $(( SECTORS * 512 )) /tmp/leg1 || die "fallocate leg1"
+
+# What one hop between two guest processes costs, per transport (bench/transport.py):
+# under emulation gRPC suffers far more than a plain socket, and this says how much.
+timeout 300 python -m bench.transport 200 > $R/hops.txt 2>&1 || note hops failed
 
 want core && run_config core "core 2 $REGION nosync"
 

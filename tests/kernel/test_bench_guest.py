@@ -55,6 +55,7 @@ def test_the_run_is_clean_and_prints_the_table(quick: QuickRun) -> None:
     assert len(CONFIGS) * len(WORKLOADS) == len(rows), quick.stdout
     assert "only the ratios matter" in quick.stdout
     assert "of the responder's IOPS (target 50%)" in quick.stdout
+    assert "In the same guest, one hop" in quick.stdout and "grpc stream" in quick.stdout, quick.stdout
 
 
 def test_every_configuration_moved_data(quick: QuickRun) -> None:
