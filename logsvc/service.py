@@ -86,7 +86,8 @@ class DirtyLogService(pb_grpc.DirtyLogServicer):
         return pb.IsCleanResponse(clean=await self._op("is_clean", request, request.region, readonly=True) == 1)
 
     async def InSync(self, request: pb.InSyncRequest, context: Ctx) -> pb.InSyncResponse:
-        return pb.InSyncResponse(in_sync=await self._op("in_sync", request, request.region, readonly=True) == 1)
+        answer, latched = await self._op("in_sync_latch", request, request.region, readonly=True)
+        return pb.InSyncResponse(in_sync=answer == 1, latched=latched == 1)
 
     async def Flush(self, request: pb.FlushRequest, context: Ctx) -> pb.FlushResponse:
         await self._op("flush", request, *validate.regions(request.mark_regions, allow_empty=True))

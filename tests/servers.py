@@ -148,6 +148,11 @@ class LogHandle:
     async def in_sync(self, r: int) -> bool:
         return (await self.stub.InSync(pb.InSyncRequest(**self._k(), region=r))).in_sync
 
+    async def in_sync_latched(self, r: int) -> tuple[bool, bool]:
+        """IN_SYNC's answer and whether it came from the in-sync latch."""
+        resp = await self.stub.InSync(pb.InSyncRequest(**self._k(), region=r))
+        return resp.in_sync, resp.latched
+
     async def flush(self, *marks: int) -> None:
         await self.stub.Flush(pb.FlushRequest(**self._k(), mark_regions=marks))
 

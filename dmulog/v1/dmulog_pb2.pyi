@@ -154,10 +154,12 @@ class InSyncRequest(_message.Message):
     def __init__(self, log: _Optional[_Union[LogRef, _Mapping]] = ..., node: _Optional[_Union[Node, _Mapping]] = ..., region: _Optional[int] = ...) -> None: ...
 
 class InSyncResponse(_message.Message):
-    __slots__ = ("in_sync",)
+    __slots__ = ("in_sync", "latched")
     IN_SYNC_FIELD_NUMBER: _ClassVar[int]
+    LATCHED_FIELD_NUMBER: _ClassVar[int]
     in_sync: bool
-    def __init__(self, in_sync: _Optional[bool] = ...) -> None: ...
+    latched: bool
+    def __init__(self, in_sync: _Optional[bool] = ..., latched: _Optional[bool] = ...) -> None: ...
 
 class FlushRequest(_message.Message):
     __slots__ = ("log", "node", "mark_regions")

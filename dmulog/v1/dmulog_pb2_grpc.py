@@ -206,7 +206,11 @@ class DirtyLogServicer:
 
     def Flush(self, request, context):
         """DM_ULOG_FLUSH (9): commit. With integrated flush the request also carries
-        the regions to mark. Returns only once the marks are durable.
+        the regions to mark. Returns only once the marks are durable. Every RPC
+        that changes a log returns only once its change is as durable as Redis's
+        appendfsync setting makes it, so a Flush without marks has nothing to
+        commit: it only checks that the instance exists. A client may skip it
+        (the dmulog bridge answers such a FLUSH itself).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

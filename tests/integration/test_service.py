@@ -223,6 +223,38 @@ async def test_in_sync_latch_keeps_answering_in_sync_until_resume(log: LogHandle
     assert not await log.in_sync(4)
 
 
+async def test_in_sync_says_when_its_answer_is_the_latch(log: LogHandle) -> None:
+    """InSyncResponse.latched is true exactly while the latch answers, so a client may answer from it.
+
+    Another node clearing bits does not end it; this instance's suspend, resume
+    and destruction do (a presuspended instance still writes, and stays latched).
+    """
+    await log.ctr(SECTORS, "clustered-core", "16")
+    await log.resume()
+    await log.set_sync(await log.resync_work())  # region 0 in sync, the log is not
+    assert (True, False) == await log.in_sync_latched(0)
+    assert (False, False) == await log.in_sync_latched(1)
+    await log.resync_all()
+    assert (True, True) == await log.in_sync_latched(1)
+    other = log.other(node="node-b", boot="b-1")
+    await other.ctr(SECTORS, "clustered-core", "16")
+    await other.resume()
+    await other.set_sync(4, False)  # a leg failed on node-b
+    assert (True, True) == await log.in_sync_latched(4)
+    assert (False, False) == await other.in_sync_latched(4)  # node-b resumed after the log completed
+    await log.presuspend()
+    assert (True, True) == await log.in_sync_latched(4)
+    await log.postsuspend()
+    assert (False, False) == await log.in_sync_latched(4)
+    await log.resume()
+    assert (False, False) == await log.in_sync_latched(4)
+    assert (True, False) == await log.in_sync_latched(3)
+    await log.set_sync(4, True)
+    assert (True, True) == await log.in_sync_latched(4)
+    await log.dtr()
+    assert await code_of(log.in_sync_latched(4)) == grpc.StatusCode.NOT_FOUND
+
+
 async def test_core_log_keeps_its_bits_across_suspend_and_resume(log: LogHandle) -> None:
     """Like the kernel's core log, a suspended and resumed table keeps its sync bits; the cursor restarts."""
     await log.ctr(SECTORS, "clustered-core", "16")

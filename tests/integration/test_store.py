@@ -26,8 +26,9 @@ async def test_library_loads_and_lists_its_functions(redis: RedisProcess) -> Non
         fields = dict(zip(f[::2], f[1::2], strict=True))
         functions[fields[b"name"].decode()] = fields[b"flags"]
     await store.close()
-    assert len(functions) == 19
+    assert len(functions) == 20
     assert functions["dmulog_v1_in_sync"] == [b"no-writes"]
+    assert functions["dmulog_v1_in_sync_latch"] == [b"no-writes"]
     assert functions["dmulog_v1_mark_region"] == []
 
 

@@ -219,7 +219,9 @@ class RoundResult:
 
 
 #: Library functions whose own arguments are all region numbers.
-_REGION_CALLS = frozenset({"in_sync", "is_clean", "mark_region", "clear_region", "flush", "is_remote_recovering"})
+_REGION_CALLS = frozenset(
+    {"in_sync", "in_sync_latch", "is_clean", "mark_region", "clear_region", "flush", "is_remote_recovering"}
+)
 _QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')
 
 
