@@ -16,6 +16,14 @@ Restarts: every request is journalled before it leaves the socket queue
 one left unanswered. On SIGTERM the bridge leaves the connector group (the
 kernel then queues nothing more here and goes into its reconnect loop),
 answers what is already queued and in flight, and exits.
+
+Two requests are answered here, without a call, as soon as they are read:
+a FLUSH without marks (every change logsvc acknowledged is already as
+durable as Redis makes it, so there is nothing to commit; see the Flush RPC
+in the proto) and an IN_SYNC of an instance whose in-sync latch is known
+(bridge/latch.py). Such a reply leaves before its request leaves the socket
+queue, so it needs no journal entry: killed at any point, the request is
+still queued and answered again (the kernel ignores a second reply).
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import logging
 import os
 import signal
 import socket
+import struct
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -36,6 +45,7 @@ from bridge import host, wire
 from bridge.client import CallFailed, ClientConfig, LogsvcClient
 from bridge.dispatch import ROUTES
 from bridge.journal import Journal
+from bridge.latch import LIFECYCLE, InSyncLatches
 from bridge.netlink import STANDBY_FD_ENV, KernelSocket, inherited_kernel_socket, open_kernel_socket
 from dmulog.logs import bind, event, unbind
 from dmulog.v1 import dmulog_pb2 as pb
@@ -55,6 +65,14 @@ log = logging.getLogger("dmulog.bridge")
 # NOTE: DM_ULOG_RETRY_TIMEOUT in dm-log-userspace-transfer.c (15 * HZ).
 KERNEL_TIMEOUT = 15.0
 
+# A look at dm_ulog_request's request_type and data_size before decoding, so
+# that only IN_SYNC and FLUSH pay for a decode on the way in (the full decode
+# that follows checks everything).
+_TYPE_AND_SIZE = struct.Struct("=II")
+_TYPE_OFFSET = wire.HEADER_SIZE - _TYPE_AND_SIZE.size
+_IN_SYNC, _FLUSH = wire.RequestType.IN_SYNC, wire.RequestType.FLUSH
+_ONE = wire.encode_s64(True)
+
 
 class StartupError(RuntimeError):
     """The bridge cannot serve this host; the message says why."""
@@ -70,6 +88,7 @@ class BridgeConfig:
     budget: float = 9.0
     grace: float = 5.0
     journal_dir: Path | None = Path("/run/dmulog/inflight")
+    latch_ttl: float = 1.0
 
 
 class Bridge:
@@ -82,11 +101,16 @@ class Bridge:
         send: Callable[[bytes], Awaitable[None]],
         kernel_timeout: float = KERNEL_TIMEOUT,
         journal: Journal | None = None,
+        *,
+        send_nowait: Callable[[bytes], bool] | None = None,
+        latches: InSyncLatches | None = None,
     ):
         self._client = client
         self._kernel_timeout = kernel_timeout
         self._node = node
         self._send = send
+        self._send_nowait = send_nowait
+        self.latches = latches if latches is not None else InSyncLatches()
         self.journal = journal or Journal(None)
         self.tasks: set[asyncio.Task[None]] = set()
         # Datagrams answered from the journal, with when they stop mattering: the
@@ -95,6 +119,8 @@ class Bridge:
         self._replayed: dict[bytes, float] = {}
         #: Kernel requests taken in, by type (see ``log_counts``).
         self.counts: Counter[str] = Counter()
+        #: Of those, the ones answered here without a call to logsvc.
+        self.answered_here: Counter[str] = Counter()
 
     def log_counts(self) -> None:
         """Log ``request_counts``: the requests taken in so far, by type (``dmulog bridge`` does it on SIGUSR1).
@@ -102,7 +128,41 @@ class Bridge:
         A counter is nearly free per request, unlike a debug line per request, so a
         benchmark can count requests without slowing down what it measures.
         """
-        event(log, logging.INFO, "request_counts", counts=dict(self.counts))
+        event(log, logging.INFO, "request_counts", counts=dict(self.counts), answered_here=dict(self.answered_here))
+
+    def answer_here(self, datagram: bytes) -> bool:
+        """Answer ``datagram`` without logsvc if it is a request that needs none; whether it did.
+
+        Only a FLUSH without marks and an IN_SYNC of a latched instance qualify
+        (see the module docstring). Anything else, including a datagram that
+        does not decode, is left to :meth:`accept`; so is a reply the socket
+        cannot take at once.
+        """
+        if self._send_nowait is None or len(datagram) < wire.HEADER_SIZE:
+            return False
+        rtype, size = _TYPE_AND_SIZE.unpack_from(datagram, _TYPE_OFFSET)
+        rtype &= wire.DM_ULOG_REQUEST_MASK
+        if not (rtype == _IN_SYNC or (rtype == _FLUSH and size == 0)):
+            return False
+        try:
+            req = wire.decode_request(datagram)
+            if req.request_type == _FLUSH:
+                reply = wire.encode_reply(req, 0)
+            elif req.request_type == _IN_SYNC and self.latches.latched((req.uuid, req.luid)):
+                wire.decode_single_region(req.data, "IN_SYNC")
+                reply = wire.encode_reply(req, 0, _ONE)
+            else:
+                return False
+        except wire.WireError:
+            return False
+        try:
+            if not self._send_nowait(reply):
+                return False
+        except OSError:
+            return False  # the ordinary path sends it again, and logs what fails
+        self.counts[req.type_name] += 1
+        self.answered_here[req.type_name] += 1
+        return True
 
     async def answer(self, req: wire.Request) -> bytes:
         """The reply datagram for a decoded request. Never raises for bad input."""
@@ -115,8 +175,15 @@ class Bridge:
         except wire.WireError as e:
             event(log, logging.WARNING, "request_malformed", detail=str(e))
             return wire.error_reply(req, e.errno)
+        key = (req.uuid, req.luid)
+        lifecycle = req.request_type in LIFECYCLE
+        if lifecycle:
+            self.latches.begin(key)
+        ticket = self.latches.asking(key) if req.request_type == _IN_SYNC else 0
         try:
             response = await self._client.call(route.rpc, message, critical=route.critical)
+            if ticket:
+                self.latches.answered(key, ticket, response.latched)
             return wire.encode_reply(req, 0, route.reply(req, response))
         except CallFailed as e:
             level = logging.DEBUG if e.errno == errno.ESRCH else logging.INFO
@@ -125,6 +192,9 @@ class Bridge:
         except wire.WireError as e:
             event(log, logging.ERROR, "reply_unencodable", detail=str(e))
             return wire.error_reply(req, e.errno)
+        finally:
+            if lifecycle:
+                self.latches.end(key, gone=req.request_type == wire.RequestType.DTR)
 
     def accept(self, datagram: bytes, sender: int, entry: Path | None = None, received: float | None = None) -> None:
         """Take one datagram off the socket; decode now, answer in a task.
@@ -252,6 +322,10 @@ class Bridge:
                 if got is None:
                     return
                 data, sender = got
+                if sender == 0 and self.answer_here(data):
+                    # Answered before it left the queue: nothing to journal.
+                    sock.consume()
+                    continue
                 # Journal first, then take it off the queue: killed at any
                 # point, this request is in the socket or in the journal.
                 replayed = sender == 0 and self._already_replayed(data)
@@ -362,7 +436,8 @@ async def run(config: BridgeConfig) -> None:
         refuse_other_listeners(sock)
     node = pb.Node(name=host.node_name(config.node), boot_id=host.boot_id())
     client = LogsvcClient(config.logsvc, ClientConfig(config.attempt_timeout, config.budget))
-    bridge = Bridge(client, node, sock.send, journal=_journal(config.journal_dir))
+    bridge = Bridge(client, node, sock.send, journal=_journal(config.journal_dir), send_nowait=sock.send_nowait,
+                    latches=InSyncLatches(config.latch_ttl))  # fmt: skip
     client.warm()
     standby = os.environ.pop(STANDBY_FD_ENV, None)
     if standby is not None and not await _standby_until_called(int(standby)):

@@ -97,6 +97,14 @@ class KernelSocket:
             return None
         return data, int(addr[0])
 
+    def send_nowait(self, datagram: bytes) -> bool:
+        """One reply to the kernel if the socket takes it at once; whether it did."""
+        try:
+            self._sock.sendto(datagram, (0, 0))
+        except BlockingIOError:
+            return False
+        return True
+
     async def send(self, datagram: bytes) -> None:
         """One reply, one datagram, to the kernel (port 0).
 

@@ -75,6 +75,8 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         type=float)  # fmt: skip
     opt(p, "--journal-dir", "/run/dmulog/inflight",
         "where requests wait until answered, so a restarted bridge answers them (tmpfs; '' = none)")  # fmt: skip
+    opt(p, "--latch-ttl", "1.0", "seconds the bridge answers IN_SYNC of an instance logsvc called latched "
+        "before asking again (0 = always ask)", type=float)  # fmt: skip
     p.add_argument("--respawn", action="store_true", default=env.get("DMULOG_RESPAWN", "") not in ("", "0"),
                    help="hold the netlink socket in a small parent process and run the bridge as its child, "
                    "restarted at once if it dies; queued requests survive [env DMULOG_RESPAWN=1]")  # fmt: skip
@@ -120,7 +122,7 @@ def _program(args: argparse.Namespace, out: TextIO, argv: Sequence[str]) -> Exit
 
             return ExitStatus(keep(["-m", "dmulog", *(a for a in argv if a != "--respawn")]))
         asyncio.run(run(BridgeConfig(logsvc=args.logsvc, node=args.node, attempt_timeout=args.attempt_timeout,
-                                     budget=args.retry_budget,
+                                     budget=args.retry_budget, latch_ttl=args.latch_ttl,
                                      journal_dir=Path(args.journal_dir) if args.journal_dir else None)))  # fmt: skip
         return ExitStatus.OK
     return asyncio.run(_status(args, out))

@@ -220,7 +220,7 @@ async def test_requests_are_counted_by_type(kernel: KernelSide, uuid: str, caplo
     with caplog.at_level("INFO", logger="dmulog.bridge"):
         kernel.bridge.log_counts()
     [record] = [r for r in caplog.records if r.getMessage() == "request_counts"]
-    assert {"counts": {"CTR": 1, "IN_SYNC": 2}} == record.event_data  # type: ignore[attr-defined]
+    assert {"counts": {"CTR": 1, "IN_SYNC": 2}, "answered_here": {}} == record.event_data  # type: ignore[attr-defined]
 
 
 async def test_logsvc_restart_within_the_budget_is_invisible(redis: RedisProcess, uuid: str) -> None:

@@ -10,6 +10,7 @@ the kernel's replayed CTR and RESUME are accepted.
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from pathlib import Path
@@ -63,6 +64,8 @@ for TYPE in clustered-core clustered-disk dmulog; do
   note "$TYPE.legs_identical" "$(legs_identical)"
 done
 dmulog status --logsvc "unix:$SOCK" > $R/list.txt
+kill -USR1 $BRIDGE_PID
+wait_log $R/bridge.log request_counts 60 || die "no request counts from the bridge"
 kill $BRIDGE_PID $LOGSVC_PID; wait $BRIDGE_PID $LOGSVC_PID
 note done yes
 """
@@ -127,6 +130,20 @@ def test_dmulog_status_draws_the_log(lifecycle: GuestRun) -> None:
     assert "|" + "." * 64 + "|" in text
     listing = (lifecycle.results_dir / "list.txt").read_text()
     assert "dmulog-e2e-dmulog" in listing and "dmulog-e2e-clustered-disk" in listing
+
+
+def test_bridge_answers_latched_in_sync_and_mark_free_flush_itself(lifecycle: GuestRun) -> None:
+    """Once a resync completes, IN_SYNCs and FLUSHes without marks are answered in the bridge.
+
+    The latch is set by the completed resync, so the writes' IN_SYNCs need no
+    call; the legs are still identical (test above) and the kernel log clean.
+    """
+    lines = (lifecycle.results_dir / "bridge.log").read_text().splitlines()
+    [counts] = [json.loads(line) for line in lines if '"request_counts"' in line]
+    here, taken = counts["answered_here"], counts["counts"]
+    assert here.get("IN_SYNC", 0) > 0 and here.get("FLUSH", 0) > 0, counts
+    assert here["IN_SYNC"] < taken["IN_SYNC"] and here["FLUSH"] < taken["FLUSH"], counts
+    assert set(here) == {"IN_SYNC", "FLUSH"}, counts
 
 
 BRIDGE_RESTART = r"""

@@ -1,0 +1,130 @@
+"""IN_SYNC answered in the bridge, from the in-sync latch.
+
+The kernel asks IN_SYNC for every read and twice for every first write to a
+region, never caches the answer, and blocks the mirror until it comes: a
+third of all requests or more. Caching sync *bits* in the bridge would be
+wrong the moment another node clears one (SET_REGION_SYNC 0 after a leg
+failed there, a dead node's regions), and only leases that every clearing
+request waits out could bound that.
+
+The latch is different. Once the whole log reached sync after an instance
+resumed, logsvc answers IN_SYNC 1 for *every* region of that instance
+whatever happens to the bits (cmirrord's rule, LVM commit 53670b18f: a node
+keeps writing every leg while another marks a failed region out of sync),
+until that instance is suspended, resumed, constructed again or destroyed.
+Those are requests of this node's kernel about this instance, and they all
+pass through this bridge. So when logsvc says an instance is latched
+(``InSyncResponse.latched``) the bridge may answer its IN_SYNCs itself until
+it forwards one of those requests, with no invalidation to wait for from
+anyone else.
+
+Races, all closed by one rule: an answer only sets the latch if nothing that
+could end it was in flight or started while it was asked. Each instance has
+a generation that changes when a lifecycle request starts and when it ends;
+an IN_SYNC forwarded while one is in flight, or whose generation changed
+before its answer came back, teaches nothing. An answer that arrives after a
+RESUME began (asked before it, answered by Redis before it ran) therefore
+never sets a latch the RESUME ended.
+
+A known latch is also forgotten after ``ttl`` seconds and asked again: that
+bounds what the cache could get wrong if the log changed in a way no rule
+here foresees (its keys deleted by hand, a Redis failover that lost writes,
+two nodes configured with the same name), at the cost of one round trip per
+instance per ``ttl``.
+
+The answer is exactly what logsvc would give, with one exception: a region
+beyond the instance's end would get 1 here, not EINVAL. The kernel never
+asks about one (it derives regions from bio sectors within the target).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+from bridge.wire import RequestType
+
+__all__ = ["LIFECYCLE", "InSyncLatches", "Key"]
+
+Key = tuple[str, int]
+"""(uuid, luid): one table instance on this node."""
+
+LIFECYCLE: Final = frozenset(
+    {RequestType.CTR, RequestType.DTR, RequestType.PRESUSPEND, RequestType.POSTSUSPEND, RequestType.RESUME}
+)
+"""Requests that may end an instance's latch (PRESUSPEND does not in logsvc; it is
+treated as one anyway: it costs nothing, as I/O is stopping)."""
+
+# More instances than any node runs; past it, idle entries are dropped
+# (forgetting a latch is always safe).
+_MAX_INSTANCES: Final = 65536
+
+
+@dataclass(slots=True)
+class _Instance:
+    generation: int
+    busy: int = 0  # lifecycle requests in flight
+    until: float = 0.0  # monotonic time up to which it is known latched; 0: not known
+
+
+class InSyncLatches:
+    """What the bridge knows of its instances' latches; ``ttl`` 0 knows nothing."""
+
+    def __init__(self, ttl: float = 1.0, clock: Callable[[], float] = time.monotonic):
+        self.ttl = ttl
+        self._clock = clock
+        self._instances: dict[Key, _Instance] = {}
+        self._generations = itertools.count(1)
+
+    def __len__(self) -> int:
+        return len(self._instances)
+
+    def latched(self, key: Key) -> bool:
+        """Whether an IN_SYNC of ``key`` arriving now may be answered 1 here."""
+        inst = self._instances.get(key)
+        return inst is not None and inst.until > self._clock()
+
+    def asking(self, key: Key) -> int:
+        """An IN_SYNC of ``key`` goes to logsvc: the ticket to hand to :meth:`answered`."""
+        if self.ttl <= 0:
+            return 0
+        inst = self._instances.get(key)
+        if inst is None:
+            if len(self._instances) >= _MAX_INSTANCES:
+                self._forget_idle()
+            inst = self._instances[key] = _Instance(next(self._generations))
+        return 0 if inst.busy else inst.generation
+
+    def answered(self, key: Key, ticket: int, latched: bool) -> None:
+        """The answer to the IN_SYNC asked with ``ticket`` came back; ``latched`` as logsvc said."""
+        inst = self._instances.get(key)
+        if inst is None or ticket == 0 or inst.generation != ticket or inst.busy:
+            return
+        inst.until = self._clock() + self.ttl if latched else 0.0
+
+    def begin(self, key: Key) -> None:
+        """A lifecycle request of ``key`` is about to go to logsvc: forget its latch now."""
+        inst = self._instances.get(key)
+        if inst is None:
+            inst = self._instances[key] = _Instance(0)
+        inst.busy += 1
+        inst.generation = next(self._generations)
+        inst.until = 0.0
+
+    def end(self, key: Key, *, gone: bool = False) -> None:
+        """The lifecycle request of ``key`` ended, however it ended; ``gone``: it was a DTR."""
+        inst = self._instances.get(key)
+        if inst is None:
+            return
+        inst.busy = max(0, inst.busy - 1)
+        inst.generation = next(self._generations)
+        inst.until = 0.0
+        if gone and not inst.busy:
+            del self._instances[key]
+
+    def _forget_idle(self) -> None:
+        for key in [k for k, inst in self._instances.items() if not inst.busy]:
+            del self._instances[key]
