@@ -2,8 +2,10 @@
 
 Everything is measured in one run on one machine, side by side, because
 absolute numbers on a shared 2-core machine mean little. The request stream
-is a trace recorded from the real kernel (bench/record_trace.py): a mixed
-4 KiB random read/write and 1 MiB sequential fio workload.
+is a trace recorded from the real kernel (bench/record_trace.py): a new
+mirror's life, its initial resync and then a mixed 4 KiB random read/write
+and 1 MiB sequential fio workload (``mixed-synced``); ``--trace mixed`` is
+the same workload on a ``nosync`` mirror, which never sets the in-sync latch.
 
 Rows, per request type:
 
@@ -107,11 +109,14 @@ async def through_bridge(client: object, trace: list[bytes], mirrors: int, rec: 
     # The journal as in production: one small file per request on tmpfs.
     shm = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
     journal_dir = Path(tempfile.mkdtemp(prefix="dmulog-bench-journal-", dir=shm))
-    bridge = Bridge(client, NODE, sock.send, journal=Journal(journal_dir))  # type: ignore[arg-type]
+    bridge = Bridge(client, NODE, sock.send, journal=Journal(journal_dir),  # type: ignore[arg-type]
+                    send_nowait=sock.send_nowait)  # fmt: skip
     stop = asyncio.Event()
     serving = asyncio.ensure_future(bridge.serve(sock, stop))  # type: ignore[arg-type]
     try:
-        return await Replayer(kernel_end).run(trace, mirrors, rec)
+        wall = await Replayer(kernel_end).run(trace, mirrors, rec)
+        rec.here.update(bridge.answered_here)
+        return wall
     finally:
         stop.set()
         await serving
@@ -173,13 +178,13 @@ def stats(values: list[float]) -> tuple[float, float, float]:
 
 async def main_async(args: argparse.Namespace) -> int:
     """Run every measurement and print the tables."""
-    trace = load_trace(args.trace)[: args.requests]
+    trace = load_trace(args.trace)[: args.requests or None]
     workdir = Path(tempfile.mkdtemp(prefix="dmulog-bench-", dir=args.workdir))
     print(f"dmulog bench  {time.strftime('%Y-%m-%d %H:%M')}  {platform.node()}  {os.cpu_count()} cpus  "
           f"python {platform.python_version()}  trace {args.trace} ({len(trace)} requests per mirror)")  # fmt: skip
-    hops = await measure_hops(workdir, args.requests)
+    hops = await measure_hops(workdir, min(len(trace), 2000))
     results: dict[str, dict[str, Recorder]] = {}
-    # (transport, mirrors, wall, samples, busy cores of bridge+replayer, logsvc, redis)
+    # (transport, mirrors, wall, samples, busy cores of the bridge, logsvc, redis)
     throughput: list[tuple[str, int, float, Recorder, tuple[float, ...]]] = []
     for policy in ("always", "everysec"):
         r = RedisProcess(workdir / f"redis-{policy}").start()
@@ -226,13 +231,16 @@ async def main_async(args: argparse.Namespace) -> int:
             gb = recs["getbit"].samples["IN_SYNC"]
             print(row("(GETBIT floor)", len(gb), [stats(gb), (0, 0, 0), (0, 0, 0), (0, 0, 0)], None))
         errors = sum(r.errors for r in recs.values())
+        here = recs["full"].here
+        print("answered in the bridge without a call: "
+              + (", ".join(f"{n} {here[n]} of {len(recs['full'].samples[n])}" for n in sorted(here)) or "none"))
         print(f"errors: {errors}")
 
     print("\none hop, nothing behind it: echo round trip to another process over a Unix socket (µs)")
     print(hop_table(hops))
 
     print("\nthroughput, full stack, appendfsync always (scaling: against 1 mirror on the same transport)")
-    print("bridge, logsvc, redis: CPU used during the run, in cores (the bridge column includes the replayer)")
+    print("bridge, logsvc, redis: CPU used during the run, in cores (the kernel's stand-in is a process of its own)")
     print(f"{'transport':<10} {'mirrors':>8} {'requests':>9} {'req/s':>8} {'scaling':>8} {'p50 µs':>8} "
           f"{'p99 µs':>8} {'p99/p50':>8} {'bridge':>7} {'logsvc':>7} {'redis':>7}")  # fmt: skip
     base: dict[str, float] = {}
@@ -250,8 +258,8 @@ async def main_async(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Parse options and run."""
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--trace", default="mixed", help="trace name in bench/traces (default: mixed)")
-    parser.add_argument("--requests", type=int, default=1500, help="requests per mirror (prefix of the trace)")
+    parser.add_argument("--trace", default="mixed-synced", help="trace name in bench/traces (default: %(default)s)")
+    parser.add_argument("--requests", type=int, default=0, help="requests per mirror (a prefix of the trace; 0: all)")
     parser.add_argument("--mirrors", type=int, nargs="+", default=[1, 8, 64], help="concurrency levels")
     parser.add_argument("--workdir", default=None, help="where Redis keeps its AOF (default: a temp dir)")
     return asyncio.run(main_async(parser.parse_args(argv)))

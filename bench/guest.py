@@ -5,7 +5,7 @@ gets is write throughput through dm-raid1 while the log answers the kernel. So
 this boots the real kernel once (tests/kernel/vm.py) and runs the same fio
 workloads on the same 2-leg mirror with each log, one after the other:
 
-* ``core``: the kernel's own in-memory log (nosync): the ceiling;
+* ``core``: the kernel's own in-memory log: the ceiling;
 * ``responder``, ``responder-if``: the trivial in-guest responder
   (tests/kernel/responder.py, clustered-core), without and with
   ``integrated_flush``: the floor every userspace log is measured against;
@@ -16,6 +16,11 @@ workloads on the same 2-leg mirror with each log, one after the other:
   logsvc on the host, reached through qemu's ``restrict=on`` user network with
   a ``guestfwd`` to a host Unix socket, as in the crash suite
   (tests/kernel/crash/topology.py).
+
+Every mirror is created as a new mirror is (no ``nosync``), and the workloads
+start once its initial resync is complete: the state a mirror spends its life
+in. (For dmulog that matters: the completed resync sets the in-sync latch, so
+the bridge answers IN_SYNC itself; with ``nosync`` it would ask every time.)
 
 Workloads: random 4 KiB and sequential 1 MiB O_DIRECT writes with libaio at
 iodepth 1 and 16, each a few seconds, time-based, repeated ``--reps`` times
@@ -154,6 +159,8 @@ class Cell:
         writes: writes fio completed over all repetitions.
         requests: kernel requests the log server received during the workload, by
             type; None for the in-kernel log.
+        answered_here: of those, the ones the dmulog bridge answered without
+            calling logsvc (IN_SYNC from the latch, FLUSH without marks).
     """
 
     config: str
@@ -161,6 +168,7 @@ class Cell:
     samples: list[float]
     writes: int
     requests: dict[str, int] | None = None
+    answered_here: dict[str, int] = dataclasses.field(default_factory=dict)
 
     @property
     def median(self) -> float:
@@ -174,6 +182,10 @@ class Cell:
         rank = {name: i for i, name in enumerate(_REQUEST_ORDER)}
         ranked = sorted(self.requests.items(), key=lambda kv: (rank.get(kv[0], len(rank)), -kv[1], kv[0]))
         return {name: 1000 * n / self.writes for name, n in ranked}
+
+    def here_per_1000_writes(self) -> dict[str, float]:
+        """Requests answered in the bridge per 1000 writes, by type."""
+        return {name: 1000 * n / self.writes for name, n in self.answered_here.items() if n} if self.writes else {}
 
 
 @dataclasses.dataclass
@@ -224,6 +236,7 @@ class Report:
             "missing": self.missing, "results_dir": str(self.results_dir),
             "cells": [
                 {**dataclasses.asdict(c), "median": c.median, "per_1000_writes": c.per_1000_writes(),
+                 "here_per_1000_writes": c.here_per_1000_writes(),
                  "vs_responder": self.ratio(c, _CONFIG[c.config].responder) if _CONFIG[c.config].userspace else None,
                  "vs_core": self.ratio(c, "core")}
                 for c in self.cells.values()
@@ -234,14 +247,20 @@ class Report:
 # ------------------------------------------------------------------- results
 
 
-def parse_counts(line: str) -> dict[str, int]:
-    """Request counts from a log server's counts line: the bridge's JSON log line or the responder's text."""
+def parse_counts(line: str) -> tuple[dict[str, int], dict[str, int]]:
+    """Request counts, and those answered in the bridge, from a log server's counts line.
+
+    That is the bridge's JSON log line or the responder's text (which answers
+    everything itself: its second dict is empty).
+    """
     line = line.strip()
-    if line.startswith("{"):  # {"event": "request_counts", "counts": {"IN_SYNC": 12, ...}, ...}
-        return {k: int(v) for k, v in json.loads(line)["counts"].items()}
+    if line.startswith("{"):  # {"event": "request_counts", "counts": {"IN_SYNC": 12, ...}, "answered_here": {...}}
+        data = json.loads(line)
+        return ({k: int(v) for k, v in data["counts"].items()},
+                {k: int(v) for k, v in data.get("answered_here", {}).items()})  # fmt: skip
     # responder: requests 12: CTR=1 IN_SYNC=8 ...
     pairs = line.split(": ", 2)[2] if line.count(": ") >= 2 else ""
-    return {k: int(v) for k, v in (p.split("=", 1) for p in pairs.split())}
+    return {k: int(v) for k, v in (p.split("=", 1) for p in pairs.split())}, {}
 
 
 def _fio_jobs(path: Path) -> list[dict[str, Any]]:
@@ -262,9 +281,10 @@ def load_cell(results: Path, config: Config, workload: Workload) -> Cell:
     cell = Cell(config.name, workload.name, [workload.throughput(j["write"]) for j in jobs],
                 sum(int(j["write"]["total_ios"]) for j in jobs))  # fmt: skip
     if config.userspace:
-        before = parse_counts((results / config.name / f"{workload.name}.before").read_text())
-        after = parse_counts((results / config.name / f"{workload.name}.after").read_text())
+        before, here_before = parse_counts((results / config.name / f"{workload.name}.before").read_text())
+        after, here_after = parse_counts((results / config.name / f"{workload.name}.after").read_text())
         cell.requests = dict(Counter(after) - Counter(before))
+        cell.answered_here = dict(Counter(here_after) - Counter(here_before))
     return cell
 
 
@@ -348,7 +368,9 @@ def _requests(cell: Cell) -> str:
         return "–"
     if not per:
         return "none"
-    parts = [f"{name.removesuffix('_REGION')} {n:.0f}" for name, n in per.items()]
+    here = cell.here_per_1000_writes()
+    parts = [f"{name.removesuffix('_REGION')} {n:.0f}" + (f" ({here[name]:.0f} in bridge)" if name in here else "")
+             for name, n in per.items()]  # fmt: skip
     return ", ".join(parts) + f" (total {sum(per.values()):.0f})"
 
 
@@ -376,10 +398,11 @@ def render(report: Report) -> str:
     notes = [
         "",
         f"2-leg mirror of {LEG_SECTORS >> 11} MiB loop devices on guest tmpfs, {REGION_SECTORS // 2} KiB regions, "
-        f"nosync; fio O_DIRECT libaio, time-based {report.runtime:g} s, median of {report.reps} "
+        f"after its initial resync; fio O_DIRECT libaio, time-based {report.runtime:g} s, median of {report.reps} "
         f"repetition{'s' if report.reps != 1 else ''}; dmulog log type {report.log_type}.",
         "× responder: against the trivial responder with the same integrated_flush setting. "
-        "Requests: what the log server received during the workload (its own counters), per 1000 fio writes.",
+        "Requests: what the log server received during the workload (its own counters), per 1000 fio writes; "
+        "(N in bridge): of those, answered by the dmulog bridge without a call to logsvc.",
         "Note: the guest runs under software emulation (TCG), where its Python is about 10x slower than native, "
         "so the guest's absolute numbers are emulation-bound; only the ratios matter.",
         f"Wall time {report.wall_time:.0f} s; results in {report.results_dir}.",

@@ -36,9 +36,10 @@ counts_now() {
 }
 
 # userspace_log UUID INTEGRATED TYPE: the log part of a mirror table with a userspace log.
+# No "nosync": every mirror starts as a new mirror does, with a full resync.
 userspace_log() {
-  if [ "$2" = 1 ]; then echo "userspace 5 $1 integrated_flush $3 $REGION nosync"
-  else echo "userspace 4 $1 $3 $REGION nosync"; fi
+  if [ "$2" = 1 ]; then echo "userspace 4 $1 integrated_flush $3 $REGION"
+  else echo "userspace 3 $1 $3 $REGION"; fi
 }
 
 # run_config NAME LOG [counts]: create the mirror with LOG, run every workload on it, remove it.
@@ -48,6 +49,8 @@ run_config() {
   mkdir -p "$dir"
   $T dmsetup create bench --table "0 $SECTORS mirror $2 2 $L0 0 $L1 0" || die "create $name"
   dmsetup mknodes bench
+  # The workloads run on a mirror in its steady state: after the initial resync.
+  wait_sync bench 900
   # First requests of a new log (and a bridge's first call on its channel) are not steady state.
   $T dd if=/dev/zero of=/dev/mapper/bench bs=4k count=16 oflag=direct status=none || die "warm-up $name"
   for w in $WORKLOADS; do
@@ -70,7 +73,7 @@ fallocate -l $(( SECTORS * 512 )) /tmp/leg1 || die "fallocate leg1"
 # under emulation gRPC suffers far more than a plain socket, and this says how much.
 timeout 300 python -m bench.transport 200 > $R/hops.txt 2>&1 || note hops failed
 
-want core && run_config core "core 2 $REGION nosync"
+want core && run_config core "core 1 $REGION"
 
 if want responder || want responder-if; then
   python -m tests.kernel.responder --ready-file /tmp/responder.ready 2> $R/responder.log &

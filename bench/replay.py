@@ -11,10 +11,13 @@ the same bytes the kernel sends.
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import struct
+import sys
+import tempfile
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,6 +94,14 @@ class UnixKernelSocket:
     def leave_group(self) -> None:
         """Nothing to leave: there is no netlink group here."""
 
+    def send_nowait(self, datagram: bytes) -> bool:
+        """A reply to the replaying side if the socket takes it at once; whether it did."""
+        try:
+            self._sock.send(datagram)
+        except BlockingIOError:
+            return False
+        return True
+
     async def send(self, datagram: bytes) -> None:
         """A reply to the replaying side."""
         await asyncio.get_running_loop().sock_sendall(self._sock, datagram)
@@ -128,6 +139,8 @@ class Recorder:
     samples: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     requests: int = 0
     errors: int = 0
+    #: Requests the bridge answered without a call, by type.
+    here: Counter[str] = field(default_factory=Counter)
 
     def add(self, name: str, seconds: float, error: int) -> None:
         """One request."""
@@ -137,48 +150,67 @@ class Recorder:
 
 
 class Replayer:
-    """The kernel side: one task per mirror, one request in flight per mirror (as kmirrord)."""
+    """The kernel side, in a process of its own: one request in flight per mirror (as kmirrord).
+
+    The kernel hands a request to the bridge for the price of a netlink send
+    and a wake-up; a replayer sharing the bridge's event loop would charge its
+    own Python work (futures, tasks, timeouts) to every request it measures.
+    So the replaying runs in a child process with a plain blocking loop
+    (``python -m bench.replay``), and the bridge's process runs the bridge only.
+    """
 
     def __init__(self, sock: socket.socket):
         self._sock = sock
-        sock.setblocking(False)
-        self._waiters: dict[int, asyncio.Future[bytes]] = {}
-        self._reader: asyncio.Task[None] | None = None
-        self._seq = 1
-
-    async def _read(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            data = await loop.sock_recv(self._sock, 65536)
-            reply = wire.decode_reply(data)
-            fut = self._waiters.pop(reply.seq, None)
-            if fut is not None and not fut.done():
-                fut.set_result(data)
 
     async def run(self, trace: Sequence[bytes], mirrors: int, recorder: Recorder) -> float:
         """Replay ``trace`` on ``mirrors`` mirrors at once; returns the wall time."""
-        self._reader = asyncio.ensure_future(self._read())
-        start = time.perf_counter()
-        try:
-            await asyncio.gather(*(self._mirror(trace, m, recorder) for m in range(mirrors)))
-        finally:
-            self._reader.cancel()
-        return time.perf_counter() - start
+        with tempfile.NamedTemporaryFile("w", prefix="dmulog-replay-", suffix=".trace") as f:
+            f.write("".join(d.hex() + "\n" for d in trace))
+            f.flush()
+            fd = self._sock.fileno()
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "bench.replay", str(fd), f.name, str(mirrors), str(time.monotonic_ns()),
+                pass_fds=(fd,), stdout=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            out, _ = await proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(f"replayer exited with {proc.returncode}")
+        result = json.loads(out)
+        for name, values in result["samples"].items():
+            for v in values:
+                recorder.add(name, v, 0)
+        recorder.errors += result["errors"]
+        return float(result["wall"])
 
-    async def _mirror(self, trace: Sequence[bytes], index: int, recorder: Recorder) -> None:
-        loop = asyncio.get_running_loop()
-        uuid, luid = f"bench-{index}-{id(self)}", 0xFFFF888000000000 + index * 0x1000
-        for raw in trace:
-            seq = self._seq
-            self._seq += 1
-            datagram = rewrite(raw, uuid=uuid, luid=luid, seq=seq)
-            fut: asyncio.Future[bytes] = loop.create_future()
-            self._waiters[seq] = fut
-            t0 = time.perf_counter()
-            await loop.sock_sendall(self._sock, datagram)
-            reply = wire.decode_reply(await asyncio.wait_for(fut, 30))
-            recorder.add(wire.RequestType(struct.unpack_from("=I", datagram, 188)[0]).name,
-                         time.perf_counter() - t0, reply.error)  # fmt: skip
+
+def replay_blocking(sock: socket.socket, trace: Sequence[bytes], mirrors: int, tag: str) -> dict[str, Any]:
+    """The child's loop: every mirror's first request, then each mirror's next one as its reply arrives."""
+    sock.setblocking(True)
+    sock.settimeout(60)
+    n = len(trace)
+    # Every datagram is built before the clock starts: mirror m's i-th request has seq m*n + i + 1.
+    plan = [[rewrite(raw, uuid=f"bench-{m}-{tag}", luid=0xFFFF888000000000 + m * 0x1000, seq=m * n + i + 1)
+             for i, raw in enumerate(trace)] for m in range(mirrors)]  # fmt: skip
+    names = [wire.RequestType(struct.unpack_from("=I", raw, 188)[0]).name for raw in trace]
+    samples: dict[str, list[float]] = defaultdict(list)
+    errors, sent_at = 0, [0.0] * mirrors
+    clock = time.perf_counter
+    start = clock()
+    for m in range(mirrors):
+        sent_at[m] = clock()
+        sock.send(plan[m][0])
+    left = mirrors * n
+    while left:
+        reply = wire.decode_reply(sock.recv(65536))
+        now = clock()
+        m, i = divmod(reply.seq - 1, n)
+        samples[names[i]].append(now - sent_at[m])
+        errors += reply.error != 0
+        left -= 1
+        if i + 1 < n:
+            sent_at[m] = clock()
+            sock.send(plan[m][i + 1])
+    return {"wall": clock() - start, "samples": samples, "errors": errors}
 
 
 def socket_pair() -> tuple[socket.socket, socket.socket]:
@@ -188,3 +220,16 @@ def socket_pair() -> tuple[socket.socket, socket.socket]:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
     return a, b
+
+
+def main(argv: list[str]) -> int:
+    """Child process: ``FD TRACE_FILE MIRRORS TAG``; prints the samples as JSON."""
+    fd, trace_file, mirrors, tag = argv
+    sock = socket.socket(fileno=int(fd))
+    trace = [bytes.fromhex(line) for line in Path(trace_file).read_text().split()]
+    json.dump(replay_blocking(sock, trace, int(mirrors), tag), sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -219,6 +219,51 @@ class Responder:
         return -errno.EINVAL, b""
 
 
+class ResyncingResponder(Responder):
+    """The same, except that a log without ``nosync`` starts out of sync and is resynced.
+
+    For recording a realistic trace (bench/record_trace.py): the kernel copies
+    every region (GET_RESYNC_WORK, SET_REGION_SYNC) before the workload, as for
+    any new mirror, and IN_SYNC and GET_SYNC_COUNT tell the truth. One region
+    is handed out at a time, in order.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.synced: dict[tuple[bytes, int], set[int]] = {}
+
+    def answer(self, req: Request) -> tuple[int, bytes]:
+        """Track sync bits; defer everything else to the always-in-sync answers."""
+        name, key = req.type_name, (req.uuid, req.luid)
+        if name == "CTR":
+            error, payload = super().answer(req)
+            if error == 0 and key not in self.synced:
+                log = self.logs[key]
+                nosync = b"nosync" in req.data.split(b"\0", 1)[0].split()
+                self.synced[key] = set(range(log.region_count)) if nosync else set()
+            return error, payload
+        log, synced = self.logs.get(key), self.synced.get(key)
+        if log is None or synced is None or name not in _RESYNC_ANSWERS:
+            return super().answer(req)
+        self.counts[name] += 1
+        if name == "IN_SYNC":
+            return 0, _S64.pack(_U64.unpack(req.data)[0] in synced)
+        if name == "GET_SYNC_COUNT":
+            return 0, _U64.pack(len(synced))
+        if name == "GET_RESYNC_WORK":
+            todo = next((r for r in range(log.region_count) if r not in synced), None)
+            return 0, _PAIR.pack(0, 0) if todo is None else _PAIR.pack(1, todo)
+        if name == "IS_REMOTE_RECOVERING":
+            return 0, _PAIR.pack(0, len(synced) if len(synced) == log.region_count else 0)
+        region, in_sync = _PAIR_SYNC.unpack(req.data)  # SET_REGION_SYNC
+        (synced.add if in_sync else synced.discard)(region)
+        return 0, b""
+
+
+_RESYNC_ANSWERS = {"IN_SYNC", "GET_SYNC_COUNT", "GET_RESYNC_WORK", "IS_REMOTE_RECOVERING", "SET_REGION_SYNC"}
+_PAIR_SYNC = struct.Struct("=Qq")
+
+
 class Capture:
     """Writes each datagram as ``<index>-<TYPE>-{req,rep}.hex`` (hex text, 16 bytes a line).
 
@@ -292,6 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--capture", type=Path, metavar="DIR", help="write every datagram in and out to DIR")
     parser.add_argument("--ready-file", type=Path, help="create this file once the socket listens")
     parser.add_argument("-v", "--verbose", action="store_true", help="one stderr line per request")
+    parser.add_argument("--resync", action="store_true", help="logs without nosync start out of sync and resync")
     args = parser.parse_args(argv)
 
     def stop(signum: int, _frame: types.FrameType | None) -> None:
@@ -299,7 +345,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     sock = open_socket()
-    responder = Responder()
+    responder = ResyncingResponder() if args.resync else Responder()
     signal.signal(signal.SIGUSR1, lambda _signum, _frame: print_counts(responder))
     capture = Capture(args.capture) if args.capture else None
     if args.ready_file:

@@ -94,3 +94,19 @@ def test_one_write_at_a_time_costs_two_in_sync_requests(quick: QuickRun) -> None
         assert 1500 <= per_1000["IN_SYNC"] <= 2500, (c.name, per_1000)
         if not c.integrated_flush:
             assert 500 <= per_1000["MARK_REGION"] <= 1500, (c.name, per_1000)
+
+
+def test_dmulog_answers_in_sync_in_the_bridge_on_a_synced_mirror(quick: QuickRun) -> None:
+    """The mirrors are resynced before the workloads, which sets the latch: the bridge answers IN_SYNC itself.
+
+    And FLUSH without marks too, which only exists without integrated_flush.
+    """
+    cells = _cells(quick)
+    for c in USERSPACE:
+        if not c.name.startswith("dmulog"):
+            continue
+        cell = cells[c.name, "rand4k-qd1"]
+        here, per = cell["here_per_1000_writes"], cell["per_1000_writes"]
+        assert here.get("IN_SYNC", 0) > 0.9 * per["IN_SYNC"], (c.name, here, per)
+        if not c.integrated_flush:
+            assert here.get("FLUSH", 0) > 0.9 * per["FLUSH"], (c.name, here, per)
