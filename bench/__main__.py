@@ -106,10 +106,11 @@ async def through_bridge(client: object, trace: list[bytes], mirrors: int, rec: 
     """Replay the trace through a real Bridge over a socket pair; returns wall seconds."""
     kernel_end, bridge_end = socket_pair()
     sock = UnixKernelSocket(bridge_end)
-    # The journal as in production: one small file per request on tmpfs.
+    # The journal as in production: a mapped file of slots on tmpfs.
     shm = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
     journal_dir = Path(tempfile.mkdtemp(prefix="dmulog-bench-journal-", dir=shm))
-    bridge = Bridge(client, NODE, sock.send, journal=Journal(journal_dir),  # type: ignore[arg-type]
+    journal = Journal(journal_dir)
+    bridge = Bridge(client, NODE, sock.send, journal=journal,  # type: ignore[arg-type]
                     send_nowait=sock.send_nowait)  # fmt: skip
     stop = asyncio.Event()
     serving = asyncio.ensure_future(bridge.serve(sock, stop))  # type: ignore[arg-type]
@@ -122,6 +123,7 @@ async def through_bridge(client: object, trace: list[bytes], mirrors: int, rec: 
         await serving
         kernel_end.close()
         sock.close()
+        journal.close()
         shutil.rmtree(journal_dir, ignore_errors=True)
 
 

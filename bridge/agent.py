@@ -196,10 +196,10 @@ class Bridge:
             if lifecycle:
                 self.latches.end(key, gone=req.request_type == wire.RequestType.DTR)
 
-    def accept(self, datagram: bytes, sender: int, entry: Path | None = None, received: float | None = None) -> None:
+    def accept(self, datagram: bytes, sender: int, entry: int | None = None, received: float | None = None) -> None:
         """Take one datagram off the socket; decode now, answer in a task.
 
-        ``entry`` is its journal file, removed once it is answered; ``received``
+        ``entry`` is its journal slot, dropped once it is answered; ``received``
         (monotonic) defaults to now.
         """
         if sender != 0:
@@ -221,7 +221,7 @@ class Bridge:
         self.counts[req.type_name] += 1
         self._spawn(self._process(req, time.monotonic() if received is None else received, entry))
 
-    async def _send_then_forget(self, reply: bytes, entry: Path | None) -> None:
+    async def _send_then_forget(self, reply: bytes, entry: int | None) -> None:
         try:
             await self._send(reply)
         finally:
@@ -243,10 +243,10 @@ class Bridge:
         for entry in self.journal.pending():
             if entry.age >= self._kernel_timeout:
                 event(log, logging.INFO, "journal_entry_expired", age_s=round(entry.age, 3))
-                self.journal.done(entry.path)
+                self.journal.done(entry.slot)
                 continue
             self._replayed[entry.datagram] = now + self._kernel_timeout
-            self.accept(entry.datagram, 0, entry.path, received=now - entry.age)
+            self.accept(entry.datagram, 0, entry.slot, received=now - entry.age)
             replayed += 1
         if replayed:
             event(log, logging.INFO, "journal_replayed", requests=replayed)
@@ -287,7 +287,7 @@ class Bridge:
         await self._send(reply)
         event(log, logging.DEBUG, "request", ms=round(age * 1000, 3))
 
-    async def _process(self, req: wire.Request, received: float, entry: Path | None = None) -> None:
+    async def _process(self, req: wire.Request, received: float, entry: int | None = None) -> None:
         token = bind(uuid=req.uuid, luid=req.luid, seq=req.seq, request=req.type_name)
         try:
             await self._reply(req, received, await self.answer(req))
@@ -443,6 +443,7 @@ async def run(config: BridgeConfig) -> None:
     if standby is not None and not await _standby_until_called(int(standby)):
         sock.close()
         await client.close()
+        bridge.journal.close()
         return
     event(log, logging.INFO, "bridge_listening", netlink="NETLINK_CONNECTOR", group=wire.CN_IDX_DM,
           connector=f"{wire.CN_IDX_DM}:{wire.CN_VAL_DM_USERSPACE_LOG}", port_id=sock.port_id,
@@ -466,5 +467,6 @@ async def run(config: BridgeConfig) -> None:
     finally:
         sock.close()
         await client.close()
+        bridge.journal.close()
         if lock is not None:
             lock.close()

@@ -1,34 +1,56 @@
-"""Requests read from the kernel and not answered yet, one file each.
+"""Requests read from the kernel and not answered yet, one slot each in a mapped file.
 
 A request the bridge has taken off the netlink socket exists nowhere else: if
 the bridge dies before answering, the kernel waits its full 15 s, logs
 "Request timed out" and re-sends it. The journal closes that gap. Each
 request is written here *before* it leaves the socket queue (see
-``KernelSocket.peek``) and removed once its reply is sent, so a restarted
+``KernelSocket.peek``) and dropped once its reply is sent, so a restarted
 bridge answers whatever its predecessor left unanswered, and the kernel,
 which matches replies by seq whichever socket they come from, never notices.
 
+Each bridge process writes its own file, ``ring-<pid>``, a fixed array of
+slots mapped into memory (``mmap``, shared): recording a request and dropping
+it are a few stores into that memory, no system call. What a killed process
+stored is in the page cache, so its successor reads it. A slot is valid once
+its length, written last, is nonzero; a process killed before that left its
+request in the socket queue instead. Each bridge holds an ``flock`` on its
+file for its whole life, so a successor tells a dead predecessor's file
+(lock free: take its entries) from a live one's (a standby's, or a bridge
+still draining: leave it alone).
+
 The directory belongs on tmpfs (``/run``): an entry only matters to the
-kernel that sent it, and it is gone with that kernel on reboot. Entries are
-named by ``CLOCK_BOOTTIME`` (one clock for every process on the node) so a
+kernel that sent it, and it is gone with that kernel on reboot. Entries carry
+their ``CLOCK_BOOTTIME`` (one clock for every process on the node) so a
 restarted bridge knows each one's age and drops those the kernel has already
 given up on.
 """
 
 from __future__ import annotations
 
-import itertools
+import fcntl
 import logging
+import mmap
 import os
+import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 from dmulog.logs import event
 
-__all__ = ["Entry", "Journal"]
+__all__ = ["Entry", "Journal", "read_ring"]
 
 log = logging.getLogger("dmulog.bridge")
+
+SLOT_SIZE: Final = 640
+"""Bytes per slot: a 16-byte header and the largest datagram the kernel sends (528)."""
+SLOTS: Final = 1024
+"""Requests in flight at once, far above what kmirrord threads ever have outstanding."""
+_BORN: Final = struct.Struct("=Q")  # at offset 0: CLOCK_BOOTTIME, ns
+_LENGTH: Final = struct.Struct("=I")  # at offset 8: datagram bytes; 0 = free (stored last)
+_HEAD: Final = 16
+_PREFIX: Final = "ring-"
 
 
 def _now_ns() -> int:
@@ -37,66 +59,154 @@ def _now_ns() -> int:
 
 @dataclass(frozen=True)
 class Entry:
-    """One journalled request: its file, its datagram and its age in seconds."""
+    """One journalled request left by an earlier bridge: its slot here, datagram and age in seconds."""
 
-    path: Path
+    slot: int
     datagram: bytes
     age: float
 
 
 class Journal:
-    """A directory of unanswered requests; a journal without a directory records nothing."""
+    """This process's slots of unanswered requests; a journal without a directory records nothing."""
 
-    def __init__(self, directory: Path | None):
+    def __init__(self, directory: Path | None, slots: int = SLOTS):
         self.directory = directory
-        self._names = itertools.count()
-        self._pid = os.getpid()
-        self._prefix = None if directory is None else f"{directory}{os.sep}"
-        if directory is not None:
-            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-
-    def record(self, datagram: bytes) -> Path | None:
-        """Write ``datagram`` down; the returned path goes to :meth:`done` after the reply.
-
-        Plain ``os`` calls on a string path: this runs for every request, and
-        pathlib's conveniences cost about as much as the system calls.
-        """
-        if self._prefix is None:
-            return None
-        name = f"{self._prefix}{_now_ns():020d}-{self._pid}-{next(self._names)}"
+        self._mm: mmap.mmap | None = None
+        self._fd = -1
+        self._free: list[int] = []
+        self._used = bytearray(slots)
+        self._full_logged = False
+        if directory is None:
+            return
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.path = directory / f"{_PREFIX}{os.getpid()}"
+        if self.path.exists():
+            # An earlier process with this pid left it: keep its entries for pending().
+            self.path.rename(directory / f"{_PREFIX}{os.getpid()}-{time.monotonic_ns()}")
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                os.write(fd, datagram)
-            finally:
-                os.close(fd)
-        except OSError as e:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.ftruncate(fd, slots * SLOT_SIZE)
+            self._mm = mmap.mmap(fd, slots * SLOT_SIZE)
+        except OSError:
+            os.close(fd)
+            raise
+        self._fd = fd
+        self._free = list(range(slots - 1, -1, -1))
+
+    def record(self, datagram: bytes) -> int | None:
+        """Write ``datagram`` down; the returned slot goes to :meth:`done` after the reply."""
+        mm = self._mm
+        if mm is None:
+            return None
+        n = len(datagram)
+        if not self._free or n > SLOT_SIZE - _HEAD or n == 0:
             # Serving without the journal beats not serving: the kernel's own
             # 15 s retry still covers a request lost with this process.
-            event(log, logging.ERROR, "journal_write_failed", path=name, detail=str(e))
+            if not self._full_logged:
+                event(log, logging.ERROR, "journal_unavailable_for_request", size=n, free_slots=len(self._free))
+                self._full_logged = True
             return None
-        return Path(name)
+        slot = self._free.pop()
+        off = slot * SLOT_SIZE
+        mm[off + _HEAD : off + _HEAD + n] = datagram
+        _BORN.pack_into(mm, off, _now_ns())
+        _LENGTH.pack_into(mm, off + 8, n)
+        self._used[slot] = 1
+        return slot
 
-    def done(self, path: Path | None) -> None:
-        """The request at ``path`` is answered (or will never be)."""
-        if path is not None:
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
+    def done(self, slot: int | None) -> None:
+        """The request in ``slot`` is answered (or will never be)."""
+        if slot is None or self._mm is None or not self._used[slot]:
+            return
+        _LENGTH.pack_into(self._mm, slot * SLOT_SIZE + 8, 0)
+        self._used[slot] = 0
+        self._free.append(slot)
 
     def pending(self) -> list[Entry]:
-        """Every entry left by an earlier bridge, oldest first."""
-        if self.directory is None:
+        """Every entry dead bridges left, moved into this journal, oldest first.
+
+        A file whose lock is free belongs to a process that is gone: its valid
+        slots are recorded here (keeping their age) before the file is
+        removed, so a bridge that dies while replaying leaves them to the next.
+        """
+        if self.directory is None or self._mm is None:
             return []
-        now, out = _now_ns(), []
+        found: list[tuple[int, bytes]] = []
         for path in sorted(self.directory.iterdir()):
-            try:
-                born = int(path.name.split("-", 1)[0])
-                datagram = path.read_bytes()
-            except (ValueError, OSError):
-                event(log, logging.WARNING, "journal_entry_unreadable", path=str(path))
-                self.done(path)
+            if path == self.path:
                 continue
-            out.append(Entry(path, datagram, max(0.0, (now - born) / 1e9)))
+            entries = _take_dead(path) if path.name.startswith(_PREFIX) else _take_legacy(path)
+            found += entries or []
+        now, out = _now_ns(), []
+        for born, datagram in sorted(found, key=lambda e: e[0]):
+            slot = self.record(datagram)
+            if slot is None:
+                continue
+            _BORN.pack_into(self._mm, slot * SLOT_SIZE, born)
+            out.append(Entry(slot, datagram, max(0.0, (now - born) / 1e9)))
         return out
+
+    def close(self) -> None:
+        """Unmap and release the file, as dying does: entries left stay for a successor, else it goes."""
+        if self._mm is not None and not any(self._used):
+            _remove(self.path)
+        if self._mm is not None:
+            self._mm.close()
+            self._mm = None
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def _take_dead(path: Path) -> list[tuple[int, bytes]] | None:
+    """The valid (born, datagram) slots of a dead bridge's file, which is then removed; None if it lives."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return None  # its bridge is alive
+        entries = read_ring(path)
+        _remove(path)
+        return entries
+    finally:
+        os.close(fd)
+
+
+def read_ring(path: Path) -> list[tuple[int, bytes]]:
+    """The valid (born, datagram) slots of a ring file, as a successor would find them."""
+    data = path.read_bytes()
+    entries = []
+    for off in range(0, len(data) - _HEAD + 1, SLOT_SIZE):
+        (n,) = _LENGTH.unpack_from(data, off + 8)
+        if 0 < n <= SLOT_SIZE - _HEAD:
+            entries.append((_BORN.unpack_from(data, off)[0], data[off + _HEAD : off + _HEAD + n]))
+    return entries
+
+
+def _take_legacy(path: Path) -> list[tuple[int, bytes]]:
+    """An entry of the journal format before rings (one file each, named ``<born>-<pid>-<n>``), removed.
+
+    A bridge upgraded while requests were in flight still answers them. Any
+    other stray file is reported and removed, never replayed.
+    """
+    try:
+        born = int(path.name.split("-", 1)[0])
+        datagram = path.read_bytes()
+    except (ValueError, OSError):
+        event(log, logging.WARNING, "journal_entry_unreadable", path=str(path))
+        _remove(path)
+        return []
+    _remove(path)
+    return [(born, datagram)] if datagram else []
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass

@@ -23,7 +23,7 @@ import pytest
 from bridge import wire
 from bridge.agent import Bridge
 from bridge.client import ClientConfig, LogsvcClient
-from bridge.journal import Journal
+from bridge.journal import Journal, read_ring
 from bridge.wire import RequestType as T
 from dmulog.v1 import dmulog_pb2 as pb
 from dmulog.v1 import dmulog_pb2_grpc as pb_grpc
@@ -251,7 +251,8 @@ async def test_a_restarted_bridge_answers_what_its_predecessor_left_unanswered(
     journal.record(wire.encode_request(T.GET_REGION_SIZE, seq=fresh_seq, luid=0xFFFF888003A1B2C8, uuid=uuid))
     born = time.clock_gettime_ns(time.CLOCK_BOOTTIME) - 16_000_000_000  # past the kernel's 15 s
     stale = wire.encode_request(T.IN_SYNC, seq=stale_seq, luid=0xFFFF888003A1B2C8, uuid=uuid, data=u64(0))
-    (tmp_path / "inflight" / f"{born:020d}-1-0").write_bytes(stale)
+    (tmp_path / "inflight" / f"{born:020d}-1-0").write_bytes(stale)  # (an entry of the older format)
+    journal.close()  # the bridge is gone
 
     restarted = KernelSide(logsvc, journal=Journal(tmp_path / "inflight"))
     try:
@@ -262,7 +263,8 @@ async def test_a_restarted_bridge_answers_what_its_predecessor_left_unanswered(
         assert (fresh_seq, 0, u64(16)) == (reply.seq, reply.error, reply.data)
         await asyncio.sleep(0.3)
         assert restarted.sent.empty(), "the request the kernel already re-sent must not be answered"
-        assert [] == list((tmp_path / "inflight").iterdir())
+        assert [restarted.bridge.journal.path] == list((tmp_path / "inflight").iterdir())
+        assert [] == restarted.bridge.journal.pending()
     finally:
         await restarted.client.close()
 
@@ -273,9 +275,11 @@ async def test_answered_requests_leave_the_journal(logsvc: str, uuid: str, tmp_p
     try:
         datagram = wire.encode_request(T.CTR, seq=next(_seq), luid=1, uuid=uuid, data=b"120 clustered-core 16")
         k.bridge.accept(datagram, 0, k.bridge.journal.record(datagram))
-        assert 1 == len(list((tmp_path / "j").iterdir()))
+        assert [datagram] == [d for _, d in read_ring(k.bridge.journal.path)]
         assert 0 == (await k.reply()).error
         await asyncio.sleep(0)  # the task's cleanup runs after the send
+        assert [] == read_ring(k.bridge.journal.path)
+        k.bridge.journal.close()
         assert [] == list((tmp_path / "j").iterdir())
     finally:
         await k.client.close()

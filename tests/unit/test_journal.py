@@ -1,35 +1,90 @@
-"""The bridge's journal of unanswered requests (files on a tmpfs-like directory)."""
+"""The bridge's journal of unanswered requests (a mapped file of slots per bridge process, on tmpfs)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 
-from bridge.journal import Journal
+from bridge.journal import SLOT_SIZE, Journal
 
 
 def test_recorded_requests_are_pending_until_done(tmp_path: Path) -> None:
     """What a bridge read but did not answer is what the next bridge finds, oldest first, byte for byte."""
     first = Journal(tmp_path / "j")
-    a, b = first.record(b"request-a"), first.record(b"request-b")
+    a, b, c = first.record(b"request-a"), first.record(b"request-b"), first.record(b"request-c")
     first.done(a)
+    first.close()  # the bridge dies: its file stays
 
-    pending = Journal(tmp_path / "j").pending()
+    nxt = Journal(tmp_path / "j")
+    pending = nxt.pending()
 
-    assert [b"request-b"] == [e.datagram for e in pending]
-    assert pending[0].path == b
-    assert 0.0 <= pending[0].age < 5.0
+    assert [b"request-b", b"request-c"] == [e.datagram for e in pending]
+    assert all(0.0 <= e.age < 5.0 for e in pending)
+    assert [nxt.path] == list((tmp_path / "j").iterdir())  # the dead bridge's file is gone
+    assert None not in (b, c)
 
 
-def test_age_comes_from_the_boot_clock_in_the_name(tmp_path: Path) -> None:
+def test_taken_over_entries_stay_until_answered(tmp_path: Path) -> None:
+    """Entries taken from a dead bridge live in the new one's file: if it dies while replaying, the next has them."""
+    first = Journal(tmp_path)
+    first.record(b"request-a")
+    first.close()
+    second = Journal(tmp_path)
+    [entry] = second.pending()
+    second.close()  # dies before answering
+
+    third = Journal(tmp_path)
+    [again] = third.pending()
+    third.done(again.slot)
+
+    assert (b"request-a", b"request-a") == (entry.datagram, again.datagram)
+    assert again.age >= entry.age
+
+
+def test_a_live_bridge_s_entries_are_left_alone(tmp_path: Path) -> None:
+    """A standby (or a bridge still draining) holds its file's lock: nobody takes its requests."""
+    script = (
+        "import sys, time; from pathlib import Path; from bridge.journal import Journal; "
+        "j = Journal(Path(sys.argv[1])); j.record(b'in-flight'); print('ready', flush=True); time.sleep(60)"
+    )
+    live = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).resolve().parents[2])  # fmt: skip
+    try:
+        assert "ready" == live.stdout.readline().strip()  # type: ignore[union-attr]
+        assert [] == Journal(tmp_path).pending()
+        assert len(list(tmp_path.glob("ring-*"))) == 2
+        live.kill()
+        live.wait()
+        assert [b"in-flight"] == [e.datagram for e in Journal(tmp_path).pending()]
+    finally:
+        live.kill()
+
+
+def test_age_comes_from_the_boot_clock(tmp_path: Path) -> None:
     """An entry written 20 s ago (by the boot clock) is 20 s old, whatever the file's mtime says."""
-    journal = Journal(tmp_path)
+    old = Journal(tmp_path)
+    slot = old.record(b"old")
+    assert slot is not None
     born = time.clock_gettime_ns(time.CLOCK_BOOTTIME) - 20_000_000_000
-    (tmp_path / f"{born:020d}-1-0").write_bytes(b"old")
+    old._mm[slot * SLOT_SIZE : slot * SLOT_SIZE + 8] = born.to_bytes(8, sys.byteorder)  # type: ignore[index]
+    old.close()
 
-    [entry] = journal.pending()
+    [entry] = Journal(tmp_path).pending()
 
     assert 19.5 < entry.age < 25.0
+
+
+def test_entries_of_the_one_file_per_request_format_are_answered(tmp_path: Path) -> None:
+    """A bridge upgraded while requests were in flight finds what the old format left, with its age."""
+    born = time.clock_gettime_ns(time.CLOCK_BOOTTIME) - 3_000_000_000
+    (tmp_path / f"{born:020d}-1-0").write_bytes(b"old-format")
+
+    [entry] = Journal(tmp_path).pending()
+
+    assert b"old-format" == entry.datagram and 2.5 < entry.age < 10
+    assert not (tmp_path / f"{born:020d}-1-0").exists()
 
 
 def test_unreadable_entries_are_dropped_not_fatal(tmp_path: Path) -> None:
@@ -38,7 +93,28 @@ def test_unreadable_entries_are_dropped_not_fatal(tmp_path: Path) -> None:
     (tmp_path / "not-a-journal-entry").write_bytes(b"x")
 
     assert [] == journal.pending()
+    assert [journal.path] == list(tmp_path.iterdir())
+
+
+def test_a_clean_exit_leaves_nothing(tmp_path: Path) -> None:
+    """Everything answered: the file goes with the bridge."""
+    journal = Journal(tmp_path)
+    journal.done(journal.record(b"x"))
+    journal.close()
+
     assert [] == list(tmp_path.iterdir())
+
+
+def test_a_slot_is_freed_once(tmp_path: Path) -> None:
+    """done() twice for one slot (a reply path that finished twice) must not hand the slot out twice."""
+    journal = Journal(tmp_path, slots=2)
+    a = journal.record(b"a")
+    journal.done(a)
+    journal.done(a)
+    b, c = journal.record(b"b"), journal.record(b"c")
+
+    assert None not in (b, c) and b != c
+    assert journal.record(b"d") is None  # full: served without a journal entry
 
 
 def test_a_journal_without_a_directory_records_nothing(tmp_path: Path) -> None:
@@ -51,9 +127,9 @@ def test_a_journal_without_a_directory_records_nothing(tmp_path: Path) -> None:
     assert (None, []) == (entry, journal.pending())
 
 
-def test_a_failed_write_serves_on_without_an_entry(tmp_path: Path) -> None:
-    """A journal that cannot write (directory gone) returns no entry instead of failing the request."""
-    journal = Journal(tmp_path / "j")
-    (tmp_path / "j").rmdir()
+def test_an_oversized_datagram_is_served_without_an_entry(tmp_path: Path) -> None:
+    """Larger than any request the kernel sends (it is malformed): no entry, and no failure."""
+    journal = Journal(tmp_path)
 
-    assert journal.record(b"x") is None
+    assert journal.record(b"x" * SLOT_SIZE) is None
+    assert journal.record(b"y") is not None
