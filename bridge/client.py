@@ -47,8 +47,13 @@ log = logging.getLogger("dmulog.bridge.client")
 _CODE: Final = {code.value[0]: code for code in grpc.StatusCode}
 # Request message name -> its field in ExchangeCall.request (and ExchangeResult.response).
 _FIELD_OF: Final = {f.message_type.name: f.name for f in pb.ExchangeCall.DESCRIPTOR.oneofs_by_name["request"].fields}
-# How a whole stream may end without saying anything about its requests.
-_STREAM_LOST: Final = RETRYABLE | {grpc.StatusCode.CANCELLED, grpc.StatusCode.OK, grpc.StatusCode.UNKNOWN}
+# How a whole stream may end without saying anything about its requests (their
+# own outcomes travel in ExchangeResults). INTERNAL is what gRPC's core reports
+# when a write meets a stream whose server just went away ("Failed
+# execute_batch"): the request was never delivered, so it is sent again.
+_STREAM_LOST: Final = RETRYABLE | {
+    grpc.StatusCode.CANCELLED, grpc.StatusCode.OK, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL,
+}
 # The response time logsvc is allowed past its own timeout before the client gives
 # up on an attempt: the request must be abandoned there before it is sent again.
 _SLACK: Final = 0.25
