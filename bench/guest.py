@@ -67,6 +67,9 @@ GUEST_SCRIPT = Path(__file__).resolve().with_suffix(".sh")
 #: 256 MiB legs with 512 KiB regions: 512 regions, so that random writes rarely
 #: meet a region the kernel still holds marked from an earlier write.
 LEG_SECTORS = 256 << 11
+#: --quick: 64 MiB legs, so that the resync before the workloads (every region, as
+#: for any new mirror) takes seconds, not minutes, under emulation.
+QUICK_LEG_SECTORS = 64 << 11
 REGION_SECTORS = 1024
 #: Guest RAM: both legs live in it (tmpfs), beside redis-server and three Python processes.
 GUEST_MEMORY = "2G"
@@ -202,6 +205,7 @@ class Report:
     rc: int | None
     problems: list[str]
     missing: list[str]
+    leg_sectors: int = LEG_SECTORS
 
     @property
     def ok(self) -> bool:
@@ -298,7 +302,7 @@ def guest_timeout(configs: int, reps: int, runtime: float) -> float:
 
 def run_bench(
     *, reps: int, runtime: float, configs: Sequence[str], log_type: str = "clustered-core",
-    results_dir: Path | None = None,
+    results_dir: Path | None = None, leg_sectors: int = LEG_SECTORS,
 ) -> Report:  # fmt: skip
     """Boot once, run every workload with every configuration in ``configs``, read the results back."""
     chosen = [_CONFIG[name] for name in configs]
@@ -310,7 +314,7 @@ def run_bench(
         "DMULOG_VENV": sys.prefix,
         "CONFIGS": " ".join(c.name for c in chosen),
         "WORKLOADS": " ".join(w.name for w in WORKLOADS),
-        "SECTORS": str(LEG_SECTORS),
+        "SECTORS": str(leg_sectors),
         "REGION": str(REGION_SECTORS),
         "LOG_TYPE": log_type,
         "FIO_TIMEOUT": str(int(60 + reps * (runtime + 30))),
@@ -336,7 +340,8 @@ def run_bench(
             except (OSError, ValueError, KeyError, IndexError) as e:
                 missing.append(f"{c.name}/{w.name}: {e}")
     report = Report(reps=reps, runtime=runtime, log_type=log_type, configs=[c.name for c in chosen], cells=cells,
-                    results_dir=results, wall_time=wall, rc=run.rc, problems=run.problems, missing=missing)  # fmt: skip
+                    results_dir=results, wall_time=wall, rc=run.rc, problems=run.problems, missing=missing,
+                    leg_sectors=leg_sectors)  # fmt: skip
     (results / "summary.json").write_text(json.dumps(report.to_json(), indent=1) + "\n")
     if not report.ok:
         (results / "failure.txt").write_text(_failure(run, report))
@@ -397,9 +402,10 @@ def render(report: Report) -> str:
             )
     notes = [
         "",
-        f"2-leg mirror of {LEG_SECTORS >> 11} MiB loop devices on guest tmpfs, {REGION_SECTORS // 2} KiB regions, "
-        f"after its initial resync; fio O_DIRECT libaio, time-based {report.runtime:g} s, median of {report.reps} "
-        f"repetition{'s' if report.reps != 1 else ''}; dmulog log type {report.log_type}.",
+        f"2-leg mirror of {report.leg_sectors >> 11} MiB loop devices on guest tmpfs, "
+        f"{REGION_SECTORS // 2} KiB regions, after its initial resync; fio O_DIRECT libaio, "
+        f"time-based {report.runtime:g} s, median of {report.reps} repetition"
+        f"{'s' if report.reps != 1 else ''}; dmulog log type {report.log_type}.",
         "× responder: against the trivial responder with the same integrated_flush setting. "
         "Requests: what the log server received during the workload (its own counters), per 1000 fio writes; "
         "(N in bridge): of those, answered by the dmulog bridge without a call to logsvc.",
@@ -424,7 +430,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.guest", description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, help="repetitions of each workload (default 3; --quick: 1)")
     parser.add_argument("--runtime", type=float, help="seconds per repetition (default 5; --quick: 1)")
-    parser.add_argument("--quick", action="store_true", help="smoke size: one short repetition of everything")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke size: one short repetition of everything, 64 MiB legs")  # fmt: skip
     parser.add_argument("--only", metavar="CONFIG,...", help="run only these configurations: "
                         + ", ".join(c.name for c in CONFIGS) + " (ratios need core and the responders)")  # fmt: skip
     parser.add_argument("--log-type", choices=("clustered-core", "dmulog"), default="clustered-core",
@@ -444,7 +451,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"bench.guest: {len(configs)} configurations x {len(WORKLOADS)} workloads x {reps} x {runtime:g} s "
           f"in one boot (up to {guest_timeout(len(configs), reps, runtime) / 60:.0f} min)", flush=True)  # fmt: skip
     report = run_bench(reps=reps, runtime=runtime, configs=configs, log_type=args.log_type,
-                       results_dir=args.results_dir)  # fmt: skip
+                       results_dir=args.results_dir,
+                       leg_sectors=QUICK_LEG_SECTORS if args.quick else LEG_SECTORS)  # fmt: skip
     print(render(report))
     return 0 if report.ok else 1
 
