@@ -94,8 +94,11 @@ class Journal:
         self._fd = fd
         self._free = list(range(slots - 1, -1, -1))
 
-    def record(self, datagram: bytes) -> int | None:
-        """Write ``datagram`` down; the returned slot goes to :meth:`done` after the reply."""
+    def record(self, datagram: bytes, *, born: int | None = None) -> int | None:
+        """Write ``datagram`` down; the returned slot goes to :meth:`done` after the reply.
+
+        ``born`` (``CLOCK_BOOTTIME`` ns) keeps the age of an entry taken over from a dead bridge.
+        """
         mm = self._mm
         if mm is None:
             return None
@@ -110,7 +113,7 @@ class Journal:
         slot = self._free.pop()
         off = slot * SLOT_SIZE
         mm[off + _HEAD : off + _HEAD + n] = datagram
-        _BORN.pack_into(mm, off, _now_ns())
+        _BORN.pack_into(mm, off, _now_ns() if born is None else born)
         _LENGTH.pack_into(mm, off + 8, n)
         self._used[slot] = 1
         return slot
@@ -133,18 +136,29 @@ class Journal:
         if self.directory is None or self._mm is None:
             return []
         found: list[tuple[int, bytes]] = []
-        for path in sorted(self.directory.iterdir()):
-            if path == self.path:
-                continue
-            entries = _take_dead(path) if path.name.startswith(_PREFIX) else _take_legacy(path)
-            found += entries or []
-        now, out = _now_ns(), []
-        for born, datagram in sorted(found, key=lambda e: e[0]):
-            slot = self.record(datagram)
-            if slot is None:
-                continue
-            _BORN.pack_into(self._mm, slot * SLOT_SIZE, born)
-            out.append(Entry(slot, datagram, max(0.0, (now - born) / 1e9)))
+        taken: list[tuple[Path, int]] = []  # files to remove once copied, with the fd holding the lock
+        try:
+            for path in sorted(self.directory.iterdir()):
+                if path == self.path:
+                    continue
+                if not path.name.startswith(_PREFIX):
+                    found += _read_legacy(path)
+                    taken.append((path, -1))
+                    continue
+                fd = _lock_if_dead(path)
+                if fd is not None:
+                    taken.append((path, fd))
+                    found += read_ring(path)
+            now, out = _now_ns(), []
+            for born, datagram in sorted(found, key=lambda e: e[0]):
+                slot = self.record(datagram, born=born)
+                if slot is not None:
+                    out.append(Entry(slot, datagram, max(0.0, (now - born) / 1e9)))
+        finally:
+            for path, fd in taken:
+                _remove(path)
+                if fd >= 0:
+                    os.close(fd)
         return out
 
     def close(self) -> None:
@@ -159,22 +173,18 @@ class Journal:
             self._fd = -1
 
 
-def _take_dead(path: Path) -> list[tuple[int, bytes]] | None:
-    """The valid (born, datagram) slots of a dead bridge's file, which is then removed; None if it lives."""
+def _lock_if_dead(path: Path) -> int | None:
+    """A descriptor holding the lock of a dead bridge's file; None if its bridge lives (or the file went)."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
         return None
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return None  # its bridge is alive
-        entries = read_ring(path)
-        _remove(path)
-        return entries
-    finally:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
         os.close(fd)
+        return None  # its bridge is alive
+    return fd
 
 
 def read_ring(path: Path) -> list[tuple[int, bytes]]:
@@ -188,20 +198,18 @@ def read_ring(path: Path) -> list[tuple[int, bytes]]:
     return entries
 
 
-def _take_legacy(path: Path) -> list[tuple[int, bytes]]:
-    """An entry of the journal format before rings (one file each, named ``<born>-<pid>-<n>``), removed.
+def _read_legacy(path: Path) -> list[tuple[int, bytes]]:
+    """An entry of the journal format before rings (one file each, named ``<born>-<pid>-<n>``).
 
     A bridge upgraded while requests were in flight still answers them. Any
-    other stray file is reported and removed, never replayed.
+    other stray file is reported, never replayed (the caller removes it).
     """
     try:
         born = int(path.name.split("-", 1)[0])
         datagram = path.read_bytes()
     except (ValueError, OSError):
         event(log, logging.WARNING, "journal_entry_unreadable", path=str(path))
-        _remove(path)
         return []
-    _remove(path)
     return [(born, datagram)] if datagram else []
 
 
