@@ -419,13 +419,20 @@ local function latched(k, inst)
   return tonumber(redis.call('HGET', k[1], 'completed_at')) > inst.resumed_at
 end
 
-local function in_sync(k, argv)
+-- {answer, latched} for IN_SYNC, or nil plus an error reply.
+local function in_sync_answer(k, argv)
   local inst, e = require_inst(k, argv)
-  if e then return e end
+  if e then return nil, e end
   local r, e2 = check_region(inst, argv[4])
-  if e2 then return e2 end
-  if latched(k, inst) then return 1 end
-  return getbit(k[3], r)
+  if e2 then return nil, e2 end
+  if latched(k, inst) then return {1, 1} end
+  return {getbit(k[3], r), 0}
+end
+
+local function in_sync(k, argv)
+  local answer, e = in_sync_answer(k, argv)
+  if e then return e end
+  return answer[1]
 end
 
 -- IN_SYNC with the latch said out loud: {answer, latched}. While latched is
@@ -435,12 +442,9 @@ end
 -- lets a bridge answer IN_SYNC from the latch without asking (bridge/latch.py).
 -- The plain in_sync stays for services that predate this one.
 local function in_sync_latch(k, argv)
-  local inst, e = require_inst(k, argv)
+  local answer, e = in_sync_answer(k, argv)
   if e then return e end
-  local r, e2 = check_region(inst, argv[4])
-  if e2 then return e2 end
-  if latched(k, inst) then return {1, 1} end
-  return {getbit(k[3], r), 0}
+  return answer
 end
 
 local function mark(k, argv)

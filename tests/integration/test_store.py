@@ -10,7 +10,7 @@ import pytest
 
 from dmulog.retry import RetryPolicy
 from dmulog.v1 import dmulog_pb2_grpc as pb_grpc
-from logsvc.errors import StoreUnavailable
+from logsvc.errors import LogError, StoreUnavailable
 from logsvc.store import LIBRARY_NAME, Store
 from tests.servers import LogHandle, RedisProcess, logsvc_server, out_of_sync, redis_process
 
@@ -30,6 +30,27 @@ async def test_library_loads_and_lists_its_functions(redis: RedisProcess) -> Non
     assert functions["dmulog_v1_in_sync"] == [b"no-writes"]
     assert functions["dmulog_v1_in_sync_latch"] == [b"no-writes"]
     assert functions["dmulog_v1_mark_region"] == []
+
+
+async def test_the_plain_in_sync_function_still_answers_for_older_services(redis: RedisProcess) -> None:
+    """in_sync (what a logsvc before in_sync_latch calls) answers what in_sync_latch does, errors included."""
+    async with logsvc_server(redis.url) as target, grpc.aio.insecure_channel(target) as ch:
+        log = LogHandle(pb_grpc.DirtyLogStub(ch), "plain-in-sync")
+        await log.ctr(64, "clustered-core", "8")
+        await log.resume()
+        await log.set_sync(0)
+    store = Store.from_url(redis.url)
+    args = [log.node.name, log.node.boot_id, str(log.log.luid)]
+    try:
+        for region, expected in ((0, 1), (1, 0)):
+            plain = await store.call("in_sync", log.log.uuid, [*args, region], readonly=True)
+            pair = await store.call("in_sync_latch", log.log.uuid, [*args, region], readonly=True)
+            assert (expected, [expected, 0]) == (plain, pair)
+        for fn in ("in_sync", "in_sync_latch"):
+            with pytest.raises(LogError, match="out of range"):
+                await store.call(fn, log.log.uuid, [*args, 8], readonly=True)
+    finally:
+        await store.close()
 
 
 async def test_marks_survive_a_redis_crash(tmp_path: Path) -> None:
