@@ -54,7 +54,7 @@ from bridge.journal import Journal
 from dmulog.v1 import dmulog_pb2 as pb
 from logsvc.keys import log_keys
 from logsvc.service import DirtyLogService
-from logsvc.store import Store
+from logsvc.store import Caller, Store
 from tests.servers import RedisProcess
 
 NODE = pb.Node(name="bench", boot_id="bench-boot")
@@ -73,11 +73,12 @@ class TimedStore(Store):
         super().__init__(*args, **kw)  # type: ignore[arg-type]
         self.last = 0.0
 
-    async def call(self, op: str, uuid: str, args: Sequence[str | int | bytes], *, readonly: bool = False) -> object:
+    async def call(self, op: str, uuid: str, caller: Caller, args: Sequence[str | int | bytes] = (), *,
+                   readonly: bool = False) -> object:  # fmt: skip
         """Time the inherited call."""
         t0 = time.perf_counter()
         try:
-            return await super().call(op, uuid, args, readonly=readonly)
+            return await super().call(op, uuid, caller, args, readonly=readonly)
         finally:
             self.last = time.perf_counter() - t0
 

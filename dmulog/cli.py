@@ -90,14 +90,14 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
 
 async def _status(args: argparse.Namespace, out: TextIO) -> ExitStatus:
     from dmulog import status_view
+    from dmulog.log_state import read_log_state
     from dmulog.v1 import dmulog_pb2 as pb
     from dmulog.v1 import dmulog_pb2_grpc as pb_grpc
 
-    options = [("grpc.max_receive_message_length", 128 * 1024 * 1024)]
-    async with grpc.aio.insecure_channel(args.logsvc, options=options) as channel:
+    async with grpc.aio.insecure_channel(args.logsvc) as channel:
         stub = pb_grpc.DirtyLogStub(channel)
         if args.uuid:
-            state = await stub.GetLogState(pb.GetLogStateRequest(uuid=args.uuid), timeout=30)
+            state = await read_log_state(stub, args.uuid, timeout=60)
             out.write(status_view.render_log(state, width=max(8, args.width)) + "\n")
         else:
             listing = await stub.ListLogs(pb.ListLogsRequest(), timeout=30)

@@ -15,10 +15,13 @@ __all__ = [
     "WORD_TO_ERROR",
     "AlreadyExists",
     "Busy",
+    "DeadlineExceeded",
     "InvalidArgument",
     "LogError",
     "NotFound",
+    "PendingWork",
     "StoreUnavailable",
+    "TooLarge",
     "from_lua_error",
 ]
 
@@ -47,11 +50,25 @@ class StoreUnavailable(LogError):
     """Redis did not answer within the retry budget; nothing is known to be done."""
 
 
+class DeadlineExceeded(LogError):
+    """The request's deadline passed before its Function ran: nothing was done."""
+
+
+class TooLarge(LogError):
+    """The answer would not fit one message; the message says what to ask instead."""
+
+
+class PendingWork(LogError):
+    """The log has bulk work pending; the store finishes it and asks again (never reaches a client)."""
+
+
 WORD_TO_ERROR: dict[str, type[LogError]] = {
     "EINVAL": InvalidArgument,
     "ENOENT": NotFound,
     "EEXIST": AlreadyExists,
     "EBUSY": Busy,
+    "ETIMEDOUT": DeadlineExceeded,
+    "ESTEP": PendingWork,
 }
 
 STATUS_OF: dict[type[LogError], grpc.StatusCode] = {
@@ -60,6 +77,9 @@ STATUS_OF: dict[type[LogError], grpc.StatusCode] = {
     AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
     Busy: grpc.StatusCode.FAILED_PRECONDITION,
     StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
+    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    PendingWork: grpc.StatusCode.UNAVAILABLE,
+    TooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 
 from dmulog.logs import bind, event, unbind
 from logsvc.errors import STATUS_OF, LogError
+from logsvc.store import REQUEST_DEADLINE
 
 __all__ = ["RequestInterceptor", "serve_one"]
 
@@ -41,11 +42,15 @@ async def serve_one(
     The one place where a LogError becomes a gRPC status and where a request
     gets its log line, shared by unary calls and Exchange streams so that both
     answer and log a request identically. Past ``timeout`` seconds the request
-    is cancelled and ends DEADLINE_EXCEEDED (a timer, not a task per request).
+    is cancelled and ends DEADLINE_EXCEEDED (a timer, not a task per request),
+    and its Function refuses to run from a little before then on, so a
+    request answered DEADLINE_EXCEEDED is never carried out afterwards.
     """
     token = bind(method=method, **_fields(request))
     start = time.perf_counter()
     code, detail = grpc.StatusCode.OK, ""
+    # The store makes the Function refuse to run past this (see logsvc/store.py).
+    deadline = REQUEST_DEADLINE.set(None if timeout is None else time.monotonic() + timeout)
     try:
         async with asyncio.timeout(timeout):
             return await handling, code, detail
@@ -62,6 +67,7 @@ async def serve_one(
         # busy mirror sends thousands of requests a second.
         level = logging.INFO if code != grpc.StatusCode.OK or ms >= slow_ms else logging.DEBUG
         event(log, level, "request", code=code.name, ms=round(ms, 3), **({"detail": detail} if detail else {}))
+        REQUEST_DEADLINE.reset(deadline)
         unbind(token)
     return None, code, detail
 
@@ -86,6 +92,10 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
         if wrapped is not None:
             return wrapped
         handler = await continuation(details)
+        if handler is not None and handler.unary_stream is not None:
+            wrapped = _wrap_unary_stream(handler, full_name.rsplit("/", 1)[-1])
+            self._wrapped[full_name] = wrapped
+            return wrapped
         if handler is None or handler.unary_unary is None:
             return handler
         inner = handler.unary_unary
@@ -93,7 +103,8 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
         slow_ms = self._slow_ms
 
         async def behavior(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            response, code, detail = await serve_one(method, request, inner(request, context), slow_ms)
+            timeout = context.time_remaining()
+            response, code, detail = await serve_one(method, request, inner(request, context), slow_ms, timeout)
             if code is grpc.StatusCode.OK:
                 return response
             await context.abort(code, detail)
@@ -105,3 +116,28 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
         )
         self._wrapped[full_name] = wrapped
         return wrapped
+
+
+def _wrap_unary_stream(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+    """A server-streaming handler whose LogErrors end the stream with their status, logged like a unary call."""
+    inner = handler.unary_stream
+
+    async def behavior(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        token = bind(method=method, **_fields(request))
+        start = time.perf_counter()
+        code, detail = grpc.StatusCode.OK, ""
+        try:
+            async for response in inner(request, context):
+                yield response
+        except LogError as e:
+            code, detail = STATUS_OF.get(type(e), grpc.StatusCode.INTERNAL), str(e)
+        finally:
+            ms = round((time.perf_counter() - start) * 1000, 3)
+            event(log, logging.INFO, "request", code=code.name, ms=ms, **({"detail": detail} if detail else {}))
+            unbind(token)
+        if code is not grpc.StatusCode.OK:
+            await context.abort(code, detail)
+
+    return grpc.unary_stream_rpc_method_handler(
+        behavior, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+    )

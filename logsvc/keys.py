@@ -16,7 +16,7 @@ DEFAULT_PREFIX = "dmulog"
 
 
 class LogKeys(NamedTuple):
-    """The six keys of a log, in the order the Lua library expects them."""
+    """The keys of a log, in the order the Lua library expects them (its header says what each holds)."""
 
     log: str
     inst: str
@@ -24,6 +24,8 @@ class LogKeys(NamedTuple):
     dirty: str
     marks: str
     prio: str
+    nodemarks: str
+    scratch: str
 
 
 def hash_tag(uuid: str) -> str:

@@ -17,13 +17,12 @@ import grpc
 from dmulog.v1 import dmulog_pb2 as pb
 from dmulog.v1 import dmulog_pb2_grpc as pb_grpc
 from logsvc import validate
-from logsvc.errors import NotFound
 from logsvc.exchange import Exchanges
 from logsvc.logtypes import LogSpec, log_device, parse_log_args, status_info, status_table
-from logsvc.snapshot import log_state, log_summary
+from logsvc.snapshot import log_state, log_summary, region_marks
 from logsvc.store import Store
 
-__all__ = ["DirtyLogService"]
+__all__ = ["DirtyLogService", "ctr_fields"]
 
 Ctx: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
@@ -45,22 +44,20 @@ class DirtyLogService(pb_grpc.DirtyLogServicer):
         self._exchanges.drain()
 
     async def _op(self, op: str, request: Any, *extra: str | int, readonly: bool = False) -> Any:
-        args = validate.caller(request)
-        return await self._store.call(op, request.log.uuid, [*args, *extra], readonly=readonly)
+        caller = validate.caller(request)
+        return await self._store.call(op, request.log.uuid, caller, extra, readonly=readonly)
 
     async def _spec(self, request: pb.StatusInfoRequest | pb.StatusTableRequest) -> tuple[LogSpec, str]:
         """The instance's arguments and its log device as resolved at CTR."""
         inst = json.loads(await self._op("describe", request, readonly=True))
         log_type, *args = inst["args"].split(" ")
-        return parse_log_args(int(inst["ts"]), log_type, args), inst.get("device", "")
+        return parse_log_args(int(inst["target_sectors"]), log_type, args), inst.get("device", "")
 
     async def Ctr(self, request: pb.CtrRequest, context: Ctx) -> pb.CtrResponse:
         validate.caller(request)
         s = parse_log_args(request.target_sectors, request.log_type, list(request.args))
-        device = await self._op(
-            "ctr", request, s.target_sectors, s.log_type, s.region_size, s.region_count, s.sync,
-            s.canonical_args, log_device(s, request.block_devices), int(s.persistent), request.log.uuid,
-        )  # fmt: skip
+        spec = ctr_fields(s, log_device(s, request.block_devices), request.log.uuid)
+        device = await self._op("ctr", request, json.dumps(spec))
         return pb.CtrResponse(device=device.decode() if isinstance(device, bytes) else "")
 
     async def Dtr(self, request: pb.DtrRequest, context: Ctx) -> pb.DtrResponse:
@@ -132,11 +129,33 @@ class DirtyLogService(pb_grpc.DirtyLogServicer):
 
     async def ListLogs(self, request: pb.ListLogsRequest, context: Ctx) -> pb.ListLogsResponse:
         uuids = await self._store.log_uuids()
-        raws = await asyncio.gather(*(self._store.call("summary", u, [], readonly=True) for u in uuids))
+        raws = await asyncio.gather(*(self._store.admin("summary", u) for u in uuids))
         return pb.ListLogsResponse(logs=[log_summary(u, r) for u, r in zip(uuids, raws, strict=True) if r])
 
     async def GetLogState(self, request: pb.GetLogStateRequest, context: Ctx) -> pb.GetLogStateResponse:
-        raw = await self._store.call("state", validate.uuid(request.uuid), [request.uuid], readonly=True)
-        if not raw:
-            raise NotFound(f"no log {request.uuid}")
-        return log_state(request.uuid, raw)
+        return log_state(request.uuid, await self._store.state(validate.uuid(request.uuid)))
+
+    async def ReadLogState(
+        self, request: pb.ReadLogStateRequest, context: Ctx
+    ) -> AsyncIterator[pb.ReadLogStateResponse]:
+        # One bounded piece per message, read when it is sent: neither Redis nor
+        # this process holds a large log's state for long, or whole.
+        uuid = validate.uuid(request.uuid)
+        head = log_state(uuid, await self._store.state_head(uuid))
+        yield pb.ReadLogStateResponse(head=head)
+        size = (head.summary.region_count + 7) // 8
+        async for offset, data in self._store.bitmap(uuid, "sync", size):
+            yield pb.ReadLogStateResponse(in_sync_bitmap=pb.BitmapChunk(offset=offset, data=data))
+        async for offset, data in self._store.bitmap(uuid, "dirty", size):
+            yield pb.ReadLogStateResponse(dirty_bitmap=pb.BitmapChunk(offset=offset, data=data))
+        async for page in self._store.marks(uuid):
+            yield pb.ReadLogStateResponse(marks=pb.RegionMarksPage(marks=region_marks(page)))
+
+
+def ctr_fields(spec: LogSpec, device: str, uuid: str) -> dict[str, object]:
+    """The JSON object the ctr Function reads (lua/dmulog.lua new_instance names the same fields)."""
+    return {
+        "target_sectors": str(spec.target_sectors), "log_type": spec.log_type, "region_size": spec.region_size,
+        "region_count": spec.region_count, "sync": spec.sync, "args": spec.canonical_args, "device": device,
+        "persistent": spec.persistent, "uuid": uuid,
+    }  # fmt: skip

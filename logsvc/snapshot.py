@@ -10,7 +10,7 @@ from typing import Any
 
 from dmulog.v1 import dmulog_pb2 as pb
 
-__all__ = ["log_state", "log_summary"]
+__all__ = ["log_state", "log_summary", "region_marks"]
 
 _STATES = {
     "constructed": pb.INSTANCE_STATE_CONSTRUCTED,
@@ -31,8 +31,9 @@ def _instance(raw: bytes) -> pb.Instance:
         boot_id=d["boot"],
         luid=int(d["luid"]),
         state=_STATES.get(d["state"], pb.INSTANCE_STATE_UNSPECIFIED),
-        target_sectors=int(d["ts"]),
-        region_count=int(d["rc"]),
+        # Records stored before full field names said ts and rc.
+        target_sectors=int(d["target_sectors"] if "target_sectors" in d else d["ts"]),
+        region_count=int(d["region_count"] if "region_count" in d else d["rc"]),
     )
 
 
@@ -50,28 +51,36 @@ def _summary(uuid: str, meta: dict[str, bytes], instances: list[pb.Instance], di
 
 
 def log_summary(uuid: str, raw: list[Any]) -> pb.LogSummary:
-    """LogSummary from ``dmulog_v1_summary``: [meta pairs, instance records, dirty count]."""
+    """LogSummary from the ``summary`` function: [meta pairs, instance records, dirty count]."""
     meta_flat, inst_values, dirty_count = raw
     return _summary(uuid, _pairs(meta_flat), [_instance(v) for v in inst_values], int(dirty_count))
 
 
-def log_state(uuid: str, raw: list[Any]) -> pb.GetLogStateResponse:
-    """GetLogStateResponse from ``dmulog_v1_state``: meta, instances, sync, dirty, marks, priority."""
-    meta_flat, inst_flat, sync, dirty, marks_flat, prio = raw
-    meta = _pairs(meta_flat)
-    instances = sorted((_instance(v) for v in _pairs(inst_flat).values()), key=lambda i: (i.node, i.luid))
+def region_marks(marks_flat: list[bytes]) -> list[pb.RegionMarks]:
+    """RegionMarks, ascending, from a flat ``[region, "|node|node|", ...]`` list of the marks hash."""
     marks = sorted(
         (int(region), [n for n in nodes.decode().split("|") if n]) for region, nodes in _pairs(marks_flat).items()
     )
+    return [pb.RegionMarks(region=r, nodes=n) for r, n in marks]
+
+
+def log_state(uuid: str, raw: list[Any]) -> pb.GetLogStateResponse:
+    """GetLogStateResponse from the ``state`` function: meta, instances, sync, dirty, marks, priority, dirty count.
+
+    Parts the function left out (None: a head, or a log read in ranges) come out empty.
+    """
+    meta_flat, inst_flat, sync, dirty, marks_flat, prio, dirty_count = raw
+    meta = _pairs(meta_flat)
+    instances = sorted((_instance(v) for v in _pairs(inst_flat).values()), key=lambda i: (i.node, i.luid))
     rec_region = meta.get("rec_region", b"")
     rec_inst = meta.get("rec_inst", b"").decode()
     rec_node, _, rec_luid = rec_inst.rpartition("/")
     args = meta.get("args", b"").decode().split(" ")
     return pb.GetLogStateResponse(
-        summary=_summary(uuid, meta, instances, _popcount(dirty)),
-        in_sync_bitmap=sync,
-        dirty_bitmap=dirty,
-        marks=[pb.RegionMarks(region=r, nodes=n) for r, n in marks],
+        summary=_summary(uuid, meta, instances, int(dirty_count)),
+        in_sync_bitmap=sync or b"",
+        dirty_bitmap=dirty or b"",
+        marks=region_marks(marks_flat or []),
         recovering=bool(rec_region),
         recovering_region=int(rec_region or 0),
         recoverer_node=rec_node,
@@ -81,7 +90,3 @@ def log_state(uuid: str, raw: list[Any]) -> pb.GetLogStateResponse:
         instances=instances,
         args=args[1:],
     )
-
-
-def _popcount(bitmap: bytes) -> int:
-    return int.from_bytes(bitmap, "big").bit_count() if bitmap else 0

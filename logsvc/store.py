@@ -1,31 +1,85 @@
 """The only module that talks to Redis.
 
-Each kernel request becomes exactly one Function call (FCALL, or FCALL_RO for
-reads) of the ``dmulog_v1`` library in lua/dmulog.lua, so each request is
-one atomic step and one round trip, and any logsvc replica can serve any
-request. The library is loaded at start-up with FUNCTION LOAD REPLACE: Redis
-persists functions with the data set (unlike EVAL's script cache), and a
-Redis that lost them gets them again on the first "Function not found".
+Each kernel request becomes one Function call (FCALL, or FCALL_RO for reads)
+of the library in lua/dmulog.lua, so each request is one atomic step and any
+logsvc replica can serve any request. The library is loaded at start-up with
+FUNCTION LOAD REPLACE: Redis persists functions with the data set (unlike
+EVAL's script cache), and a Redis that lost them gets them again on the first
+"Function not found".
+
+Three things travel with every call besides the request:
+
+* **Bulk work.** No Function call passes over more than a bounded slice of a
+  log (the library's header says how), so one mirror's 2^28-region CTR or a
+  node's 262,144 marks never stall every other mirror. A call that finds its
+  log with bulk work pending answers ESTEP; the store then runs
+  ``dmulog_v2_step`` on that log until nothing is pending and asks again.
+* **The deadline.** A request abandoned by its caller (``serve_one`` sets
+  :data:`REQUEST_DEADLINE`) must never be carried out after logsvc answered it
+  DEADLINE_EXCEEDED: a late CLEAR would drop a newer mark. Cancelling the
+  coroutine cannot unsend a command Redis has not run yet (a frozen Redis runs
+  it when it wakes), so the Function itself refuses to run past the deadline,
+  read on Redis's own clock: the store converts it with an offset it measures
+  with TIME, and moves it :data:`DEADLINE_MARGIN` earlier so a command still
+  running when the answer leaves has started before it.
+* **Bounded concurrency.** At most ``max_connections`` commands are in flight
+  per process; more wait for a connection (a blocking pool) instead of failing,
+  so a burst of requests queues and no request fails for a reason that is not
+  an outage.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import AsyncIterator, Sequence
 from importlib import resources
-from typing import Any
+from typing import Any, Final
 
 import redis.asyncio as aioredis
 from redis import exceptions as rexc
 
+from dmulog.logs import event
 from dmulog.retry import RetryPolicy
-from logsvc.errors import LogError, StoreUnavailable, from_lua_error
+from logsvc.errors import LogError, PendingWork, StoreUnavailable, TooLarge, from_lua_error
 from logsvc.keys import DEFAULT_PREFIX, log_key_pattern, log_keys, uuid_from_log_key
 
-__all__ = ["LIBRARY_NAME", "Store", "library_code"]
+__all__ = [
+    "CALLER_ARGS",
+    "DEADLINE_MARGIN",
+    "FUNCTION_PREFIX",
+    "LIBRARY_NAME",
+    "MAX_CONNECTIONS",
+    "REQUEST_DEADLINE",
+    "STATE_PIECE",
+    "Caller",
+    "Store",
+    "library_code",
+]
 
-LIBRARY_NAME = "dmulog_v1"
-FUNCTION_PREFIX = "dmulog_v1_"
+LIBRARY_NAME: Final = "dmulog_v1"
+FUNCTION_PREFIX: Final = "dmulog_v2_"
+CALLER_ARGS: Final = 4
+"""Arguments before a kernel request's own: node, boot id, luid, deadline."""
+MAX_CONNECTIONS: Final = 64
+"""Redis connections (so commands in flight) per logsvc process, by default."""
+DEADLINE_MARGIN: Final = 0.05
+"""Seconds before its answer time that a request's Function stops being allowed to run."""
+STATE_PIECE: Final = 1 << 18
+"""Bytes of bitmap read per command (and per ReadLogState message) when a log is too large for one call."""
+STEP_PAUSE: Final = 0.001
+"""Seconds between two bulk-work steps of one log (see :meth:`Store.finish_jobs`)."""
+_CLOCK_REFRESH: Final = 30.0
+
+REQUEST_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("dmulog_request_deadline",
+                                                                               default=None)  # fmt: skip
+"""``time.monotonic()`` by which the current request is answered, if it has a deadline."""
+
+Caller = tuple[str, str, str]
+"""(node name, boot id, luid as a decimal string): who sends a kernel request."""
+
 log = logging.getLogger("dmulog.logsvc.store")
 
 
@@ -34,8 +88,11 @@ def library_code() -> str:
     return resources.files("logsvc").joinpath("lua/dmulog.lua").read_text(encoding="utf-8")
 
 
+_UNREACHABLE = (rexc.ConnectionError, rexc.TimeoutError, ConnectionError, TimeoutError)
+
+
 def _retryable(e: BaseException) -> bool:
-    return isinstance(e, (rexc.ConnectionError, rexc.TimeoutError, ConnectionError, TimeoutError)) or (
+    return isinstance(e, _UNREACHABLE) or (
         isinstance(e, rexc.ResponseError) and str(e).startswith(("LOADING", "TRYAGAIN", "MASTERDOWN", "READONLY"))
     )
 
@@ -47,12 +104,18 @@ class Store:
         self._redis = client
         self._prefix = prefix
         self._retry = retry or RetryPolicy(budget=2.5)
+        self._offset = 0.0  # Redis's wall clock minus ours, in seconds
+        self._offset_at = float("-inf")
+        self._clock_task: asyncio.Task[None] | None = None
 
     @classmethod
-    def from_url(cls, url: str, *, prefix: str = DEFAULT_PREFIX, retry: RetryPolicy | None = None) -> Store:
+    def from_url(cls, url: str, *, prefix: str = DEFAULT_PREFIX, retry: RetryPolicy | None = None,
+                 max_connections: int = MAX_CONNECTIONS) -> Store:  # fmt: skip
         """Client for ``redis://``, ``rediss://`` or ``unix://`` URLs; retries are ours, not redis-py's."""
-        client = aioredis.from_url(
+        pool = aioredis.BlockingConnectionPool.from_url(
             url,
+            max_connections=max_connections,
+            timeout=None,  # wait for a connection; the request's own deadline bounds the wait
             decode_responses=False,
             socket_connect_timeout=1.0,
             socket_timeout=5.0,
@@ -60,7 +123,7 @@ class Store:
             retry=None,
             health_check_interval=0,
         )
-        return cls(client, prefix=prefix, retry=retry)
+        return cls(aioredis.Redis(connection_pool=pool), prefix=prefix, retry=retry)
 
     @property
     def redis(self) -> aioredis.Redis:
@@ -68,36 +131,91 @@ class Store:
         return self._redis
 
     async def load_library(self) -> None:
-        """Install or upgrade the Function library; idempotent."""
+        """Install or upgrade the Function library; idempotent. Also reads Redis's clock."""
         try:
             await self._retry.run(
                 lambda: self._redis.function_load(library_code(), replace=True), is_retryable=_retryable
             )
-        except (rexc.ConnectionError, rexc.TimeoutError, ConnectionError, TimeoutError) as e:
+            await self._retry.run(self.measure_clock, is_retryable=_retryable)
+        except _UNREACHABLE as e:
             raise StoreUnavailable(f"redis unreachable: {e}") from e
 
     async def close(self) -> None:
         """Close the connection pool."""
+        if self._clock_task is not None:
+            self._clock_task.cancel()
         await self._redis.aclose()
 
-    async def call(self, op: str, uuid: str, args: Sequence[str | int | bytes], *, readonly: bool = False) -> Any:
-        """Run the library function ``dmulog_v1_<op>`` on the log ``uuid``.
+    async def measure_clock(self) -> None:
+        """Measure how far Redis's clock is from ours (TIME, halfway through the round trip)."""
+        before = time.time()
+        seconds, micros = await self._redis.time()
+        after = time.time()
+        self._offset = seconds + micros / 1e6 - (before + after) / 2
+        self._offset_at = time.monotonic()
+
+    def _redis_deadline(self) -> int:
+        """The current request's deadline on Redis's clock, in µs; 0 when it has none."""
+        deadline = REQUEST_DEADLINE.get()
+        if deadline is None:
+            return 0
+        now = time.monotonic()
+        if now - self._offset_at > _CLOCK_REFRESH and (self._clock_task is None or self._clock_task.done()):
+            self._clock_task = asyncio.ensure_future(self._refresh_clock())
+        left = deadline - now
+        margin = min(DEADLINE_MARGIN, left / 2) if left > 0 else 0.0
+        return max(1, int((time.time() + left - margin + self._offset) * 1e6))
+
+    async def _refresh_clock(self) -> None:
+        try:
+            await self.measure_clock()
+        except (*_UNREACHABLE, rexc.RedisError) as e:
+            event(log, logging.WARNING, "redis_clock_unmeasured", detail=str(e))
+
+    async def call(self, op: str, uuid: str, caller: Caller, args: Sequence[str | int | bytes] = (), *,
+                   readonly: bool = False) -> Any:  # fmt: skip
+        """Run the kernel-request function ``dmulog_v2_<op>`` on the log ``uuid`` for ``caller``.
 
         Raises the LogError the function's error word names, or
         StoreUnavailable when Redis stayed unreachable for the whole budget.
         """
+        while True:
+            argv = [*caller, self._redis_deadline(), *args]
+            try:
+                return await self._fcall(op, uuid, argv, readonly)
+            except PendingWork:
+                await self.finish_jobs(uuid)
+
+    async def admin(self, op: str, uuid: str, args: Sequence[str | int | bytes] = ()) -> Any:
+        """Run the read-only admin function ``dmulog_v2_<op>`` (no caller, no deadline) on the log ``uuid``."""
+        return await self._fcall(op, uuid, args, True)
+
+    async def finish_jobs(self, uuid: str) -> int:
+        """Run the log's bulk work to its end, one bounded Function call at a time; how many calls.
+
+        Between two calls the store pauses a moment: a request that reached this
+        process during a step is then sent to Redis before the next step, instead of
+        waiting behind all of them.
+        """
+        steps = 1
+        while await self._fcall("step", uuid, (), False):
+            steps += 1
+            await asyncio.sleep(STEP_PAUSE)
+        return steps
+
+    async def _fcall(self, op: str, uuid: str, argv: Sequence[str | int | bytes], readonly: bool) -> Any:
         keys = log_keys(uuid, self._prefix)
         command = "FCALL_RO" if readonly else "FCALL"
         name = FUNCTION_PREFIX + op
 
         async def once() -> Any:
             try:
-                return await self._redis.execute_command(command, name, len(keys), *keys, *args)
+                return await self._redis.execute_command(command, name, len(keys), *keys, *argv)
             except rexc.ResponseError as e:
                 if "Function not found" in str(e):
-                    log.warning("function_library_missing", extra={"event_data": {"function": name}})
+                    event(log, logging.WARNING, "function_library_missing", function=name)
                     await self._redis.function_load(library_code(), replace=True)
-                    return await self._redis.execute_command(command, name, len(keys), *keys, *args)
+                    return await self._redis.execute_command(command, name, len(keys), *keys, *argv)
                 raise
 
         try:
@@ -105,7 +223,49 @@ class Store:
         except rexc.ResponseError as e:
             mapped = from_lua_error(str(e))
             raise (mapped or LogError(f"redis error: {e}")) from None
-        except (rexc.ConnectionError, rexc.TimeoutError, ConnectionError, TimeoutError) as e:
+        except _UNREACHABLE as e:
+            raise StoreUnavailable(f"redis unreachable: {e}") from e
+
+    async def state(self, uuid: str) -> list[Any]:
+        """The raw ``state`` of a log, read in one call (at one instant).
+
+        Raises:
+            TooLarge: the log's bitmaps or marks are too large for one call (and
+                one message); :meth:`state_head`, :meth:`bitmap` and :meth:`marks`
+                read it in pieces.
+        """
+        raw = await self.admin("state", uuid, [uuid])
+        if any(part is None for part in raw[2:5]):
+            raise TooLarge(f"log {uuid} is too large to read in one message: read it with ReadLogState")
+        return list(raw)
+
+    async def state_head(self, uuid: str) -> list[Any]:
+        """The raw ``state`` of a log without its bitmaps and marks (None in their places)."""
+        return list(await self.admin("state", uuid, [uuid, "head"]))
+
+    async def bitmap(self, uuid: str, name: str, size: int) -> AsyncIterator[tuple[int, bytes]]:
+        """``(offset, bytes)`` pieces of the log's ``sync`` or ``dirty`` bitmap, cut or padded to ``size`` bytes."""
+        key = getattr(log_keys(uuid, self._prefix), name)
+        for start in range(0, size, STATE_PIECE):
+            end = min(size, start + STATE_PIECE)
+            data = await self._plain(lambda s=start, e=end: self._redis.getrange(key, s, e - 1))
+            yield start, data + b"\0" * (end - start - len(data))
+
+    async def marks(self, uuid: str) -> AsyncIterator[list[bytes]]:
+        """The log's marks hash, a page of flat ``[region, nodes, ...]`` at a time."""
+        key = log_keys(uuid, self._prefix).marks
+        cursor: int | bytes = 0
+        while True:
+            cursor, page = await self._plain(lambda c=cursor: self._redis.hscan(key, c, count=1024))
+            if page:
+                yield [item for pair in page.items() for item in pair]
+            if int(cursor) == 0:
+                return
+
+    async def _plain(self, command: Any) -> Any:
+        try:
+            return await self._retry.run(command, is_retryable=_retryable)
+        except _UNREACHABLE as e:
             raise StoreUnavailable(f"redis unreachable: {e}") from e
 
     async def log_uuids(self) -> list[str]:
@@ -116,8 +276,5 @@ class Store:
             async for key in self._redis.scan_iter(match=log_key_pattern(self._prefix), count=1000, _type="HASH"):
                 found.add(uuid_from_log_key(key.decode("utf-8"), self._prefix))
 
-        try:
-            await self._retry.run(scan, is_retryable=_retryable)
-        except (rexc.ConnectionError, rexc.TimeoutError, ConnectionError, TimeoutError) as e:
-            raise StoreUnavailable(f"redis unreachable: {e}") from e
+        await self._plain(scan)
         return sorted(found)

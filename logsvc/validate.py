@@ -36,8 +36,8 @@ def uuid(value: str) -> str:
     return value
 
 
-def caller(request: _Addressed) -> list[str]:
-    """``[node, boot_id, luid]``: the first arguments of every library function."""
+def caller(request: _Addressed) -> tuple[str, str, str]:
+    """``(node, boot_id, luid)``: who sends a kernel request, as the library functions take it."""
     if not request.HasField("log"):
         raise InvalidArgument("log is required")
     if not request.HasField("node"):
@@ -46,7 +46,7 @@ def caller(request: _Addressed) -> list[str]:
     for field, value in (("node.name", request.node.name), ("node.boot_id", request.node.boot_id)):
         if not _NAME.match(value):
             raise InvalidArgument(f"{field} must be 1 to 64 characters of [A-Za-z0-9._-], got {value!r}")
-    return [request.node.name, request.node.boot_id, str(request.log.luid)]
+    return request.node.name, request.node.boot_id, str(request.log.luid)
 
 
 def regions(values: Sequence[int], *, allow_empty: bool = False) -> list[int]:

@@ -480,3 +480,35 @@ class GetLogStateResponse(_message.Message):
     instances: _containers.RepeatedCompositeFieldContainer[Instance]
     args: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, summary: _Optional[_Union[LogSummary, _Mapping]] = ..., in_sync_bitmap: _Optional[bytes] = ..., dirty_bitmap: _Optional[bytes] = ..., marks: _Optional[_Iterable[_Union[RegionMarks, _Mapping]]] = ..., recovering: _Optional[bool] = ..., recovering_region: _Optional[int] = ..., recoverer_node: _Optional[str] = ..., recoverer_luid: _Optional[int] = ..., sync_search: _Optional[int] = ..., priority_regions: _Optional[_Iterable[int]] = ..., instances: _Optional[_Iterable[_Union[Instance, _Mapping]]] = ..., args: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ReadLogStateRequest(_message.Message):
+    __slots__ = ("uuid",)
+    UUID_FIELD_NUMBER: _ClassVar[int]
+    uuid: str
+    def __init__(self, uuid: _Optional[str] = ...) -> None: ...
+
+class ReadLogStateResponse(_message.Message):
+    __slots__ = ("head", "in_sync_bitmap", "dirty_bitmap", "marks")
+    HEAD_FIELD_NUMBER: _ClassVar[int]
+    IN_SYNC_BITMAP_FIELD_NUMBER: _ClassVar[int]
+    DIRTY_BITMAP_FIELD_NUMBER: _ClassVar[int]
+    MARKS_FIELD_NUMBER: _ClassVar[int]
+    head: GetLogStateResponse
+    in_sync_bitmap: BitmapChunk
+    dirty_bitmap: BitmapChunk
+    marks: RegionMarksPage
+    def __init__(self, head: _Optional[_Union[GetLogStateResponse, _Mapping]] = ..., in_sync_bitmap: _Optional[_Union[BitmapChunk, _Mapping]] = ..., dirty_bitmap: _Optional[_Union[BitmapChunk, _Mapping]] = ..., marks: _Optional[_Union[RegionMarksPage, _Mapping]] = ...) -> None: ...
+
+class BitmapChunk(_message.Message):
+    __slots__ = ("offset", "data")
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    offset: int
+    data: bytes
+    def __init__(self, offset: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class RegionMarksPage(_message.Message):
+    __slots__ = ("marks",)
+    MARKS_FIELD_NUMBER: _ClassVar[int]
+    marks: _containers.RepeatedCompositeFieldContainer[RegionMarks]
+    def __init__(self, marks: _Optional[_Iterable[_Union[RegionMarks, _Mapping]]] = ...) -> None: ...

@@ -136,6 +136,11 @@ class DirtyLogStub:
                 request_serializer=dmulog_dot_v1_dot_dmulog__pb2.GetLogStateRequest.SerializeToString,
                 response_deserializer=dmulog_dot_v1_dot_dmulog__pb2.GetLogStateResponse.FromString,
                 _registered_method=True)
+        self.ReadLogState = channel.unary_stream(
+                '/dmulog.v1.DirtyLog/ReadLogState',
+                request_serializer=dmulog_dot_v1_dot_dmulog__pb2.ReadLogStateRequest.SerializeToString,
+                response_deserializer=dmulog_dot_v1_dot_dmulog__pb2.ReadLogStateResponse.FromString,
+                _registered_method=True)
 
 
 class DirtyLogServicer:
@@ -308,7 +313,24 @@ class DirtyLogServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetLogState(self, request, context):
-        """GetLogState returns one log's whole state. Read-only.
+        """GetLogState returns one log's whole state, read at one instant. Read-only.
+        It answers RESOURCE_EXHAUSTED for a log too large for one message of a
+        few MiB (more than 8 Mi regions, or more than 65536 marked regions): read
+        such a log with ReadLogState.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReadLogState(self, request, context):
+        """ReadLogState returns what GetLogState returns, for a log of any size, in
+        parts of at most about 1 MiB: small enough for any client's default
+        message limit, and for the service to go on answering other requests
+        between them. Read-only. The first response carries the state without its
+        bitmaps and marks (every other field final); the following ones carry the
+        in-sync bitmap, then the dirty bitmap, in chunks and in order, then the
+        marks, a page at a time. The parts are read one after the other, so they
+        may come from different instants when the log changes meanwhile.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -416,6 +438,11 @@ def add_DirtyLogServicer_to_server(servicer, server):
                     servicer.GetLogState,
                     request_deserializer=dmulog_dot_v1_dot_dmulog__pb2.GetLogStateRequest.FromString,
                     response_serializer=dmulog_dot_v1_dot_dmulog__pb2.GetLogStateResponse.SerializeToString,
+            ),
+            'ReadLogState': grpc.unary_stream_rpc_method_handler(
+                    servicer.ReadLogState,
+                    request_deserializer=dmulog_dot_v1_dot_dmulog__pb2.ReadLogStateRequest.FromString,
+                    response_serializer=dmulog_dot_v1_dot_dmulog__pb2.ReadLogStateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -960,6 +987,33 @@ class DirtyLog:
             '/dmulog.v1.DirtyLog/GetLogState',
             dmulog_dot_v1_dot_dmulog__pb2.GetLogStateRequest.SerializeToString,
             dmulog_dot_v1_dot_dmulog__pb2.GetLogStateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadLogState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/dmulog.v1.DirtyLog/ReadLogState',
+            dmulog_dot_v1_dot_dmulog__pb2.ReadLogStateRequest.SerializeToString,
+            dmulog_dot_v1_dot_dmulog__pb2.ReadLogStateResponse.FromString,
             options,
             channel_credentials,
             insecure,

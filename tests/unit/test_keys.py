@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from logsvc.keys import LogKeys, hash_tag, log_key_pattern, log_keys, uuid_from_log_key
+from logsvc.store import library_code
 
 UUIDS = [
     "LVM-k3Jd0WfQ8xVtR2mNcYb7Z1qP4sHe6uGa",
@@ -73,8 +76,8 @@ def test_empty_hash_tag_hashes_whole_key():
     assert expected == key_slot("a{}b")
 
 
-def test_six_keys_in_lua_order():
-    """A log has six keys named log, inst, sync, dirty, marks and prio, in that order."""
+def test_keys_in_lua_order():
+    """A log's keys are named log, inst, sync, dirty, marks, prio, nodemarks and scratch, in that order."""
     expected = LogKeys(
         "dmulog:{LVM-x}:log",
         "dmulog:{LVM-x}:inst",
@@ -82,8 +85,17 @@ def test_six_keys_in_lua_order():
         "dmulog:{LVM-x}:dirty",
         "dmulog:{LVM-x}:marks",
         "dmulog:{LVM-x}:prio",
+        "dmulog:{LVM-x}:nodemarks",
+        "dmulog:{LVM-x}:scratch",
     )
     assert expected == log_keys("LVM-x")
+
+
+def test_keys_are_the_ones_the_library_names():
+    """The Lua library's KEY_NAMES list is LogKeys' fields, in order: both sides name the same keys."""
+    names = re.search(r"KEY_NAMES = \{([^}]*)\}", library_code()).group(1)
+    expected = list(LogKeys._fields)
+    assert expected == re.findall(r"'([a-z]+)'", names)
 
 
 def test_prefix():
@@ -108,7 +120,7 @@ def test_all_keys_share_one_hash_tag(uuid):
 
 @pytest.mark.parametrize("uuid", UUIDS)
 def test_all_keys_land_in_one_slot(uuid):
-    """All six keys of a log hash to the slot of its encoded UUID, even when the UUID holds braces."""
+    """All keys of a log hash to the slot of its encoded UUID, even when the UUID holds braces."""
     expected = {key_slot("{" + hash_tag(uuid) + "}")}
     assert expected == {key_slot(key) for key in log_keys(uuid)}
 

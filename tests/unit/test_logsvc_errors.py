@@ -13,10 +13,13 @@ from logsvc.errors import (
     WORD_TO_ERROR,
     AlreadyExists,
     Busy,
+    DeadlineExceeded,
     InvalidArgument,
     LogError,
     NotFound,
+    PendingWork,
     StoreUnavailable,
+    TooLarge,
     from_lua_error,
 )
 from logsvc.store import library_code
@@ -62,8 +65,9 @@ def test_from_lua_error_other_messages(message):
 
 
 def test_word_table():
-    """The four Lua error words map to their exception classes."""
-    expected = {"EINVAL": InvalidArgument, "ENOENT": NotFound, "EEXIST": AlreadyExists, "EBUSY": Busy}
+    """The six Lua error words map to their exception classes."""
+    expected = {"EINVAL": InvalidArgument, "ENOENT": NotFound, "EEXIST": AlreadyExists, "EBUSY": Busy,
+                "ETIMEDOUT": DeadlineExceeded, "ESTEP": PendingWork}  # fmt: skip
     assert expected == WORD_TO_ERROR
 
 
@@ -75,6 +79,9 @@ def test_status_of_table():
         AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
         Busy: grpc.StatusCode.FAILED_PRECONDITION,
         StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
+        DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+        PendingWork: grpc.StatusCode.UNAVAILABLE,
+        TooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
     }
     assert expected == STATUS_OF
 
