@@ -144,7 +144,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         return ExitStatus.OK if e.code == 0 else ExitStatus.USAGE
     logs.configure(args.log_level, args.log_format)
     from bridge.agent import StartupError
-    from logsvc.embedded_redis import RedisNotInstalled
+    from logsvc.embedded_redis import RedisNotInstalled, StateDirInUse
     from logsvc.errors import StoreUnavailable
 
     try:
@@ -155,6 +155,9 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     except RedisNotInstalled as e:
         err.write(f"dmulog logsvc: {e}\n")
         return ExitStatus.MISSING_DEPENDENCY
+    except StateDirInUse as e:
+        err.write(f"dmulog logsvc: {e}\n")
+        return ExitStatus.UNAVAILABLE
     except StoreUnavailable as e:
         err.write(f"dmulog {args.command}: {e}\n")
         return ExitStatus.UNAVAILABLE
