@@ -17,7 +17,7 @@ from logsvc.errors import InvalidArgument
 __all__ = ["MAX_BATCH", "caller", "regions", "uuid"]
 
 MAX_BATCH = 4096
-_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")  # always fullmatch: "$" also matches before a final newline
 
 
 class _Addressed(Protocol):
@@ -44,7 +44,7 @@ def caller(request: _Addressed) -> list[str]:
         raise InvalidArgument("node is required")
     uuid(request.log.uuid)
     for field, value in (("node.name", request.node.name), ("node.boot_id", request.node.boot_id)):
-        if not _NAME.match(value):
+        if not _NAME.fullmatch(value):
             raise InvalidArgument(f"{field} must be 1 to 64 characters of [A-Za-z0-9._-], got {value!r}")
     return [request.node.name, request.node.boot_id, str(request.log.luid)]
 
