@@ -10,26 +10,29 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Final
 
 import grpc
 
 from dmulog.logs import bind, event, unbind
-from logsvc.errors import STATUS_OF, LogError
+from logsvc.errors import STATUS_OF, LogError, clip
 
 __all__ = ["RequestInterceptor", "serve_one"]
 
 log = logging.getLogger("dmulog.logsvc.request")
+
+_MAX_FIELD: Final = 160
+"""Characters of a request's uuid or node name on its log lines (a uuid has at most 128 bytes)."""
 
 
 def _fields(request: Any) -> dict[str, Any]:
     fields: dict[str, Any] = {}
     ref = getattr(request, "log", None)
     if ref is not None and hasattr(ref, "uuid"):
-        fields.update(uuid=ref.uuid, luid=ref.luid)
+        fields.update(uuid=clip(ref.uuid, _MAX_FIELD), luid=ref.luid)
     node = getattr(request, "node", None)
     if node is not None and hasattr(node, "name"):
-        fields["node"] = node.name
+        fields["node"] = clip(node.name, _MAX_FIELD)
     return fields
 
 
@@ -38,10 +41,11 @@ async def serve_one(
 ) -> tuple[Any, grpc.StatusCode, str]:
     """Await ``handling`` under the request's log context: (response, code, detail).
 
-    The one place where a LogError becomes a gRPC status and where a request
-    gets its log line, shared by unary calls and Exchange streams so that both
-    answer and log a request identically. Past ``timeout`` seconds the request
-    is cancelled and ends DEADLINE_EXCEEDED (a timer, not a task per request).
+    The one place where a LogError becomes a gRPC status (its detail cut by
+    ``errors.clip``) and where a request gets its log line, shared by unary
+    calls and Exchange streams so that both answer and log a request
+    identically. Past ``timeout`` seconds the request is cancelled and ends
+    DEADLINE_EXCEEDED (a timer, not a task per request).
     """
     token = bind(method=method, **_fields(request))
     start = time.perf_counter()
@@ -50,7 +54,7 @@ async def serve_one(
         async with asyncio.timeout(timeout):
             return await handling, code, detail
     except LogError as e:
-        code, detail = STATUS_OF.get(type(e), grpc.StatusCode.INTERNAL), str(e)
+        code, detail = STATUS_OF.get(type(e), grpc.StatusCode.INTERNAL), clip(str(e))
     except TimeoutError:
         code, detail = grpc.StatusCode.DEADLINE_EXCEEDED, "request abandoned after its timeout"
     except Exception as e:

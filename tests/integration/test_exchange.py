@@ -13,6 +13,7 @@ import pytest
 from bridge.client import ClientConfig, LogsvcClient
 from dmulog.v1 import dmulog_pb2 as pb
 from dmulog.v1 import dmulog_pb2_grpc as pb_grpc
+from logsvc.errors import MAX_DETAIL
 from logsvc.exchange import methods_by_field
 from logsvc.server import build_server
 from logsvc.service import DirtyLogService
@@ -303,3 +304,18 @@ async def test_a_silent_stream_is_replaced_and_its_calls_go_elsewhere(redis: Red
         finally:
             await client.close()
             await silent.stop(0)
+
+
+async def test_a_huge_argument_gets_a_short_error_on_the_stream(stub: pb_grpc.DirtyLogStub, uuid: str) -> None:
+    """As on a unary call: INVALID_ARGUMENT naming the field and its limit, a bounded message, the stream goes on."""
+    s = Stream(stub)
+    huge = pb.CtrRequest(log=ref(uuid), node=NODE, target_sectors=128, log_type="dmulog", args=["16", "x" * 1_000_000])
+    long = pb.CtrRequest(log=ref(uuid), node=NODE, target_sectors=128, log_type="dmulog", args=["16", "y" * 4000])
+    await s.send(pb.ExchangeCall(id=1, ctr=huge), pb.ExchangeCall(id=2, ctr=long))
+    too_big, too_long = await s.wait(1, 2)
+    assert (INVALID, "args[1] must be at most 4096 bytes, got 1000000") == (too_big.code, too_big.message)
+    assert INVALID == too_long.code
+    assert len(too_long.message) <= MAX_DETAIL and too_long.message.endswith(" characters]")
+    await s.send(pb.ExchangeCall(id=3, get_region_size=pb.GetRegionSizeRequest(log=ref(uuid), node=NODE)))
+    assert NOT_FOUND == (await s.wait(3))[0].code  # the stream goes on, and neither CTR left an instance
+    s.call.cancel()
