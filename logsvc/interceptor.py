@@ -15,6 +15,7 @@ from typing import Any, Final
 import grpc
 
 from dmulog.logs import bind, event, unbind
+from logsvc.decoding import Undecodable, method_input, tolerant
 from logsvc.errors import STATUS_OF, LogError, clip
 
 __all__ = ["RequestInterceptor", "serve_one"]
@@ -71,7 +72,16 @@ async def serve_one(
 
 
 class RequestInterceptor(grpc.aio.ServerInterceptor):
-    """Wraps every unary handler of the server."""
+    """Wraps every unary handler of the server, and makes every request parse.
+
+    A request protobuf refuses (a string field that is not UTF-8) would fail
+    before any handler runs: a unary call with UNKNOWN, a stream by ending.
+    Unary and stream-stream handlers get a ``decoding.tolerant`` deserializer
+    instead: a unary request that does not parse is answered
+    INVALID_ARGUMENT here, naming the field; a stream servicer reads a
+    ``decoding.Undecodable`` in the message's place and answers it itself
+    (the Exchange stream answers each call in it).
+    """
 
     def __init__(self, slow_ms: float = 100.0):
         self._slow_ms = slow_ms
@@ -84,28 +94,43 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
-        """Wrap the unary handler of ``details``; other handlers pass through."""
+        """Wrap the unary or stream-stream handler of ``details``; other handlers pass through."""
         full_name: str = details.method
         wrapped = self._wrapped.get(full_name)
         if wrapped is not None:
             return wrapped
         handler = await continuation(details)
-        if handler is None or handler.unary_unary is None:
+        if handler is None:
             return handler
-        inner = handler.unary_unary
-        method = full_name.rsplit("/", 1)[-1]
+        descriptor = method_input(full_name)
+        deserializer = handler.request_deserializer
+        if descriptor is not None and deserializer is not None:
+            deserializer = tolerant(deserializer, descriptor)
+        if handler.unary_unary is not None:
+            wrapped = grpc.unary_unary_rpc_method_handler(
+                self._unary(full_name.rsplit("/", 1)[-1], handler.unary_unary),
+                request_deserializer=deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        elif handler.stream_stream is not None:
+            wrapped = grpc.stream_stream_rpc_method_handler(
+                handler.stream_stream,
+                request_deserializer=deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        else:
+            return handler
+        self._wrapped[full_name] = wrapped
+        return wrapped
+
+    def _unary(self, method: str, inner: Callable[[Any, Any], Awaitable[Any]]) -> Callable[[Any, Any], Awaitable[Any]]:
         slow_ms = self._slow_ms
 
         async def behavior(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            response, code, detail = await serve_one(method, request, inner(request, context), slow_ms)
+            handling = request.refuse() if isinstance(request, Undecodable) else inner(request, context)
+            response, code, detail = await serve_one(method, request, handling, slow_ms)
             if code is grpc.StatusCode.OK:
                 return response
             await context.abort(code, detail)
 
-        wrapped = grpc.unary_unary_rpc_method_handler(
-            behavior,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-        self._wrapped[full_name] = wrapped
-        return wrapped
+        return behavior

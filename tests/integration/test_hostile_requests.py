@@ -13,6 +13,7 @@ import re
 import grpc
 import pytest
 import redis.asyncio as aioredis
+from google.protobuf.message import Message
 
 from dmulog.v1 import dmulog_pb2 as pb
 from logsvc.errors import MAX_DETAIL
@@ -50,6 +51,12 @@ async def test_a_name_with_a_trailing_newline_is_not_another_node(
     assert 0 == await stored_keys(redis, log.log.uuid)
 
 
+def _ctr(log: LogHandle, **change: object) -> pb.CtrRequest:
+    fields: dict[str, object] = {"log": log.log, "node": log.node, "target_sectors": SECTORS,
+                                 "log_type": "clustered-disk", "args": ["/dev/vg/mlog", "16"], **change}  # fmt: skip
+    return pb.CtrRequest(**fields)  # type: ignore[arg-type]
+
+
 MEGABYTE = "x" * 1_000_000
 
 
@@ -70,9 +77,7 @@ async def test_huge_ctr_fields_are_refused_with_a_short_detail(
     log: LogHandle, redis: RedisProcess, field: str, change: dict[str, object], message: str
 ) -> None:
     """A megabyte field is INVALID_ARGUMENT naming the field and its limit, not RESOURCE_EXHAUSTED (retried)."""
-    fields: dict[str, object] = {"log": log.log, "node": log.node, "target_sectors": SECTORS,
-                                 "log_type": "clustered-disk", "args": ["/dev/vg/mlog", "16"], **change}  # fmt: skip
-    detail = await refused(log.stub.Ctr(pb.CtrRequest(**fields)))  # type: ignore[arg-type]
+    detail = await refused(log.stub.Ctr(_ctr(log, **change)))
     assert message in detail
     assert len(detail) <= MAX_DETAIL
     assert 0 == await stored_keys(redis, log.log.uuid)
@@ -87,3 +92,59 @@ async def test_a_long_detail_is_cut_where_the_status_is_made(log: LogHandle, red
     cut = re.search(r"\.\.\. \[cut: ([0-9]+) characters\]$", detail)
     assert cut is not None and int(cut.group(1)) > len(word)
     assert 0 == await stored_keys(redis, log.log.uuid)
+
+
+def spoiled(message: Message, placeholder: str = "bad-X") -> bytes:
+    """``message`` serialized with its one ``placeholder`` string made invalid UTF-8 (same length, so still framed)."""
+    data = message.SerializeToString()
+    assert 1 == data.count(placeholder.encode())
+    return data.replace(placeholder.encode(), placeholder.encode()[:-1] + b"\xff")
+
+
+async def raw_call(target: str, method: str, data: bytes) -> grpc.aio.AioRpcError:
+    """Send hand-built bytes as the request of a DirtyLog method; the error it must end with."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        call = channel.unary_unary(f"/dmulog.v1.DirtyLog/{method}", request_serializer=None,
+                                   response_deserializer=None)  # fmt: skip
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await call(data)
+    return e.value
+
+
+@pytest.mark.parametrize(
+    ("change", "path"),
+    [
+        ({"node": pb.Node(name="bad-X", boot_id="boot-1")}, "node.name"),
+        ({"node": pb.Node(name="node-a", boot_id="bad-X")}, "node.boot_id"),
+        ({"log_type": "bad-X"}, "log_type"),
+        ({"args": ["/dev/vg/mlog", "16", "bad-X"]}, "args[2]"),
+        ({"block_devices": {"/dev/vg/mlog": "253:2", "/bad-X": "1:1"}}, "block_devices.key"),
+        ({"block_devices": {"/dev/vg/mlog": "bad-X"}}, "block_devices.value"),
+    ],
+)
+async def test_a_string_that_is_not_utf8_is_invalid_argument_naming_the_field(
+    logsvc: str, log: LogHandle, redis: RedisProcess, change: dict[str, object], path: str
+) -> None:
+    """Protobuf refuses such a request before any servicer code runs: still INVALID_ARGUMENT, nothing stored."""
+    error = await raw_call(logsvc, "Ctr", spoiled(_ctr(log, **change)))
+    assert (grpc.StatusCode.INVALID_ARGUMENT, f"{path} is not valid UTF-8") == (error.code(), error.details())
+    assert 0 == await stored_keys(redis, log.log.uuid)
+
+
+async def test_a_bad_string_changes_nothing_on_a_live_log(logsvc: str, log: LogHandle) -> None:
+    """A MARK whose node name is not UTF-8 marks nothing; the log keeps serving."""
+    await log.ctr(SECTORS, "dmulog", "16", "nosync")
+    await log.resume()
+    mark = pb.MarkRegionRequest(log=log.log, node=pb.Node(name="bad-X", boot_id="boot-1"), regions=[5])
+    error = await raw_call(logsvc, "MarkRegion", spoiled(mark))
+    assert (grpc.StatusCode.INVALID_ARGUMENT, "node.name is not valid UTF-8") == (error.code(), error.details())
+    assert await log.is_clean(5)
+    error = await raw_call(logsvc, "GetLogState", spoiled(pb.GetLogStateRequest(uuid="bad-X")))
+    assert (grpc.StatusCode.INVALID_ARGUMENT, "uuid is not valid UTF-8") == (error.code(), error.details())
+
+
+async def test_bytes_that_are_not_protobuf_are_invalid_argument(logsvc: str) -> None:
+    """Not a message at all: INVALID_ARGUMENT saying which message was expected, not UNKNOWN."""
+    error = await raw_call(logsvc, "Resume", b"\xff\xff\xff")
+    assert (grpc.StatusCode.INVALID_ARGUMENT, "request is not a valid ResumeRequest message") == (
+        error.code(), error.details())  # fmt: skip
