@@ -18,6 +18,12 @@ file for its whole life, so a successor tells a dead predecessor's file
 (lock free: take its entries) from a live one's (a standby's, or a bridge
 still draining: leave it alone).
 
+Only the bridge's own files in the directory are ever read or removed:
+regular files named ``ring-<pid>`` (or ``ring-<pid>-<n>``, a file an
+earlier process of the same pid left) and the older one-file entries
+``<born>-<pid>-<n>``. Anything else (a directory, a symlink, someone's
+notes) is left alone and reported once.
+
 The directory belongs on tmpfs (``/run``): an entry only matters to the
 kernel that sent it, and it is gone with that kernel on reboot. Entries carry
 their ``CLOCK_BOOTTIME`` (one clock for every process on the node) so a
@@ -31,11 +37,13 @@ import fcntl
 import logging
 import mmap
 import os
+import re
+import stat
 import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, Literal
 
 from dmulog.logs import event
 
@@ -51,6 +59,8 @@ _BORN: Final = struct.Struct("=Q")  # at offset 0: CLOCK_BOOTTIME, ns
 _LENGTH: Final = struct.Struct("=I")  # at offset 8: datagram bytes; 0 = free (stored last)
 _HEAD: Final = 16
 _PREFIX: Final = "ring-"
+_RING_NAME: Final = re.compile(r"ring-[0-9]+(-[0-9]+)?")
+_LEGACY_NAME: Final = re.compile(r"[0-9]+-[0-9]+-[0-9]+")
 
 
 def _now_ns() -> int:
@@ -76,6 +86,7 @@ class Journal:
         self._free: list[int] = []
         self._used = bytearray(slots)
         self._full_logged = False
+        self._reported: set[str] = set()
         if directory is None:
             return
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -141,14 +152,17 @@ class Journal:
             for path in sorted(self.directory.iterdir()):
                 if path == self.path:
                     continue
-                if not path.name.startswith(_PREFIX):
+                kind = _kind(path)
+                if kind is None:
+                    self._report(path, "journal_stray_file_left")
+                elif kind == "gone":
+                    continue
+                elif kind == "legacy":
                     found += _read_legacy(path)
                     taken.append((path, -1))
-                    continue
-                fd = _lock_if_dead(path)
-                if fd is not None:
-                    taken.append((path, fd))
-                    found += read_ring(path)
+                elif (ring := self._take_ring(path)) is not None:
+                    taken.append((path, ring[0]))
+                    found += ring[1]
             now, out = _now_ns(), []
             for born, datagram in sorted(found, key=lambda e: e[0]):
                 slot = self.record(datagram, born=born)
@@ -160,6 +174,28 @@ class Journal:
                 if fd >= 0:
                     os.close(fd)
         return out
+
+    def _take_ring(self, path: Path) -> tuple[int, list[tuple[int, bytes]]] | None:
+        """The lock and entries of a dead bridge's ring; None while its bridge lives, or if it cannot be read."""
+        try:
+            fd = _lock_if_dead(path)
+        except OSError:
+            fd = None
+            self._report(path, "journal_file_unreadable")
+        if fd is None:
+            return None
+        try:
+            return fd, read_ring(path)
+        except OSError:
+            os.close(fd)
+            self._report(path, "journal_file_unreadable")
+            return None
+
+    def _report(self, path: Path, name: str) -> None:
+        """Log ``name`` for ``path`` the first time this journal meets it."""
+        if str(path) not in self._reported:
+            self._reported.add(str(path))
+            event(log, logging.WARNING, name, path=str(path))
 
     def close(self) -> None:
         """Unmap and release the file, as dying does: entries left stay for a successor, else it goes."""
@@ -173,10 +209,30 @@ class Journal:
             self._fd = -1
 
 
+def _kind(path: Path) -> Literal["ring", "legacy", "gone"] | None:
+    """``"ring"`` or ``"legacy"`` for the bridge's own files, None for anything else in the directory.
+
+    ``"gone"``: removed since the directory was listed (a live bridge exiting).
+    """
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return "gone"
+    except OSError:
+        return None
+    if not stat.S_ISREG(mode):
+        return None
+    if _RING_NAME.fullmatch(path.name):
+        return "ring"
+    if _LEGACY_NAME.fullmatch(path.name):
+        return "legacy"
+    return None
+
+
 def _lock_if_dead(path: Path) -> int | None:
     """A descriptor holding the lock of a dead bridge's file; None if its bridge lives (or the file went)."""
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except FileNotFoundError:
         return None
     try:
@@ -201,8 +257,9 @@ def read_ring(path: Path) -> list[tuple[int, bytes]]:
 def _read_legacy(path: Path) -> list[tuple[int, bytes]]:
     """An entry of the journal format before rings (one file each, named ``<born>-<pid>-<n>``).
 
-    A bridge upgraded while requests were in flight still answers them. Any
-    other stray file is reported, never replayed (the caller removes it).
+    A bridge upgraded while requests were in flight still answers them. An
+    entry that cannot be read is reported, never replayed (the caller
+    removes it: it is the bridge's own).
     """
     try:
         born = int(path.name.split("-", 1)[0])

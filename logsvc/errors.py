@@ -11,6 +11,7 @@ from __future__ import annotations
 import grpc
 
 __all__ = [
+    "MAX_DETAIL",
     "STATUS_OF",
     "WORD_TO_ERROR",
     "AlreadyExists",
@@ -22,8 +23,15 @@ __all__ = [
     "PendingWork",
     "StoreUnavailable",
     "TooLarge",
+    "clip",
     "from_lua_error",
+    "quoted",
 ]
+
+MAX_DETAIL = 512
+"""Characters of a status detail. It travels in gRPC metadata, whose hard limit
+(16 KiB) a quoted client argument could exceed: the client would then see
+RESOURCE_EXHAUSTED, which it retries as if logsvc were down."""
 
 
 class LogError(Exception):
@@ -88,3 +96,16 @@ def from_lua_error(message: str) -> LogError | None:
     word, _, rest = message.partition(" ")
     cls = WORD_TO_ERROR.get(word)
     return cls(rest) if cls else None
+
+
+def clip(text: str, limit: int = MAX_DETAIL) -> str:
+    """``text`` cut to at most ``limit`` characters, saying so at the end when it was cut."""
+    if len(text) <= limit:
+        return text
+    marker = f"... [cut: {len(text)} characters]"
+    return text[: max(0, limit - len(marker))] + marker
+
+
+def quoted(value: str, limit: int = 80) -> str:
+    """``repr(value)`` for an error message, cut to ``limit`` characters: client input may be huge."""
+    return clip(repr(value), limit)

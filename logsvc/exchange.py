@@ -9,6 +9,11 @@ RPC would be: the same servicer method, the same error mapping and log line
 that are ready together leave in one message, which is where a busy stream
 saves most: each message costs a write through gRPC's machinery.
 
+A message that does not parse (a string field that is not UTF-8) reaches
+``serve`` as a ``decoding.Undecodable``; its calls are read one by one, the
+good ones served as usual and each bad one answered INVALID_ARGUMENT under
+its own id, so one bad call neither ends the stream nor loses the others.
+
 Shutdown: ``drain`` stops every stream from reading further requests,
 answers the ones already read, and ends the stream; a client then sends what
 is still unanswered to another replica (or to this one once it is back), and
@@ -18,12 +23,17 @@ nothing it sent is half done.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
 from typing import Any, Final
 
 import grpc
+from google.protobuf.message import DecodeError
 
+from dmulog.logs import event
 from dmulog.v1 import dmulog_pb2 as pb
+from logsvc.decoding import Undecodable, explain, lenient
 from logsvc.interceptor import serve_one
 
 __all__ = ["Exchanges", "methods_by_field"]
@@ -49,6 +59,49 @@ def methods_by_field() -> dict[str, str]:
 
 _METHOD_OF: Final = methods_by_field()
 _OK: Final = grpc.StatusCode.OK
+log = logging.getLogger("dmulog.logsvc.exchange")
+
+
+@dataclass(frozen=True, slots=True)
+class _Unreadable:
+    """An ExchangeCall that does not parse, to be answered INVALID_ARGUMENT under its id."""
+
+    id: int
+    method: str  # the RPC its request is for, for its log line
+    refusal: Undecodable
+
+
+def _calls(msg: Any) -> Iterable[Any]:
+    """The calls of an ExchangeRequest, or of one that did not parse: each ExchangeCall or _Unreadable.
+
+    The message is read with the lenient types (strings as bytes) and each
+    call parsed strictly again, so the bad ones are known by id. Calls of a
+    message that is not even protobuf cannot be told apart: that message is
+    logged and dropped, and the client's own timeout covers its calls.
+    """
+    if not isinstance(msg, Undecodable):
+        return msg.calls
+    envelope: Any = lenient(pb.ExchangeRequest.DESCRIPTOR, msg.data)
+    if envelope is None:
+        event(log, logging.WARNING, "exchange_request_unreadable", problem=msg.problem, size=len(msg.data))
+        return []
+    calls: list[Any] = []
+    for call in envelope.calls:
+        data = call.SerializeToString()
+        try:
+            calls.append(pb.ExchangeCall.FromString(data))
+            continue
+        except DecodeError:
+            pass
+        # Explained as its unary RPC would explain it, so the field paths agree.
+        kind = call.WhichOneof("request")
+        method, descriptor, part = "Exchange", pb.ExchangeCall.DESCRIPTOR, call
+        if kind is not None:
+            method, descriptor = _METHOD_OF[kind], pb.ExchangeCall.DESCRIPTOR.fields_by_name[kind].message_type
+            part = getattr(call, kind)
+        raw = part.SerializeToString()
+        calls.append(_Unreadable(call.id, method, Undecodable(raw, explain(descriptor, raw))))
+    return calls
 
 
 class Exchanges:
@@ -71,7 +124,10 @@ class Exchanges:
         for queue in self._open:
             queue.put_nowait(_DRAIN)
 
-    async def _one(self, msg: pb.ExchangeCall, context: Any) -> pb.ExchangeResult:
+    async def _one(self, msg: pb.ExchangeCall | _Unreadable, context: Any) -> pb.ExchangeResult:
+        if isinstance(msg, _Unreadable):
+            _, code, detail = await serve_one(msg.method, None, msg.refusal.refuse())
+            return pb.ExchangeResult(id=msg.id, code=code.value[0], message=detail)
         kind = msg.WhichOneof("request")
         if kind is None:
             return pb.ExchangeResult(id=msg.id, code=grpc.StatusCode.INVALID_ARGUMENT.value[0],
@@ -85,7 +141,9 @@ class Exchanges:
             return pb.ExchangeResult(id=msg.id, **{kind: response})
         return pb.ExchangeResult(id=msg.id, code=code.value[0], message=detail)
 
-    async def serve(self, requests: AsyncIterator[pb.ExchangeRequest], context: Any) -> AsyncIterator[Any]:
+    async def serve(
+        self, requests: AsyncIterator[pb.ExchangeRequest | Undecodable], context: Any
+    ) -> AsyncIterator[Any]:
         """Responses to ``requests``: each carries every result ready by then."""
         if self._draining:
             return
@@ -93,7 +151,7 @@ class Exchanges:
         slots = asyncio.Semaphore(self._max_in_flight)
         tasks: set[asyncio.Task[None]] = set()
 
-        async def answer(call: pb.ExchangeCall) -> None:
+        async def answer(call: pb.ExchangeCall | _Unreadable) -> None:
             try:
                 out.put_nowait(await self._one(call, context))
             finally:
@@ -102,7 +160,7 @@ class Exchanges:
         async def read() -> None:
             try:
                 async for msg in requests:
-                    for call in msg.calls:
+                    for call in _calls(msg):
                         await slots.acquire()
                         task = asyncio.create_task(answer(call))
                         tasks.add(task)

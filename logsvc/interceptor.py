@@ -10,27 +10,31 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, Final
 
 import grpc
 
 from dmulog.logs import bind, event, unbind
-from logsvc.errors import STATUS_OF, LogError
+from logsvc.decoding import Undecodable, method_input, tolerant
+from logsvc.errors import STATUS_OF, LogError, clip
 from logsvc.store import REQUEST_DEADLINE
 
 __all__ = ["RequestInterceptor", "serve_one"]
 
 log = logging.getLogger("dmulog.logsvc.request")
 
+_MAX_FIELD: Final = 160
+"""Characters of a request's uuid or node name on its log lines (a uuid has at most 128 bytes)."""
+
 
 def _fields(request: Any) -> dict[str, Any]:
     fields: dict[str, Any] = {}
     ref = getattr(request, "log", None)
     if ref is not None and hasattr(ref, "uuid"):
-        fields.update(uuid=ref.uuid, luid=ref.luid)
+        fields.update(uuid=clip(ref.uuid, _MAX_FIELD), luid=ref.luid)
     node = getattr(request, "node", None)
     if node is not None and hasattr(node, "name"):
-        fields["node"] = node.name
+        fields["node"] = clip(node.name, _MAX_FIELD)
     return fields
 
 
@@ -39,12 +43,13 @@ async def serve_one(
 ) -> tuple[Any, grpc.StatusCode, str]:
     """Await ``handling`` under the request's log context: (response, code, detail).
 
-    The one place where a LogError becomes a gRPC status and where a request
-    gets its log line, shared by unary calls and Exchange streams so that both
-    answer and log a request identically. Past ``timeout`` seconds the request
-    is cancelled and ends DEADLINE_EXCEEDED (a timer, not a task per request),
-    and its Function refuses to run from a little before then on, so a
-    request answered DEADLINE_EXCEEDED is never carried out afterwards.
+    The one place where a LogError becomes a gRPC status (its detail cut by
+    ``errors.clip``) and where a request gets its log line, shared by unary
+    calls and Exchange streams so that both answer and log a request
+    identically. Past ``timeout`` seconds the request is cancelled and ends
+    DEADLINE_EXCEEDED (a timer, not a task per request), and its Function
+    refuses to run from a little before then on, so a request answered
+    DEADLINE_EXCEEDED is never carried out afterwards.
     """
     token = bind(method=method, **_fields(request))
     start = time.perf_counter()
@@ -55,7 +60,7 @@ async def serve_one(
         async with asyncio.timeout(timeout):
             return await handling, code, detail
     except LogError as e:
-        code, detail = STATUS_OF.get(type(e), grpc.StatusCode.INTERNAL), str(e)
+        code, detail = STATUS_OF.get(type(e), grpc.StatusCode.INTERNAL), clip(str(e))
     except TimeoutError:
         code, detail = grpc.StatusCode.DEADLINE_EXCEEDED, "request abandoned after its timeout"
     except Exception as e:
@@ -73,7 +78,16 @@ async def serve_one(
 
 
 class RequestInterceptor(grpc.aio.ServerInterceptor):
-    """Wraps every unary handler of the server."""
+    """Wraps every unary handler of the server, and makes every request parse.
+
+    A request protobuf refuses (a string field that is not UTF-8) would fail
+    before any handler runs: a unary call with UNKNOWN, a stream by ending.
+    Unary and stream-stream handlers get a ``decoding.tolerant`` deserializer
+    instead: a unary request that does not parse is answered
+    INVALID_ARGUMENT here, naming the field; a stream servicer reads a
+    ``decoding.Undecodable`` in the message's place and answers it itself
+    (the Exchange stream answers each call in it).
+    """
 
     def __init__(self, slow_ms: float = 100.0):
         self._slow_ms = slow_ms
@@ -86,58 +100,75 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
-        """Wrap the unary handler of ``details``; other handlers pass through."""
+        """Wrap the handler of ``details``: unary and server-streaming ones answered here, bidi ones parse."""
         full_name: str = details.method
         wrapped = self._wrapped.get(full_name)
         if wrapped is not None:
             return wrapped
         handler = await continuation(details)
-        if handler is not None and handler.unary_stream is not None:
-            wrapped = _wrap_unary_stream(handler, full_name.rsplit("/", 1)[-1])
-            self._wrapped[full_name] = wrapped
-            return wrapped
-        if handler is None or handler.unary_unary is None:
+        if handler is None:
             return handler
-        inner = handler.unary_unary
-        method = full_name.rsplit("/", 1)[-1]
+        descriptor = method_input(full_name)
+        deserializer = handler.request_deserializer
+        if descriptor is not None and deserializer is not None:
+            deserializer = tolerant(deserializer, descriptor)
+        if handler.unary_unary is not None:
+            wrapped = grpc.unary_unary_rpc_method_handler(
+                self._unary(full_name.rsplit("/", 1)[-1], handler.unary_unary),
+                request_deserializer=deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        elif handler.unary_stream is not None:
+            wrapped = grpc.unary_stream_rpc_method_handler(
+                self._unary_stream(full_name.rsplit("/", 1)[-1], handler.unary_stream),
+                request_deserializer=deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        elif handler.stream_stream is not None:
+            wrapped = grpc.stream_stream_rpc_method_handler(
+                handler.stream_stream,
+                request_deserializer=deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        else:
+            return handler
+        self._wrapped[full_name] = wrapped
+        return wrapped
+
+    def _unary(self, method: str, inner: Callable[[Any, Any], Awaitable[Any]]) -> Callable[[Any, Any], Awaitable[Any]]:
         slow_ms = self._slow_ms
 
         async def behavior(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            timeout = context.time_remaining()
-            response, code, detail = await serve_one(method, request, inner(request, context), slow_ms, timeout)
+            handling = request.refuse() if isinstance(request, Undecodable) else inner(request, context)
+            response, code, detail = await serve_one(method, request, handling, slow_ms, context.time_remaining())
             if code is grpc.StatusCode.OK:
                 return response
             await context.abort(code, detail)
 
-        wrapped = grpc.unary_unary_rpc_method_handler(
-            behavior,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-        self._wrapped[full_name] = wrapped
-        return wrapped
+        return behavior
 
+    @staticmethod
+    def _unary_stream(
+        method: str, inner: Callable[[Any, Any], AsyncIterator[Any]]
+    ) -> Callable[[Any, Any], AsyncIterator[Any]]:
+        """A server-streaming behavior whose LogErrors end the stream with their status, logged like a unary call."""
 
-def _wrap_unary_stream(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
-    """A server-streaming handler whose LogErrors end the stream with their status, logged like a unary call."""
-    inner = handler.unary_stream
+        async def behavior(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            token = bind(method=method, **_fields(request))
+            start = time.perf_counter()
+            code, detail = grpc.StatusCode.OK, ""
+            try:
+                if isinstance(request, Undecodable):
+                    await request.refuse()
+                async for response in inner(request, context):
+                    yield response
+            except LogError as e:
+                code, detail = STATUS_OF.get(type(e), grpc.StatusCode.INTERNAL), clip(str(e))
+            finally:
+                ms = round((time.perf_counter() - start) * 1000, 3)
+                event(log, logging.INFO, "request", code=code.name, ms=ms, **({"detail": detail} if detail else {}))
+                unbind(token)
+            if code is not grpc.StatusCode.OK:
+                await context.abort(code, detail)
 
-    async def behavior(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        token = bind(method=method, **_fields(request))
-        start = time.perf_counter()
-        code, detail = grpc.StatusCode.OK, ""
-        try:
-            async for response in inner(request, context):
-                yield response
-        except LogError as e:
-            code, detail = STATUS_OF.get(type(e), grpc.StatusCode.INTERNAL), str(e)
-        finally:
-            ms = round((time.perf_counter() - start) * 1000, 3)
-            event(log, logging.INFO, "request", code=code.name, ms=ms, **({"detail": detail} if detail else {}))
-            unbind(token)
-        if code is not grpc.StatusCode.OK:
-            await context.abort(code, detail)
-
-    return grpc.unary_stream_rpc_method_handler(
-        behavior, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
-    )
+        return behavior

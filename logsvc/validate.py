@@ -12,12 +12,30 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from dmulog.v1 import dmulog_pb2 as pb
-from logsvc.errors import InvalidArgument
+from logsvc.errors import InvalidArgument, quoted
 
-__all__ = ["MAX_BATCH", "caller", "regions", "uuid"]
+__all__ = [
+    "MAX_ARGS",
+    "MAX_BATCH",
+    "MAX_DEVICE_NUMBER",
+    "MAX_LOG_TYPE",
+    "MAX_PATH",
+    "caller",
+    "constructor",
+    "regions",
+    "uuid",
+]
 
 MAX_BATCH = 4096
-_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+MAX_LOG_TYPE = 332
+"""Bytes of CtrRequest.log_type: the kernel's whole CTR string fits in 332 (a request's payload)."""
+MAX_ARGS = 166
+"""CtrRequest.args and block_devices entries: 332 bytes hold fewer words than this."""
+MAX_PATH = 4096
+"""Bytes of one argument or block_devices key: an argument may be a path, and a path fits in PATH_MAX."""
+MAX_DEVICE_NUMBER = 21
+"""Bytes of a block_devices value: "major:minor", at most 10 digits each."""
+_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")  # always fullmatch: "$" also matches before a final newline
 
 
 class _Addressed(Protocol):
@@ -36,16 +54,41 @@ def uuid(value: str) -> str:
     return value
 
 
+def _bounded(field: str, value: str, limit: int) -> None:
+    size = len(value.encode("utf-8"))
+    if size > limit:
+        raise InvalidArgument(f"{field} must be at most {limit} bytes, got {size}")
+
+
+def constructor(request: pb.CtrRequest) -> None:
+    """Bound CTR's free-form fields before anything parses or quotes them."""
+    _bounded("log_type", request.log_type, MAX_LOG_TYPE)
+    for field, count in (("args", len(request.args)), ("block_devices", len(request.block_devices))):
+        if count > MAX_ARGS:
+            raise InvalidArgument(f"{field} must have at most {MAX_ARGS} entries, got {count}")
+    for i, arg in enumerate(request.args):
+        _bounded(f"args[{i}]", arg, MAX_PATH)
+    for path, number in request.block_devices.items():
+        _bounded(f"block_devices key {quoted(path)}", path, MAX_PATH)
+        _bounded(f"block_devices[{quoted(path)}]", number, MAX_DEVICE_NUMBER)
+
+
 def caller(request: _Addressed) -> tuple[str, str, str]:
-    """``(node, boot_id, luid)``: who sends a kernel request, as the library functions take it."""
+    """``(node, boot_id, luid)``: who sends a kernel request, as the library functions take it.
+
+    Being the first check of every request, it also bounds CtrRequest's
+    free-form fields (``constructor``).
+    """
     if not request.HasField("log"):
         raise InvalidArgument("log is required")
     if not request.HasField("node"):
         raise InvalidArgument("node is required")
     uuid(request.log.uuid)
     for field, value in (("node.name", request.node.name), ("node.boot_id", request.node.boot_id)):
-        if not _NAME.match(value):
-            raise InvalidArgument(f"{field} must be 1 to 64 characters of [A-Za-z0-9._-], got {value!r}")
+        if not _NAME.fullmatch(value):
+            raise InvalidArgument(f"{field} must be 1 to 64 characters of [A-Za-z0-9._-], got {quoted(value)}")
+    if isinstance(request, pb.CtrRequest):
+        constructor(request)
     return request.node.name, request.node.boot_id, str(request.log.luid)
 
 

@@ -9,10 +9,12 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf.message import Message
 
 from bridge.client import ClientConfig, LogsvcClient
 from dmulog.v1 import dmulog_pb2 as pb
 from dmulog.v1 import dmulog_pb2_grpc as pb_grpc
+from logsvc.errors import MAX_DETAIL
 from logsvc.exchange import methods_by_field
 from logsvc.server import build_server
 from logsvc.service import DirtyLogService
@@ -27,13 +29,24 @@ OK, INVALID, NOT_FOUND, DEADLINE = (c.value[0] for c in (S.OK, S.INVALID_ARGUMEN
 class Stream:
     """One raw Exchange stream: send calls, collect results by id."""
 
-    def __init__(self, stub: pb_grpc.DirtyLogStub):
-        self.call = stub.Exchange()
+    def __init__(self, stub: pb_grpc.DirtyLogStub | None = None, *, channel: grpc.aio.Channel | None = None):
+        """A stream of ``stub``; or on ``channel``, written as bytes, so ``send_bytes`` can send what no stub would."""
+        self._raw = channel is not None
+        if channel is not None:
+            self.call = channel.stream_stream("/dmulog.v1.DirtyLog/Exchange", request_serializer=None,
+                                              response_deserializer=pb.ExchangeResponse.FromString)()  # fmt: skip
+        else:
+            assert stub is not None
+            self.call = stub.Exchange()
         self.results: dict[int, pb.ExchangeResult] = {}
         self.messages = 0
 
     async def send(self, *calls: pb.ExchangeCall) -> None:
-        await self.call.write(pb.ExchangeRequest(calls=calls))
+        message = pb.ExchangeRequest(calls=calls)
+        await self.call.write(message.SerializeToString() if self._raw else message)
+
+    async def send_bytes(self, data: bytes) -> None:
+        await self.call.write(data)
 
     async def wait(self, *ids: int, timeout: float = 5.0) -> list[pb.ExchangeResult]:
         async def collect() -> None:
@@ -303,3 +316,62 @@ async def test_a_silent_stream_is_replaced_and_its_calls_go_elsewhere(redis: Red
         finally:
             await client.close()
             await silent.stop(0)
+
+
+async def test_a_huge_argument_gets_a_short_error_on_the_stream(stub: pb_grpc.DirtyLogStub, uuid: str) -> None:
+    """As on a unary call: INVALID_ARGUMENT naming the field and its limit, a bounded message, the stream goes on."""
+    s = Stream(stub)
+    huge = pb.CtrRequest(log=ref(uuid), node=NODE, target_sectors=128, log_type="dmulog", args=["16", "x" * 1_000_000])
+    long = pb.CtrRequest(log=ref(uuid), node=NODE, target_sectors=128, log_type="dmulog", args=["16", "y" * 4000])
+    await s.send(pb.ExchangeCall(id=1, ctr=huge), pb.ExchangeCall(id=2, ctr=long))
+    too_big, too_long = await s.wait(1, 2)
+    assert (INVALID, "args[1] must be at most 4096 bytes, got 1000000") == (too_big.code, too_big.message)
+    assert INVALID == too_long.code
+    assert len(too_long.message) <= MAX_DETAIL and too_long.message.endswith(" characters]")
+    await s.send(pb.ExchangeCall(id=3, get_region_size=pb.GetRegionSizeRequest(log=ref(uuid), node=NODE)))
+    assert NOT_FOUND == (await s.wait(3))[0].code  # the stream goes on, and neither CTR left an instance
+    s.call.cancel()
+
+
+def spoiled(message: Message, placeholder: bytes = b"bad-X") -> bytes:
+    """``message`` serialized with its one ``placeholder`` string made invalid UTF-8 (same length, still framed)."""
+    data = message.SerializeToString()
+    assert 1 == data.count(placeholder)
+    return data.replace(placeholder, placeholder[:-1] + b"\xff")
+
+
+async def test_a_call_that_is_not_utf8_is_answered_by_id_and_the_rest_are_served(logsvc: str, uuid: str) -> None:
+    """One bad call in a message gets its own INVALID_ARGUMENT; its neighbours are served and the stream goes on."""
+    async with grpc.aio.insecure_channel(logsvc) as channel:
+        s = Stream(channel=channel)
+        await open_log(s, uuid)
+        k = {"log": ref(uuid), "node": NODE}
+        bad_mark = pb.MarkRegionRequest(log=ref(uuid), node=pb.Node(name="bad-X", boot_id="boot-1"), regions=[5])
+        await s.send_bytes(spoiled(pb.ExchangeRequest(calls=[
+            pb.ExchangeCall(id=10, mark_region=pb.MarkRegionRequest(**k, regions=[3])),
+            pb.ExchangeCall(id=11, mark_region=bad_mark),
+            pb.ExchangeCall(id=12, get_region_size=pb.GetRegionSizeRequest(**k)),
+        ])))  # fmt: skip
+        mark, bad, size = await s.wait(10, 11, 12)
+        assert (OK, OK, 16) == (mark.code, size.code, size.get_region_size.region_size)
+        assert (INVALID, "node.name is not valid UTF-8", None) == (bad.code, bad.message, bad.WhichOneof("response"))
+        unary = channel.unary_unary("/dmulog.v1.DirtyLog/MarkRegion", request_serializer=None,
+                                    response_deserializer=None)  # fmt: skip
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await unary(spoiled(bad_mark))
+        assert (e.value.code().value[0], e.value.details()) == (bad.code, bad.message)  # as the unary RPC answers
+        await s.send(pb.ExchangeCall(id=13, is_clean=pb.IsCleanRequest(**k, region=3)),
+                     pb.ExchangeCall(id=14, is_clean=pb.IsCleanRequest(**k, region=5)))  # fmt: skip
+        marked, untouched = await s.wait(13, 14)
+        assert (False, True) == (marked.is_clean.clean, untouched.is_clean.clean)
+        s.call.cancel()
+
+
+async def test_a_message_that_is_not_protobuf_does_not_end_the_stream(logsvc: str, uuid: str) -> None:
+    """Nothing in it can be answered (no call can be told apart), but the stream and later calls go on."""
+    async with grpc.aio.insecure_channel(logsvc) as channel:
+        s = Stream(channel=channel)
+        await s.send_bytes(b"\xff\xff\xff")
+        await open_log(s, uuid)
+        assert {1, 2} == s.results.keys()
+        s.call.cancel()

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import logging
+import os
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
 
 from bridge.journal import SLOT_SIZE, Journal
 
@@ -87,13 +93,76 @@ def test_entries_of_the_one_file_per_request_format_are_answered(tmp_path: Path)
     assert not (tmp_path / f"{born:020d}-1-0").exists()
 
 
-def test_unreadable_entries_are_dropped_not_fatal(tmp_path: Path) -> None:
-    """A stray file in the directory is removed and reported, never replayed."""
-    journal = Journal(tmp_path)
-    (tmp_path / "not-a-journal-entry").write_bytes(b"x")
+def _events(caplog: pytest.LogCaptureFixture, name: str) -> list[str]:
+    """The paths of the ``name`` events logged so far."""
+    return [r.event_data["path"] for r in caplog.records if r.getMessage() == name]  # type: ignore[attr-defined]
 
-    assert [] == journal.pending()
-    assert [journal.path] == list(tmp_path.iterdir())
+
+def test_only_the_bridge_s_own_files_are_read_or_removed(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Directories, symlinks and files named otherwise stay as they are, each reported once; the rest is replayed."""
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"not yours")
+    j = tmp_path / "j"
+    dead = Journal(j)
+    dead.record(b"request-a")
+    dead.close()
+    born = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+    (j / f"{born:020d}-1-0").write_bytes(b"request-b")
+    strays = {
+        "ring-7": "dir",  # a directory with a ring's name
+        f"{born:020d}-1-1": "dir",  # and with a legacy entry's name
+        "ring-8": "link",  # a symlink to a file elsewhere
+        "ring-x": b"x",
+        "ring-9.bak": b"x",
+        "12-a-3": b"x",
+        "notes.txt": b"keep me",
+        ".hidden": b"x",
+    }
+    for name, what in strays.items():
+        if what == "dir":
+            (j / name).mkdir()
+            (j / name / "inside").write_bytes(b"x")
+        elif what == "link":
+            (j / name).symlink_to(outside)
+        else:
+            (j / name).write_bytes(what)  # type: ignore[arg-type]
+    nxt = Journal(j)
+    caplog.set_level(logging.WARNING, logger="dmulog.bridge")
+
+    assert [b"request-a", b"request-b"] == [e.datagram for e in nxt.pending()]
+    assert [] == nxt.pending()  # asked again: nothing new, and nothing reported twice
+
+    assert {nxt.path.name, *strays} == {p.name for p in j.iterdir()}
+    assert b"keep me" == (j / "notes.txt").read_bytes()
+    assert b"not yours" == outside.read_bytes() and (j / "ring-8").is_symlink()
+    assert (j / "ring-7" / "inside").exists()
+    assert sorted(str(j / name) for name in strays) == sorted(_events(caplog, "journal_stray_file_left"))
+
+
+def test_a_ring_that_cannot_be_read_is_left_and_reported(tmp_path: Path) -> None:
+    """A file of the bridge's own name that it may not open fails nothing: the bridge starts without its entries.
+
+    Run in a process without the right to read it: as root, one without the capabilities that bypass file modes.
+    """
+    script = (
+        "import sys; from pathlib import Path; from dmulog.logs import configure; from bridge.journal import Journal; "
+        "configure('warning', 'json'); j = Journal(Path(sys.argv[1])); print(len(j.pending()), len(j.pending()))"
+    )
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("root reads any file, and setpriv (util-linux) is not here to drop that right")
+        prefix = [setpriv, "--bounding-set", "-dac_override,-dac_read_search"]
+    ring = tmp_path / "ring-5"
+    ring.write_bytes(b"\0" * SLOT_SIZE)
+    ring.chmod(0)
+    done = subprocess.run([*prefix, sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True,
+                          timeout=30, cwd=Path(__file__).resolve().parents[2])  # fmt: skip
+    assert (0, "0 0") == (done.returncode, done.stdout.strip()), done.stderr
+    assert ring.exists()
+    events = [json.loads(line) for line in done.stderr.splitlines()]
+    assert [("journal_file_unreadable", str(ring))] == [(e["event"], e["path"]) for e in events]
 
 
 def test_a_clean_exit_leaves_nothing(tmp_path: Path) -> None:

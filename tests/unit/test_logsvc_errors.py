@@ -105,3 +105,24 @@ def test_every_lua_error_word_is_mapped():
 def test_error_classes_share_one_base():
     """Every mapped class derives from LogError, so the interceptor catches them all."""
     assert all(issubclass(cls, LogError) for cls in (*WORD_TO_ERROR.values(), *STATUS_OF))
+
+
+@pytest.mark.parametrize("size", [0, 1, errors.MAX_DETAIL - 1, errors.MAX_DETAIL])
+def test_clip_keeps_text_within_the_limit(size):
+    """A detail of at most MAX_DETAIL characters goes out as it is."""
+    assert "z" * size == errors.clip("z" * size)
+
+
+@pytest.mark.parametrize("size", [errors.MAX_DETAIL + 1, 4000, 1_000_000])
+def test_clip_cuts_longer_text_and_says_so(size):
+    """Longer text is cut to the limit, with its original length at the end."""
+    clipped = errors.clip("z" * size)
+    assert errors.MAX_DETAIL == len(clipped)
+    assert clipped.startswith("zzz") and clipped.endswith(f"... [cut: {size} characters]")
+
+
+def test_quoted_is_repr_up_to_its_limit():
+    """Client input in a message: repr() when short, cut when long (never the whole megabyte)."""
+    assert "'node-a\\n'" == errors.quoted("node-a\n")
+    assert 80 == len(errors.quoted("n" * 10_000))
+    assert errors.quoted("n" * 10_000).startswith("'nnn")
