@@ -27,7 +27,7 @@ from bridge.journal import Journal, read_ring
 from bridge.wire import RequestType as T
 from dmulog.v1 import dmulog_pb2 as pb
 from dmulog.v1 import dmulog_pb2_grpc as pb_grpc
-from tests.servers import RedisProcess, free_port, logsvc_server
+from tests.servers import RedisProcess, free_port, keys_left, logsvc_server
 
 U64 = struct.Struct("=Q")
 _seq = itertools.count(1000)
@@ -162,6 +162,15 @@ async def test_clustered_disk_device_missing_on_this_node_fails_ctr_without_a_tr
     with pytest.raises(grpc.aio.AioRpcError) as e:
         await stub.GetLogState(pb.GetLogStateRequest(uuid=uuid))
     assert grpc.StatusCode.NOT_FOUND == e.value.code()
+
+
+async def test_region_size_the_kernel_would_truncate_fails_ctr_and_leaves_no_key(
+    kernel: KernelSide, redis: RedisProcess, uuid: str
+) -> None:
+    """2^32 sectors, 0 in the kernel's u32 (which then divides by it), is -EINVAL at CTR with nothing stored."""
+    ctr = await kernel.ask(T.CTR, f"{2**33} dmulog {2**32} nosync".encode(), uuid=uuid)
+    assert -errno.EINVAL == ctr.error
+    assert [] == await keys_left(redis.url, uuid)
 
 
 async def test_datagrams_not_from_the_kernel_are_ignored(kernel: KernelSide, uuid: str) -> None:
