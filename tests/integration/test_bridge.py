@@ -219,6 +219,19 @@ async def test_region_size_the_kernel_would_truncate_fails_ctr_and_leaves_no_key
     assert [] == await keys_left(redis.url, uuid)
 
 
+async def test_ctr_length_over_u64_is_einval_in_one_log_line(
+    kernel: KernelSide, redis: RedisProcess, uuid: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A length word past 2^64 - 1 is a malformed request (-EINVAL, logged once), not a crash answered -EIO."""
+    with caplog.at_level("INFO", logger="dmulog.bridge"):
+        ctr = await kernel.ask(T.CTR, f"{2**64} dmulog 2".encode(), uuid=uuid)
+    assert -errno.EINVAL == ctr.error
+    lines = [(r.getMessage(), getattr(r, "event_data", {}).get("detail")) for r in caplog.records
+             if r.name.startswith("dmulog.bridge")]  # fmt: skip
+    assert [("request_malformed", "CTR target length 18446744073709551616 does not fit 64 bits")] == lines
+    assert [] == await keys_left(redis.url, uuid)
+
+
 async def test_datagrams_not_from_the_kernel_are_ignored(kernel: KernelSide, uuid: str) -> None:
     """A request from a userspace port (not 0) is never answered."""
     kernel.send(T.CTR, b"120 clustered-core 16", uuid=uuid, sender=4242)
