@@ -19,6 +19,7 @@ __all__ = [
     "LogError",
     "NotFound",
     "StoreUnavailable",
+    "Unreadable",
     "from_lua_error",
 ]
 
@@ -47,6 +48,10 @@ class StoreUnavailable(LogError):
     """Redis did not answer within the retry budget; nothing is known to be done."""
 
 
+class Unreadable(LogError):
+    """The log's stored state does not parse (e.g. written by an older version); nothing was changed."""
+
+
 WORD_TO_ERROR: dict[str, type[LogError]] = {
     "EINVAL": InvalidArgument,
     "ENOENT": NotFound,
@@ -60,6 +65,7 @@ STATUS_OF: dict[type[LogError], grpc.StatusCode] = {
     AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
     Busy: grpc.StatusCode.FAILED_PRECONDITION,
     StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
+    Unreadable: grpc.StatusCode.DATA_LOSS,
 }
 
 

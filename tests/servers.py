@@ -113,6 +113,15 @@ async def keys_left(redis_url: str, uuid: str) -> list[str]:
         await client.aclose()
 
 
+async def set_log_field(redis_url: str, uuid: str, field: str, value: bytes) -> None:
+    """Overwrite one field of the log's hash directly, as another version might have stored it."""
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        await client.hset(log_keys(uuid).log, field, value)
+    finally:
+        await client.aclose()
+
+
 class LogHandle:
     """One table instance, driven through the real gRPC API."""
 

@@ -301,14 +301,18 @@ class DirtyLogServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListLogs(self, request, context):
-        """ListLogs lists every log known to the service. Read-only.
+        """ListLogs lists every log known to the service. Read-only. A log whose
+        stored state does not parse is listed with LogSummary.problem set, so
+        it hides none of the others.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetLogState(self, request, context):
-        """GetLogState returns one log's whole state. Read-only.
+        """GetLogState returns one log's whole state. Read-only. A log whose stored
+        state does not parse (e.g. numbers an older version stored in a form it
+        cannot read) fails DATA_LOSS "log state unreadable: <why>".
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -6,7 +6,7 @@ import grpc
 import pytest
 
 from dmulog.v1 import dmulog_pb2 as pb
-from tests.servers import LogHandle, RedisProcess, dirty, keys_left, out_of_sync
+from tests.servers import LogHandle, RedisProcess, dirty, keys_left, out_of_sync, set_log_field
 
 # 8 regions of 16 sectors; the last one is partial (120 sectors in all).
 SECTORS, RS, RC = 120, 16, 8
@@ -89,6 +89,30 @@ async def test_largest_region_size_the_kernel_holds(log: LogHandle) -> None:
     assert 2**31 == await log.region_size()
     summary = (await log.state()).summary
     assert (2**31, 4) == (summary.region_size, summary.region_count)
+
+
+# What an older version stored for a region size of 2^63: Redis writes a Lua number with %.17g.
+POISON = b"9.2233720368547758e+18"
+
+
+async def test_one_unreadable_log_is_flagged_and_hides_no_other(log: LogHandle, redis: RedisProcess) -> None:
+    """ListLogs lists a log whose state does not parse with its reason next to the others; its state is DATA_LOSS."""
+    await log.ctr(SECTORS, "dmulog", "16", "nosync")
+    bad = LogHandle(log.stub, log.log.uuid + "-poisoned")
+    await bad.ctr(SECTORS, "dmulog", "16")
+    await set_log_field(redis.url, bad.log.uuid, "region_size", POISON)
+    listing = {s.uuid: s for s in (await log.stub.ListLogs(pb.ListLogsRequest())).logs}
+    good = listing[log.log.uuid]
+    assert (RS, RC, RC, "") == (good.region_size, good.region_count, good.sync_count, good.problem)
+    expected = pb.LogSummary(uuid=bad.log.uuid, problem="region_size is '9.2233720368547758e+18', not an integer")
+    assert expected == listing[bad.log.uuid]
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await bad.state()
+    assert grpc.StatusCode.DATA_LOSS == e.value.code()
+    assert "log state unreadable: region_size is '9.2233720368547758e+18', not an integer" == e.value.details()
+    assert RS == (await log.state()).summary.region_size
+    await bad.dtr()  # a log never activated goes with its last table, unreadable or not
+    assert [] == await keys_left(redis.url, bad.log.uuid)
 
 
 async def test_ctr_is_idempotent_but_refuses_other_arguments(log: LogHandle) -> None:

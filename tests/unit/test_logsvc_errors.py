@@ -17,6 +17,7 @@ from logsvc.errors import (
     LogError,
     NotFound,
     StoreUnavailable,
+    Unreadable,
     from_lua_error,
 )
 from logsvc.store import library_code
@@ -75,6 +76,7 @@ def test_status_of_table():
         AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
         Busy: grpc.StatusCode.FAILED_PRECONDITION,
         StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
+        Unreadable: grpc.StatusCode.DATA_LOSS,
     }
     assert expected == STATUS_OF
 
