@@ -13,6 +13,7 @@ logsvc stays unreachable it gets -EAGAIN and the kernel asks again.
 from __future__ import annotations
 
 import os
+import re
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,7 +23,11 @@ from bridge import wire
 from bridge.wire import Request, RequestType
 from dmulog.v1 import dmulog_pb2 as pb
 
-__all__ = ["ROUTES", "Route", "block_devices"]
+__all__ = ["ROUTES", "SYS_DEV_BLOCK", "Route", "block_devices"]
+
+#: Where the kernel lists its block devices by number ("<major>:<minor>" entries).
+SYS_DEV_BLOCK = "/sys/dev/block"
+_PAIR = re.compile(r"([0-9]+):([0-9]+)")
 
 Build = Callable[[Request, pb.LogRef, pb.Node], Any]
 Reply = Callable[[Request, Any], bytes]
@@ -67,32 +72,52 @@ def _ctr(req: Request, log: pb.LogRef, node: pb.Node) -> pb.CtrRequest:
 
 
 def block_devices(ctr: wire.CtrArgs) -> dict[str, str]:
-    """What each absolute path among the CTR arguments names on this node.
+    """What each device argument of the CTR names on this node.
 
     logsvc may run on another machine, so only the node can tell which block
     device a table's path means (cmirrord showed the log device's numbers
     from fstat) and whether it exists at all: the kernel opens the log device
     only after a successful CTR, and when that fails it drops the table
-    without a DTR, leaving the log behind. A path whose lookup fails for any
-    other reason (permissions, loops) gets no entry and is taken as given. A
-    replayed CTR reports only devices it found: its table is already loaded,
-    so refusing it now would only trap the kernel in its reconnect loop.
+    without a DTR, leaving the log behind. So an absolute path the node
+    cannot resolve to a block device (missing, not a block device, a loop, a
+    name too long) is reported as "", and so is a bare ``major:minor`` with
+    no block device behind it in SYS_DEV_BLOCK (a node without that sysfs
+    directory reports no pair, taking them as given). Only a path the node
+    may not look at (permissions: the kernel, looking as root, may still
+    open it) gets no entry and is taken as given. A replayed CTR reports
+    only devices it found: its table is already loaded, so refusing it now
+    would only trap the kernel in its reconnect loop.
     """
     found: dict[str, str] = {}
     for arg in ctr.args:
-        if not arg.startswith("/") or arg in found:
+        if arg in found:
             continue
-        try:
-            st = os.stat(arg)
-        except (FileNotFoundError, NotADirectoryError):
-            number = ""
-        except OSError:
-            continue
+        if arg.startswith("/"):
+            number = _device_at(arg)
+        elif (pair := _PAIR.fullmatch(arg)) and os.path.isdir(SYS_DEV_BLOCK):
+            number = _device_numbered(*pair.groups())
         else:
-            number = f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}" if stat.S_ISBLK(st.st_mode) else ""
-        if number or not ctr.replay:
+            continue
+        if number is not None and (number or not ctr.replay):
             found[arg] = number
     return found
+
+
+def _device_numbered(major: str, minor: str) -> str:
+    """``major:minor`` as the kernel reads it (decimal, leading zeros dropped) if that block device exists, else ""."""
+    number = f"{major.lstrip('0') or '0'}:{minor.lstrip('0') or '0'}"
+    return number if os.path.exists(os.path.join(SYS_DEV_BLOCK, number)) else ""
+
+
+def _device_at(path: str) -> str | None:
+    """``major:minor`` of the block device at ``path``, "" if there is none, None if it may not be looked at."""
+    try:
+        st = os.stat(path)
+    except PermissionError:
+        return None
+    except OSError:  # ENOENT, ENOTDIR, ELOOP, ENAMETOOLONG, ...: nothing the kernel could open either
+        return ""
+    return f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}" if stat.S_ISBLK(st.st_mode) else ""
 
 
 def _dtr(req: Request, log: pb.LogRef, node: pb.Node) -> pb.DtrRequest:

@@ -367,7 +367,8 @@ def decode_ctr(data: bytes) -> CtrArgs:
     """Split the constructor string ``"<sectors> <type> <arg>..."``.
 
     The kernel joins the table words with single spaces and sends the string
-    without its NUL at table load, and with it from the reconnect loop.
+    without its NUL at table load, and with it from the reconnect loop. The
+    length is the kernel's u64 ti->len, so a longer number is malformed.
     """
     replay = data.endswith(b"\0")
     text_bytes = data[:-1] if replay else data
@@ -382,6 +383,8 @@ def decode_ctr(data: bytes) -> CtrArgs:
         raise WireError(f"CTR string {text!r} is not '<sectors> <log type> <args...>'")
     if not words[0].isdigit() or int(words[0]) == 0:
         raise WireError(f"CTR target length {words[0]!r} is not a positive decimal number")
+    if int(words[0]) >= 1 << 64:
+        raise WireError(f"CTR target length {words[0]} does not fit 64 bits")
     return CtrArgs(int(words[0]), words[1], tuple(words[2:]), replay)
 
 

@@ -110,12 +110,15 @@ def render_log(state: pb.GetLogStateResponse, *, width: int = 64, rows: int = 16
 
 
 def render_list(logs: list[pb.LogSummary]) -> str:
-    """One line per log."""
+    """One line per log; a log the service could not read says so and why, in place of its numbers."""
     if not logs:
         return "no logs"
     head = f"{'UUID':<40} {'TYPE':<15} {'REGIONS':>10} {'REGION':>9} {'IN SYNC':>16} {'DIRTY':>8} {'ACTIVE':>6}"
     rows = [head]
     for s in logs:
+        if s.problem:
+            rows.append(f"{s.uuid:<40} unreadable: {s.problem}")
+            continue
         pct = 100.0 * s.sync_count / s.region_count if s.region_count else 100.0
         rows.append(
             f"{s.uuid:<40} {s.log_type:<15} {s.region_count:>10} {_size(s.region_size):>9} "

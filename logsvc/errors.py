@@ -23,6 +23,7 @@ __all__ = [
     "PendingWork",
     "StoreUnavailable",
     "TooLarge",
+    "Unreadable",
     "clip",
     "from_lua_error",
     "quoted",
@@ -70,6 +71,10 @@ class PendingWork(LogError):
     """The log has bulk work pending; the store finishes it and asks again (never reaches a client)."""
 
 
+class Unreadable(LogError):
+    """The log's stored state does not parse (e.g. written by an older version); nothing was changed."""
+
+
 WORD_TO_ERROR: dict[str, type[LogError]] = {
     "EINVAL": InvalidArgument,
     "ENOENT": NotFound,
@@ -88,6 +93,7 @@ STATUS_OF: dict[type[LogError], grpc.StatusCode] = {
     DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     PendingWork: grpc.StatusCode.UNAVAILABLE,
     TooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Unreadable: grpc.StatusCode.DATA_LOSS,
 }
 
 

@@ -16,8 +16,11 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import redis.asyncio as aioredis
+
 from dmulog.v1 import dmulog_pb2 as pb
 from dmulog.v1 import dmulog_pb2_grpc as pb_grpc
+from logsvc.keys import log_keys
 from logsvc.server import build_server
 from logsvc.store import Store
 
@@ -99,6 +102,24 @@ async def logsvc_server(redis_url: str, listen: str = "127.0.0.1:0", prefix: str
     finally:
         await server.stop(0)
         await store.close()
+
+
+async def keys_left(redis_url: str, uuid: str) -> list[str]:
+    """Which of the log's keys exist in Redis: a refused CTR must leave none."""
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        return [key for key in log_keys(uuid) if await client.exists(key)]
+    finally:
+        await client.aclose()
+
+
+async def set_log_field(redis_url: str, uuid: str, field: str, value: bytes) -> None:
+    """Overwrite one field of the log's hash directly, as another version might have stored it."""
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        await client.hset(log_keys(uuid).log, field, value)
+    finally:
+        await client.aclose()
 
 
 class LogHandle:

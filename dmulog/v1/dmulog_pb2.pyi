@@ -426,7 +426,7 @@ class Instance(_message.Message):
     def __init__(self, node: _Optional[str] = ..., boot_id: _Optional[str] = ..., luid: _Optional[int] = ..., state: _Optional[_Union[InstanceState, str]] = ..., target_sectors: _Optional[int] = ..., region_count: _Optional[int] = ...) -> None: ...
 
 class LogSummary(_message.Message):
-    __slots__ = ("uuid", "log_type", "region_size", "region_count", "sync_count", "dirty_count", "instance_count", "active_count")
+    __slots__ = ("uuid", "log_type", "region_size", "region_count", "sync_count", "dirty_count", "instance_count", "active_count", "problem")
     UUID_FIELD_NUMBER: _ClassVar[int]
     LOG_TYPE_FIELD_NUMBER: _ClassVar[int]
     REGION_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -435,6 +435,7 @@ class LogSummary(_message.Message):
     DIRTY_COUNT_FIELD_NUMBER: _ClassVar[int]
     INSTANCE_COUNT_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    PROBLEM_FIELD_NUMBER: _ClassVar[int]
     uuid: str
     log_type: str
     region_size: int
@@ -443,7 +444,8 @@ class LogSummary(_message.Message):
     dirty_count: int
     instance_count: int
     active_count: int
-    def __init__(self, uuid: _Optional[str] = ..., log_type: _Optional[str] = ..., region_size: _Optional[int] = ..., region_count: _Optional[int] = ..., sync_count: _Optional[int] = ..., dirty_count: _Optional[int] = ..., instance_count: _Optional[int] = ..., active_count: _Optional[int] = ...) -> None: ...
+    problem: str
+    def __init__(self, uuid: _Optional[str] = ..., log_type: _Optional[str] = ..., region_size: _Optional[int] = ..., region_count: _Optional[int] = ..., sync_count: _Optional[int] = ..., dirty_count: _Optional[int] = ..., instance_count: _Optional[int] = ..., active_count: _Optional[int] = ..., problem: _Optional[str] = ...) -> None: ...
 
 class RegionMarks(_message.Message):
     __slots__ = ("region", "nodes")

@@ -306,7 +306,9 @@ class DirtyLogServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListLogs(self, request, context):
-        """ListLogs lists every log known to the service. Read-only.
+        """ListLogs lists every log known to the service. Read-only. A log whose
+        stored state does not parse is listed with LogSummary.problem set, so
+        it hides none of the others.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -316,7 +318,9 @@ class DirtyLogServicer:
         """GetLogState returns one log's whole state, read at one instant. Read-only.
         It answers RESOURCE_EXHAUSTED for a log too large for one message of a
         few MiB (more than 8 Mi regions, or more than 65536 marked regions): read
-        such a log with ReadLogState.
+        such a log with ReadLogState. A log whose stored state does not parse
+        (e.g. numbers an older version stored in a form it cannot read) fails
+        DATA_LOSS "log state unreadable: <why>".
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

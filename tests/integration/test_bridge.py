@@ -27,7 +27,7 @@ from bridge.journal import Journal, read_ring
 from bridge.wire import RequestType as T
 from dmulog.v1 import dmulog_pb2 as pb
 from dmulog.v1 import dmulog_pb2_grpc as pb_grpc
-from tests.servers import RedisProcess, free_port, logsvc_server
+from tests.servers import RedisProcess, free_port, keys_left, logsvc_server
 
 U64 = struct.Struct("=Q")
 _seq = itertools.count(1000)
@@ -105,11 +105,20 @@ async def test_unknown_instance_gets_esrch(kernel: KernelSide) -> None:
     assert (await kernel.ask(T.IN_SYNC, u64(0), uuid="never-constructed")).error == -errno.ESRCH
 
 
+def _a_numbered_block_device() -> str:
+    """The major:minor of some block device this machine lists in /sys/dev/block (skip the test when none)."""
+    with contextlib.suppress(OSError):
+        for entry in sorted(os.listdir("/sys/dev/block")):
+            return entry
+    pytest.skip("no /sys/dev/block here")
+
+
 async def test_replayed_ctr_gets_no_payload_and_succeeds(kernel: KernelSide, uuid: str) -> None:
     """The reconnect loop's CTR (NUL inside data_size, no reply room) succeeds with an empty reply."""
-    first = await kernel.ask(T.CTR, b"120 clustered-disk 253:2 16", uuid=uuid)
-    assert (first.error, first.data) == (0, b"253:2\0")
-    replay = await kernel.ask(T.CTR, b"120 clustered-disk 253:2 16\0", uuid=uuid)
+    device = _a_numbered_block_device()
+    first = await kernel.ask(T.CTR, f"120 clustered-disk {device} 16".encode(), uuid=uuid)
+    assert (first.error, first.data) == (0, device.encode() + b"\0")
+    replay = await kernel.ask(T.CTR, f"120 clustered-disk {device} 16\0".encode(), uuid=uuid)
     assert (replay.error, replay.data) == (0, b"")
 
 
@@ -162,6 +171,65 @@ async def test_clustered_disk_device_missing_on_this_node_fails_ctr_without_a_tr
     with pytest.raises(grpc.aio.AioRpcError) as e:
         await stub.GetLogState(pb.GetLogStateRequest(uuid=uuid))
     assert grpc.StatusCode.NOT_FOUND == e.value.code()
+
+
+def _unresolvable(tmp_path: Path) -> dict[str, str]:
+    """Log devices the kernel could never open, by why."""
+    (tmp_path / "loop").symlink_to("loop")
+    return {
+        "path-component-over-255": "/" + "x" * 256,  # ENAMETOOLONG
+        "path-that-loops": f"{tmp_path}/loop",  # ELOOP
+        "major-minor-of-200-digits": "9" * 200 + ":1",
+        "major-minor-outside-dev_t": "4096:0",
+    }
+
+
+@pytest.mark.parametrize("case", ["path-component-over-255", "path-that-loops", "major-minor-of-200-digits",
+                                  "major-minor-outside-dev_t"])  # fmt: skip
+async def test_clustered_disk_device_the_kernel_cannot_open_fails_ctr_and_leaves_no_key(
+    kernel: KernelSide, redis: RedisProcess, uuid: str, tmp_path: Path, case: str
+) -> None:
+    """Refused at CTR, before anything is stored: past a successful CTR the kernel fails the table and sends no DTR."""
+    device = _unresolvable(tmp_path)[case]
+    ctr = await kernel.ask(T.CTR, f"120 clustered-disk {device} 16".encode(), uuid=uuid)
+    assert -errno.EINVAL == ctr.error
+    assert [] == await keys_left(redis.url, uuid)
+
+
+async def test_clustered_disk_major_minor_is_checked_on_this_node(
+    kernel: KernelSide, redis: RedisProcess, uuid: str
+) -> None:
+    """A major:minor the node has comes back as the kernel reads it; one it lacks fails CTR, leaving nothing."""
+    major, minor = _a_numbered_block_device().split(":")
+    ctr = await kernel.ask(T.CTR, f"120 clustered-disk 0{major}:0{minor} 16".encode(), uuid=uuid)
+    assert (0, f"{major}:{minor}\0".encode()) == (ctr.error, ctr.data)
+    assert 0 == (await kernel.ask(T.DTR, uuid=uuid)).error
+    missing = "4095:1048575"  # the largest dev_t: no driver registers it
+    assert not os.path.exists(f"/sys/dev/block/{missing}")
+    assert -errno.EINVAL == (await kernel.ask(T.CTR, f"120 clustered-disk {missing} 16".encode(), uuid=uuid)).error
+    assert [] == await keys_left(redis.url, uuid)
+
+
+async def test_region_size_the_kernel_would_truncate_fails_ctr_and_leaves_no_key(
+    kernel: KernelSide, redis: RedisProcess, uuid: str
+) -> None:
+    """2^32 sectors, 0 in the kernel's u32 (which then divides by it), is -EINVAL at CTR with nothing stored."""
+    ctr = await kernel.ask(T.CTR, f"{2**33} dmulog {2**32} nosync".encode(), uuid=uuid)
+    assert -errno.EINVAL == ctr.error
+    assert [] == await keys_left(redis.url, uuid)
+
+
+async def test_ctr_length_over_u64_is_einval_in_one_log_line(
+    kernel: KernelSide, redis: RedisProcess, uuid: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A length word past 2^64 - 1 is a malformed request (-EINVAL, logged once), not a crash answered -EIO."""
+    with caplog.at_level("INFO", logger="dmulog.bridge"):
+        ctr = await kernel.ask(T.CTR, f"{2**64} dmulog 2".encode(), uuid=uuid)
+    assert -errno.EINVAL == ctr.error
+    lines = [(r.getMessage(), getattr(r, "event_data", {}).get("detail")) for r in caplog.records
+             if r.name.startswith("dmulog.bridge")]  # fmt: skip
+    assert [("request_malformed", "CTR target length 18446744073709551616 does not fit 64 bits")] == lines
+    assert [] == await keys_left(redis.url, uuid)
 
 
 async def test_datagrams_not_from_the_kernel_are_ignored(kernel: KernelSide, uuid: str) -> None:

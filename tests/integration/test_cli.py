@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from dmulog.cli import ExitStatus, main
-from tests.servers import LogHandle, free_port
+from tests.servers import LogHandle, RedisProcess, free_port, set_log_field
 
 
 def run(*argv: str, env: dict[str, str] | None = None) -> tuple[ExitStatus, str, str]:
@@ -35,6 +35,25 @@ async def test_status_lists_logs_and_draws_one(log: LogHandle, logsvc: str) -> N
     assert code == ExitStatus.OK
     assert "in sync 0/1048576" in out
     assert "|R" + "X" * 63 + "|" in out
+
+
+async def test_status_lists_every_log_when_one_cannot_be_read(log: LogHandle, logsvc: str, redis: RedisProcess) -> None:
+    """One log stored in a form this version cannot parse shows as unreadable with its reason; the others still list."""
+    import asyncio
+
+    await log.ctr(1024, "dmulog", "16", "nosync")
+    bad = LogHandle(log.stub, log.log.uuid + "-poisoned")
+    await bad.ctr(1024, "dmulog", "16")
+    await set_log_field(redis.url, bad.log.uuid, "region_size", b"9.2233720368547758e+18")
+    code, out, err = await asyncio.to_thread(run, "status", "--logsvc", logsvc)
+    assert ExitStatus.OK == code, err
+    rows = {line.split()[0]: line for line in out.splitlines()}
+    assert ["dmulog", "64", "8", "KiB", "64", "100%", "0", "0/1"] == rows[log.log.uuid].split()[1:]
+    assert rows[bad.log.uuid].endswith(" unreadable: region_size is '9.2233720368547758e+18', not an integer")
+    code, _, err = await asyncio.to_thread(run, "status", bad.log.uuid, "--logsvc", logsvc)
+    assert ExitStatus.ERROR == code
+    assert "DATA_LOSS: log state unreadable: region_size is '9.2233720368547758e+18'" in err
+    await bad.dtr()
 
 
 async def test_status_of_an_unknown_log_is_not_found(logsvc: str) -> None:

@@ -6,7 +6,7 @@ import grpc
 import pytest
 
 from dmulog.v1 import dmulog_pb2 as pb
-from tests.servers import LogHandle, dirty, out_of_sync
+from tests.servers import LogHandle, RedisProcess, dirty, keys_left, out_of_sync, set_log_field
 
 # 8 regions of 16 sectors; the last one is partial (120 sectors in all).
 SECTORS, RS, RC = 120, 16, 8
@@ -52,6 +52,67 @@ async def test_ctr_rejects_bad_arguments_and_leaves_nothing(
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert message in e.value.details()
     assert await code_of(log.state()) == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize(
+    ("sectors", "log_type", "args", "message"),
+    [
+        pytest.param(2**33, "dmulog", [str(2**32)], "region size 4294967296 exceeds the kernel's limit of 2147483648",
+                     id="region-size-2^32"),
+        pytest.param(2**64 - 1, "dmulog", [str(2**63)], "target length 18446744073709551615 exceeds the limit",
+                     id="target-u64-max-region-2^63"),
+        pytest.param(2**53, "dmulog", [str(2**31)], "target length 9007199254740992 exceeds the limit of "
+                     "9007199254740991 sectors", id="target-2^53"),
+        pytest.param(SECTORS, "clustered-disk", ["/dev/" + "x" * 256, "16"], "is not at most 127 ASCII bytes",
+                     id="device-path-component-over-255"),
+        pytest.param(SECTORS, "clustered-disk", ["9" * 200 + ":1", "16"], "is not at most 127 ASCII bytes",
+                     id="device-of-200-digits"),
+        pytest.param(SECTORS, "clustered-disk", ["4096:0", "16"], "does not fit the kernel's dev_t",
+                     id="device-major-2^12"),
+        pytest.param(SECTORS, "clustered-disk", ["/dev/vg/l\u00f6g", "16"], "is not at most 127 ASCII bytes",
+                     id="device-not-ascii"),
+    ],
+)  # fmt: skip
+async def test_ctr_refuses_what_the_kernel_or_lua_cannot_hold_and_leaves_no_key(
+    log: LogHandle, redis: RedisProcess, sectors: int, log_type: str, args: list[str], message: str
+) -> None:
+    """A number the kernel truncates or Lua rounds, or a device name the kernel cannot take: refused, nothing kept."""
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await log.ctr(sectors, log_type, *args)
+    assert (grpc.StatusCode.INVALID_ARGUMENT, True) == (e.value.code(), message in (e.value.details() or ""))
+    assert [] == await keys_left(redis.url, log.log.uuid)
+
+
+async def test_largest_region_size_the_kernel_holds(log: LogHandle) -> None:
+    """2^31 sectors, the largest power of two in the kernel's u32 region size, is accepted and answered as such."""
+    await log.ctr(2**33, "dmulog", str(2**31), "nosync")
+    assert 2**31 == await log.region_size()
+    summary = (await log.state()).summary
+    assert (2**31, 4) == (summary.region_size, summary.region_count)
+
+
+# What an older version stored for a region size of 2^63: Redis writes a Lua number with %.17g.
+POISON = b"9.2233720368547758e+18"
+
+
+async def test_one_unreadable_log_is_flagged_and_hides_no_other(log: LogHandle, redis: RedisProcess) -> None:
+    """ListLogs lists a log whose state does not parse with its reason next to the others; its state is DATA_LOSS."""
+    await log.ctr(SECTORS, "dmulog", "16", "nosync")
+    bad = LogHandle(log.stub, log.log.uuid + "-poisoned")
+    await bad.ctr(SECTORS, "dmulog", "16")
+    await set_log_field(redis.url, bad.log.uuid, "region_size", POISON)
+    listing = {s.uuid: s for s in (await log.stub.ListLogs(pb.ListLogsRequest())).logs}
+    good = listing[log.log.uuid]
+    assert (RS, RC, RC, "") == (good.region_size, good.region_count, good.sync_count, good.problem)
+    expected = pb.LogSummary(uuid=bad.log.uuid, problem="region_size is '9.2233720368547758e+18', not an integer")
+    assert expected == listing[bad.log.uuid]
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await bad.state()
+    assert grpc.StatusCode.DATA_LOSS == e.value.code()
+    assert "log state unreadable: region_size is '9.2233720368547758e+18', not an integer" == e.value.details()
+    assert RS == (await log.state()).summary.region_size
+    await bad.dtr()  # a log never activated goes with its last table, unreadable or not
+    assert [] == await keys_left(redis.url, bad.log.uuid)
 
 
 async def test_ctr_is_idempotent_but_refuses_other_arguments(log: LogHandle) -> None:

@@ -9,16 +9,20 @@ scenario is its own test so a failure names what broke):
   copy and the absence of one are both visible in the leg files); the exact
   status and table texts the kernel prints (protocol.md §8); bad tables,
   which must fail with a reason in the bridge or kernel log and leave nothing
-  in Redis; several mirrors of mixed types with I/O in parallel; and a table
-  reload, during which two instances of one log are live.
+  in Redis (among them a region size of 2^32, which the kernel's u32 would
+  truncate to 0 and divide by); several mirrors of mixed types with I/O in
+  parallel; and a table reload, during which two instances of one log are
+  live.
 * ``limits`` boot: region sizes from 2 sectors to 1 MiB, a 4 GiB target, more
-  regions than cmirrord allows (2,097,152), a partial last region; and a leg
+  regions than cmirrord allows (2,097,152), a partial last region, the largest
+  region size the kernel holds (2^31 over 4 TiB dm-zero legs); and a leg
   that fails under a mirror: the write completes, the leg shows ``D``, the
   written regions go out of sync, and nothing retries in a loop.
 
-Legs are sparse files on the guest's tmpfs behind loop devices; they are
-compared as files, which the loop driver keeps coherent with what the
-mirror wrote (the loop devices' own page cache is never read).
+Legs are sparse files on the guest's tmpfs behind loop devices (the 4 TiB
+ones are dm-zero devices, never compared); they are compared as files, which
+the loop driver keeps coherent with what the mirror wrote (the loop devices'
+own page cache is never read).
 """
 
 from __future__ import annotations
@@ -106,7 +110,11 @@ bad missing_device "$(mirror_table $MS "conf-bad-missing_device clustered-disk /
 bad file_as_device "$(mirror_table $MS "conf-bad-file_as_device clustered-disk /tmp/not-a-device 1024" "$LEGS")"
 bad missing_leg "$(mirror_table $MS "conf-bad-missing_leg dmulog 1024" "$L0 0 /dev/nonexistent 0")"
 bad leg_count "0 $MS mirror userspace 3 conf-bad-leg_count dmulog 1024 3 $LEGS"
+# 2^32 sectors fits the log's u64 reply but not the kernel's u32 region size (it divided by 0).
+ZS=8589934592; Z0=$(zero_leg conf-z0 $ZS); Z1=$(zero_leg conf-z1 $ZS)
+bad region_over_u32 "$(mirror_table $ZS "conf-bad-region_over_u32 dmulog 4294967296 nosync" "$Z0 0 $Z1 0")"
 dmsetup ls > $R/bad-devices.txt 2>&1
+dmsetup remove conf-z0 conf-z1; note bad.zero_legs_remove_rc $?
 $REDIS --scan --pattern 'dmulog:{conf-bad-*' > $R/bad-keys.txt 2>&1; note bad.scan_rc $?
 note bad.alive "$(alive)"
 # The stack still works: a good mirror right after.
@@ -245,6 +253,19 @@ $T dmsetup remove one; note one.remove_rc $?
 note one.legs_identical "$(same /tmp/one-a /tmp/one-b)"
 losetup -d $A $B
 note one_done "$SECONDS"
+
+# 2f. The largest region size the kernel holds (2^31 sectors, 1 TiB, its region size is
+# a u32) over 4 TiB dm-zero legs: four regions, nosync, so nothing is copied.
+ZS=8589934592; Z0=$(zero_leg conf-zmax-0 $ZS); Z1=$(zero_leg conf-zmax-1 $ZS)
+note maxregion.legs "$(devno $Z0) $(devno $Z1)"
+$T dmsetup create maxregion --table "$(mirror_table $ZS "conf-maxregion dmulog 2147483648 nosync" "$Z0 0 $Z1 0")"
+note maxregion.create_rc $?
+note maxregion.status "$(dmsetup status maxregion)"
+dmulog status conf-maxregion --logsvc "unix:$SOCK" > $R/maxregion.dmulog-status 2>&1
+note maxregion.dmulog_status_rc $?
+$T dmsetup remove maxregion; note maxregion.remove_rc $?
+dmsetup remove conf-zmax-0 conf-zmax-1; note maxregion.remove_legs_rc $?
+note maxregion_done "$SECONDS"
 
 # 5. A leg that fails: leg 1 is a dm-linear device whose table becomes "error".
 A=$(leg /tmp/fail-a 4M); B=$(leg /tmp/fail-b 4M)
@@ -417,6 +438,7 @@ BAD_TABLES = {
     "file_as_device": ("bridge", r"log device /tmp/not-a-device is not a block device on the calling node"),
     "missing_leg": ("kernel", r"mirror: Device lookup failure"),
     "leg_count": ("kernel", r"mirror: Too few mirror arguments"),
+    "region_over_u32": ("bridge", r"region size 4294967296 exceeds the kernel's limit of 2147483648 sectors"),
 }
 
 
@@ -453,6 +475,14 @@ def test_bad_table_leaves_nothing_in_redis(conformance: GuestRun, name: str) -> 
     assert "0" == conformance.outcome().get("bad.scan_rc")
     keys = _text(conformance, "bad-keys.txt").split()
     assert [] == [k for k in keys if k.startswith(f"dmulog:{{conf-bad-{name}}}:")]
+
+
+def test_region_size_over_u32_is_refused_before_the_kernel_divides_by_it(conformance: GuestRun) -> None:
+    """2^32 sectors, which the kernel's u32 region size truncates to 0, fails the CTR: no divide error, no oops."""
+    dmesg = _text(conformance, "bad.region_over_u32.dmesg")
+    assert "1" == conformance.outcome().get("bad.region_over_u32.rc"), _text(conformance, "bad.region_over_u32.out")
+    assert not re.search(r"divide error|Oops|Call Trace|RIP:", dmesg), dmesg
+    assert "0" == conformance.outcome().get("bad.zero_legs_remove_rc")
 
 
 def test_a_good_mirror_works_right_after_bad_tables(conformance: GuestRun) -> None:
@@ -548,6 +578,17 @@ def test_region_size_equal_to_the_target(limits: GuestRun) -> None:
     out = limits.outcome()
     assert ("0", "0", "0", "yes") == _fields(out, "one", "create_rc", "write_rc", "remove_rc", "legs_identical")
     assert re.fullmatch(r"0 8192 mirror 2 7:\d+ 7:\d+ 1/1 1 AA 1 dmulog", out.get("one.status", ""))
+
+
+def test_largest_region_size_the_kernel_holds(limits: GuestRun) -> None:
+    """2^31 sectors (the largest power of two in the kernel's u32) over 2^33: four regions, status, removal."""
+    out = limits.outcome()
+    expected = ("0", "0", "0", "0")
+    assert expected == _fields(out, "maxregion", "create_rc", "dmulog_status_rc", "remove_rc", "remove_legs_rc"), out
+    leg_a, leg_b = out.get("maxregion.legs", "? ?").split(" ")
+    assert f"0 8589934592 mirror 2 {leg_a} {leg_b} 4/4 1 AA 1 dmulog" == out.get("maxregion.status")
+    text = _text(limits, "maxregion.dmulog-status")
+    assert "4 regions of 2147483648 sectors (1 TiB), 4 TiB in all" in text, text
 
 
 def test_failed_leg_write_completes_and_the_leg_shows_d(limits: GuestRun) -> None:

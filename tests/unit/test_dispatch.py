@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from bridge import wire
+from bridge import dispatch, wire
 from bridge.dispatch import ROUTES, block_devices
 from bridge.wire import REPLY_CAPACITY, Request, RequestType, WireError
 from dmulog.v1 import dmulog_pb2 as pb
@@ -18,6 +18,16 @@ NATIVE = sys.byteorder
 LOG = pb.LogRef(uuid="LVM-mirror-uuid", luid=0xFFFF888812345678)
 NODE = pb.Node(name="node-a", boot_id="0b6c3f4e-boot")
 SERVICE = pb.DESCRIPTOR.services_by_name["DirtyLog"]
+
+
+@pytest.fixture(autouse=True)
+def sys_dev_block(tmp_path_factory, monkeypatch):
+    """The node's /sys/dev/block, as the bridge sees it: block devices 253:2 and 7:2 only."""
+    path = tmp_path_factory.mktemp("sys-dev-block")
+    for name in ("253:2", "7:2"):
+        (path / name).mkdir()
+    monkeypatch.setattr(dispatch, "SYS_DEV_BLOCK", str(path))
+    return path
 
 
 def u64(v: int) -> bytes:
@@ -88,7 +98,14 @@ BUILDS = [
     pytest.param(
         T.CTR,
         b"2097152 clustered-disk 253:2 1024",
-        pb.CtrRequest(log=LOG, node=NODE, target_sectors=2097152, log_type="clustered-disk", args=["253:2", "1024"]),
+        pb.CtrRequest(
+            log=LOG,
+            node=NODE,
+            target_sectors=2097152,
+            log_type="clustered-disk",
+            args=["253:2", "1024"],
+            block_devices={"253:2": "253:2"},
+        ),
         id="CTR",
     ),
     pytest.param(
@@ -338,18 +355,49 @@ def test_block_devices_gives_major_minor_of_a_block_device(monkeypatch):
     assert {"/dev/vg/mlog": "253:7"} == block_devices(_ctr("2048 clustered-disk /dev/vg/mlog 1024 nosync"))
 
 
-def test_block_devices_skips_words_that_are_not_paths():
-    """Region sizes, options and major:minor words are no paths: nothing to report."""
-    assert {} == block_devices(_ctr("2048 clustered-disk 253:2 1024 nosync block_on_error"))
+def test_block_devices_names_loops_and_overlong_names_as_no_device(tmp_path):
+    """A path the kernel could not resolve either (ELOOP, ENAMETOOLONG) is '' too, not taken as given."""
+    (tmp_path / "loop").symlink_to("loop")
+    long_name = f"{tmp_path}/{'x' * 256}"
+    ctr = _ctr(f"2048 clustered-disk {tmp_path}/loop 1024 {long_name}")
+    assert {f"{tmp_path}/loop": "", long_name: ""} == block_devices(ctr)
+
+
+def test_block_devices_skips_words_that_name_no_device():
+    """Region sizes and options are no devices: nothing to report."""
+    assert {} == block_devices(_ctr("2048 clustered-core 1024 nosync block_on_error"))
+
+
+@pytest.mark.parametrize(
+    ("word", "expected"),
+    [
+        pytest.param("253:2", "253:2", id="present"),
+        pytest.param("0253:002", "253:2", id="leading-zeros-read-as-the-kernel-reads-them"),
+        pytest.param("0:0", "", id="zero"),
+        pytest.param("253:3", "", id="absent"),
+        pytest.param("9" * 200 + ":1", "", id="200-digit-major"),
+    ],
+)
+def test_block_devices_checks_a_bare_major_minor_on_the_node(word, expected):
+    """A major:minor is a device too: the node says whether it has it, by the numbers the kernel would open."""
+    assert {word: expected} == block_devices(_ctr(f"2048 clustered-disk {word} 1024"))
+
+
+def test_block_devices_takes_pairs_as_given_without_sysfs(monkeypatch, tmp_path):
+    """A node without /sys/dev/block cannot tell: its pairs get no entry (logsvc checks what it can)."""
+    monkeypatch.setattr(dispatch, "SYS_DEV_BLOCK", str(tmp_path / "no-sysfs"))
+    assert {} == block_devices(_ctr("2048 clustered-disk 253:2 1024"))
 
 
 def test_block_devices_of_a_replayed_ctr_reports_only_what_it_found(tmp_path):
     """The reconnect loop's CTR is for a table already loaded: a vanished path must not make it fail forever."""
     assert {} == block_devices(_ctr(f"2048 clustered-disk {tmp_path}/gone 1024\0"))
+    assert {} == block_devices(_ctr("2048 clustered-disk 253:3 1024\0"))
+    assert {"253:2": "253:2"} == block_devices(_ctr("2048 clustered-disk 253:2 1024\0"))
 
 
 def test_block_devices_omits_paths_it_could_not_look_at(monkeypatch):
-    """A path whose lookup fails for another reason (permissions) is taken as given, not refused."""
+    """A path the node may not look at (permissions; the kernel looks as root) is taken as given, not refused."""
 
     def denied(path, *args, **kwargs):
         raise PermissionError(13, "Permission denied", path)

@@ -20,6 +20,7 @@ from logsvc.errors import (
     PendingWork,
     StoreUnavailable,
     TooLarge,
+    Unreadable,
     from_lua_error,
 )
 from logsvc.store import library_code
@@ -82,6 +83,7 @@ def test_status_of_table():
         DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
         PendingWork: grpc.StatusCode.UNAVAILABLE,
         TooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
+        Unreadable: grpc.StatusCode.DATA_LOSS,
     }
     assert expected == STATUS_OF
 

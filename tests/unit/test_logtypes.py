@@ -5,7 +5,18 @@ from __future__ import annotations
 import pytest
 
 from logsvc.errors import InvalidArgument
-from logsvc.logtypes import LOG_TYPES, MAX_REGIONS, LogSpec, log_device, parse_log_args, status_info, status_table
+from logsvc.logtypes import (
+    LOG_TYPES,
+    MAX_DEVICE_NAME,
+    MAX_REGION_SIZE,
+    MAX_REGIONS,
+    MAX_TARGET_SECTORS,
+    LogSpec,
+    log_device,
+    parse_log_args,
+    status_info,
+    status_table,
+)
 
 CORE, DISK, NATIVE = "clustered-core", "clustered-disk", "dmulog"
 MLOG = "/dev/mapper/vg-lv_mlog"
@@ -62,6 +73,18 @@ VALID = [
     pytest.param(
         2**40, CORE, [str(2**30)], LogSpec(CORE, 2**40, 2**30, 1024, "", False, "", (str(2**30),)),
         id="huge-region",
+    ),
+    pytest.param(
+        2**33, NATIVE, [str(2**31)], LogSpec(NATIVE, 2**33, 2**31, 4, "", False, "", (str(2**31),)),
+        id="largest-region-the-kernel-holds",
+    ),
+    pytest.param(
+        2**53 - 1, NATIVE, [str(2**31)], LogSpec(NATIVE, 2**53 - 1, 2**31, 2**22, "", False, "", (str(2**31),)),
+        id="longest-target-lua-counts-exactly",
+    ),
+    pytest.param(
+        2**33, NATIVE, ["0002147483648"], LogSpec(NATIVE, 2**33, 2**31, 4, "", False, "", ("0002147483648",)),
+        id="largest-region-with-leading-zeros",
     ),
 ]  # fmt: skip
 
@@ -128,6 +151,12 @@ INVALID = [
         2048, DISK, ["\u0662\u0665\u0663:\u0662", "1024"], id="disk-arabic-indic-major-minor",
     ),
     pytest.param(2 * MAX_REGIONS + 1, NATIVE, ["2"], id="too-many-regions"),
+    pytest.param(2**33, NATIVE, [str(2**32)], id="region-2^32-truncated-to-0-by-the-kernel"),
+    pytest.param(2**40, NATIVE, [str(2**34)], id="region-2^34"),
+    pytest.param(2**64 - 1, NATIVE, [str(2**63)], id="region-2^63"),
+    pytest.param(2**40, NATIVE, ["9" * 5000], id="region-5000-digits"),
+    pytest.param(2**53, NATIVE, [str(2**31)], id="target-2^53"),
+    pytest.param(2**64 - 1, NATIVE, [str(2**31)], id="target-u64-max"),
     pytest.param(2**50, CORE, ["2"], id="far-too-many-regions"),
 ]  # fmt: skip
 
@@ -246,3 +275,55 @@ def test_status_shows_the_resolved_device():
     spec = parse_log_args(2048, DISK, [MLOG, "1024", "nosync"])
     expected = ("3 clustered-disk 253:7 A", "clustered-disk 253:7 1024 nosync  ")
     assert expected == (status_info(spec, "253:7"), status_table(spec, "253:7"))
+
+
+@pytest.mark.parametrize(
+    ("target", "args", "message"),
+    [
+        pytest.param(2**33, [str(2**32)], "region size 4294967296 exceeds the kernel's limit of 2147483648 sectors",
+                     id="region-2^32"),
+        pytest.param(2**40, ["9" * 5000], "region size 9{45}... exceeds the kernel's limit", id="region-5000-digits"),
+        pytest.param(2**53, [str(2**31)], r"target length 9007199254740992 exceeds the limit of 9007199254740991",
+                     id="target-2^53"),
+        pytest.param(2**64 - 1, [str(2**63)], "target length 18446744073709551615 exceeds", id="target-u64-max"),
+    ],
+)  # fmt: skip
+def test_limits_of_the_kernel_and_of_lua_say_which(target, args, message):
+    """A number the kernel's u32 region size or Lua's doubles cannot hold is refused with a message naming the limit."""
+    assert (MAX_REGION_SIZE, MAX_TARGET_SECTORS) == (2**31, 2**53 - 1)
+    with pytest.raises(InvalidArgument, match=message):
+        parse_log_args(target, NATIVE, args)
+
+
+# (table's device word, what the node reported): names the kernel could not take back or open
+UNUSABLE_DEVICES = [
+    pytest.param("/dev/" + "x" * 256, {}, "is not at most 127 ASCII bytes", id="path-component-over-255"),
+    pytest.param("/" + "d" * MAX_DEVICE_NAME, {}, "is not at most 127 ASCII bytes", id="path-of-128-bytes"),
+    pytest.param("/dev/m\u00e9lange", {}, "is not at most 127 ASCII bytes", id="path-not-ascii"),
+    pytest.param("9" * 200 + ":1", {}, "is not at most 127 ASCII bytes", id="major-of-200-digits"),
+    pytest.param("9" * 100 + ":1", {}, "does not fit the kernel's dev_t", id="major-of-100-digits"),
+    pytest.param("4096:0", {}, r"does not fit the kernel's dev_t \(major at most 4095, minor at most 1048575\)",
+                 id="major-2^12"),
+    pytest.param("0:1048576", {}, "does not fit the kernel's dev_t", id="minor-2^20"),
+    pytest.param(MLOG, {MLOG: "4096:1"}, "does not fit the kernel's dev_t", id="reported-major-2^12"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("word", "reported", "message"), UNUSABLE_DEVICES)
+def test_log_device_refuses_what_the_kernel_cannot_take_back(word, reported, message):
+    """The reply's device must fit the kernel's 128 bytes with its NUL, be ASCII, and as major:minor fit a dev_t."""
+    with pytest.raises(InvalidArgument, match=message):
+        log_device(parse_log_args(2048, DISK, [word, "1024"]), reported)
+
+
+@pytest.mark.parametrize(
+    "word",
+    [
+        pytest.param("/" + "d" * (MAX_DEVICE_NAME - 1), id="path-of-127-bytes"),
+        pytest.param("4095:1048575", id="largest-dev_t"),
+        pytest.param("0:0", id="zero-dev_t"),
+    ],
+)
+def test_log_device_at_the_kernel_limits_is_kept(word):
+    """A name just inside the kernel's limits goes back to it unchanged."""
+    assert word == log_device(parse_log_args(2048, DISK, [word, "1024"]), {})

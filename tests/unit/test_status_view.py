@@ -246,6 +246,18 @@ def test_render_list():
     assert expected_b == lines[2].split()
 
 
+def test_render_list_shows_an_unreadable_log_with_its_reason():
+    """A log the service could not read is one row saying so and why; the rows around it are unchanged."""
+    logs = [
+        pb.LogSummary(uuid="LVM-a", log_type="dmulog", region_size=8, region_count=4, sync_count=4),
+        pb.LogSummary(uuid="LVM-bad", problem="region_size is '9.2233720368547758e+18', not an integer"),
+    ]
+    lines = render_list(logs).splitlines()
+    expected = ["LVM-a", "dmulog", "4", "4", "KiB", "4", "100%", "0", "0/0"]
+    assert expected == lines[1].split()
+    assert "LVM-bad" + " " * 34 + "unreadable: region_size is '9.2233720368547758e+18', not an integer" == lines[2]
+
+
 def test_render_list_empty():
     """render_list of no logs says so."""
     expected = "no logs"

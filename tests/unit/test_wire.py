@@ -710,12 +710,23 @@ def test_decode_ctr_valid(data, expected):
         pytest.param("\u00b2 clustered-core 1024".encode(), id="utf8-superscript-two"),
         pytest.param("2048 clustered-c\u00f6re 1024".encode(), id="non-ascii-type"),
         pytest.param(b"2048 clustered-core \xff", id="non-ascii-arg"),
+        pytest.param(b"18446744073709551616 dmulog 2", id="u64-max-plus-one-length"),
+        pytest.param(b"99999999999999999999999999999999999999 dmulog 2", id="38-digit-length"),
     ],
 )
 def test_decode_ctr_invalid(data):
     """Malformed constructor strings raise WireError."""
     with pytest.raises(WireError):
         wire.decode_ctr(data)
+
+
+def test_decode_ctr_length_over_u64_is_einval_with_its_reason():
+    """A length the kernel's u64 ti->len cannot be is malformed: -EINVAL, byte for byte, before any RPC is built."""
+    req = wire.decode_request(datagram(T.CTR, b"18446744073709551616 dmulog 2"))
+    with pytest.raises(WireError, match="CTR target length 18446744073709551616 does not fit 64 bits") as e:
+        wire.decode_ctr(req.data)
+    assert errno.EINVAL == e.value.errno
+    assert reply(T.CTR, -errno.EINVAL) == wire.error_reply(req, e.value.errno)
 
 
 @pytest.mark.parametrize(

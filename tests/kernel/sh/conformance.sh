@@ -28,4 +28,9 @@ settle() {
 same() { cmp -s ${3:+-n $3} ${4:+-i $4} "$1" "$2" && echo yes || echo no; }
 # bdwrite NAME BS COUNT SEEK: O_DIRECT random data; prints dd's exit code.
 bdwrite() { $T dd if=/dev/urandom of="/dev/mapper/$1" bs="$2" count="$3" seek="$4" oflag=direct status=none; echo $?; }
+# zero_leg NAME SECTORS: a dm-zero device (reads zeros, drops writes) of any size; prints its path.
+zero_leg() {
+  modprobe -q -d "$DMULOG_MODPROBE_BASE" dm_zero
+  dmsetup create "$1" --table "0 $2 zero" && dmsetup mknodes "$1" && echo "/dev/mapper/$1"
+}
 alive() { kill -0 "$BRIDGE_PID" "$LOGSVC_PID" 2>/dev/null && echo yes || echo no; }
