@@ -976,12 +976,20 @@ local function v1_ctr_arguments(A)
   return {A[1], A[2], A[3], '0', cjson.encode(spec)}
 end
 
+-- Services that predate deadlines pass the first six keys only; the others are
+-- named after the log key (same hash tag, so the same slot).
+local function v1_keys(K)
+  local k = {unpack(K)}
+  for i = #k + 1, #KEY_NAMES do k[i] = string.gsub(K[1], ':log$', ':' .. KEY_NAMES[i]) end
+  return k
+end
+
 local function register(name, callback, writes, adapt)
   local flags = writes and {} or {'no-writes'}
   redis.register_function{function_name = 'dmulog_v2_' .. name, callback = callback, flags = flags}
   redis.register_function{
     function_name = 'dmulog_v1_' .. name,
-    callback = function(K, A) return callback(K, (adapt or v1_arguments)(A)) end,
+    callback = function(K, A) return callback(v1_keys(K), (adapt or v1_arguments)(A)) end,
     flags = flags,
   }
 end
@@ -1018,7 +1026,11 @@ local function plain(name, fn, writes)
   local flags = writes and {} or {'no-writes'}
   -- (Only the redis table is there while a library loads: no ipairs.)
   redis.register_function{function_name = 'dmulog_v2_' .. name, callback = callback, flags = flags}
-  redis.register_function{function_name = 'dmulog_v1_' .. name, callback = callback, flags = flags}
+  redis.register_function{
+    function_name = 'dmulog_v1_' .. name,
+    callback = function(K, A) return callback(v1_keys(K), A) end,
+    flags = flags,
+  }
 end
 
 -- One budget's worth of the log's jobs: 1 while some are left, 0 when none is.

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import pytest
 
+from logsvc.store import FUNCTION_PREFIX
 from tests.kernel.vm import GuestRun, run_guest
 
 pytestmark = pytest.mark.kernel
@@ -605,7 +606,7 @@ def test_failed_leg_sets_the_written_regions_out_of_sync(limits: GuestRun) -> No
     """The kernel sends SET_REGION_SYNC(r, 0) for each region written while the leg is dead; the log shows them."""
     calls = _text(limits, "fail.monitor")
     for region in (2, 5):
-        assert re.search(rf'"dmulog_v1_set_region_sync" .* "{region}" "0"', calls), calls
+        assert re.search(rf'"{FUNCTION_PREFIX}set_region_sync" .* "{region}" "0"', calls), calls
     text = _text(limits, "fail.dmulog-status")
     assert "in sync 6/8 (75.0%)" in text and "|..X..X..|" in text, text
 
@@ -636,7 +637,7 @@ def test_kernel_reports_a_failed_recovery_as_in_sync(limits: GuestRun) -> None:
     calls = _text(limits, "fail.monitor")
     assert "Write error during recovery" in _text(limits, "fail.recovery.dmesg")
     for region in (2, 5):
-        assert re.search(rf'"dmulog_v1_set_region_sync" .* "{region}" "1"', calls), calls
+        assert re.search(rf'"{FUNCTION_PREFIX}set_region_sync" .* "{region}" "1"', calls), calls
     assert ("0", "0") == (out.get("fail.resume_rc"), out.get("fail.resettled"))
     leg_a, leg_b = out.get("fail.legs", "? ?").split(" ")
     assert f"0 8192 mirror 2 {leg_a} {leg_b} 8/8 1 AA 1 dmulog" == out.get("fail.status3")

@@ -27,7 +27,7 @@ def _meta(**over: bytes) -> list[bytes]:
 
 
 def _state_raw(meta: list[bytes], inst: bytes | None = None) -> list[object]:
-    return [meta, [b"node-a/42", inst or _inst()], b"\xfc", b"\x40", [b"1", b"node-a"], [b"3"]]
+    return [meta, [b"node-a/42", inst or _inst()], b"\xfc", b"\x40", [b"1", b"node-a"], [b"3"], 1]
 
 
 def test_summary_of_a_readable_log():

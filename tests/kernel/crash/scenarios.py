@@ -41,6 +41,7 @@ from pathlib import Path
 
 import grpc
 
+from logsvc.store import CALLER_ARGS, FUNCTION_PREFIX
 from tests.kernel.crash import checker
 from tests.kernel.crash.topology import REPO, Boot, Topology, TopologyError
 from tests.kernel.vm import GuestRun, kernel_log_problems
@@ -247,8 +248,8 @@ def region_trace(trace: Path, uuid: str, region: int, limit: int = 16) -> list[s
         except (IndexError, ValueError):
             continue
         gap, last = (when - last if last is not None else 0.0), when
-        name = words[1].removeprefix("dmulog_v1_")
-        args = words[3 + nkeys + 3 :]  # after the keys: node, boot id, luid, then the request's own
+        name = words[1].removeprefix(FUNCTION_PREFIX)
+        args = words[3 + nkeys + CALLER_ARGS :]  # after the keys: the caller, then the request's own
         regions = args[:1] if name == "set_region_sync" else args if name in _REGION_CALLS else []
         if want in regions:
             quiet = f"   <- first call after {gap:.1f} s without any" if gap > 1 else ""
