@@ -55,7 +55,7 @@ from dmulog.v1 import dmulog_pb2 as pb
 from logsvc.keys import log_keys
 from logsvc.service import DirtyLogService
 from logsvc.store import Caller, Store
-from tests.servers import RedisProcess
+from tests.servers import RedisProcess, logsvc_process
 
 NODE = pb.Node(name="bench", boot_id="bench-boot")
 
@@ -128,22 +128,6 @@ async def through_bridge(client: object, trace: list[bytes], mirrors: int, rec: 
         shutil.rmtree(journal_dir, ignore_errors=True)
 
 
-def start_logsvc(redis_url: str, workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """A logsvc process on a Unix socket."""
-    sock = workdir / f"logsvc-{time.monotonic_ns()}.sock"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dmulog", "--log-level", "warning", "logsvc", "--listen", f"unix:{sock}",
-         "--redis", redis_url],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    for _ in range(300):
-        if sock.exists():
-            return proc, f"unix:{sock}"
-        time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("logsvc did not start")
-
-
 async def full_stack(target: str, trace: list[bytes], mirrors: int, rec: Recorder, transport: str = "stream") -> float:
     """The trace through bridge → logsvc → Redis."""
     config = ClientConfig(attempt_timeout=10.0, budget=20.0, transport=transport)  # type: ignore[arg-type]
@@ -194,7 +178,7 @@ async def main_async(args: argparse.Namespace) -> int:
         if policy != "always":
             subprocess.run(["redis-cli", "-p", str(r.port), "CONFIG", "SET", "appendfsync", policy],
                            check=True, capture_output=True)  # fmt: skip
-        logsvc, target = start_logsvc(r.url, workdir)
+        logsvc, target = logsvc_process(r.url, workdir)
         try:
             floor, getbit, codec, unary, full = Recorder(), Recorder(), Recorder(), Recorder(), Recorder()
             await redis_floor(r.url, trace, floor, getbit)

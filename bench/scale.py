@@ -14,7 +14,12 @@ noisy):
   no request may grow with the number of logs;
 * one log of ``--regions`` regions: CTR and RESUME time, Redis memory, the
   same request latencies against a small log, and how long ``dmulog status``
-  (one GetLogState plus the bitmap picture) takes on it.
+  (one ReadLogState plus the bitmap picture) takes on it;
+* every heavy request at the largest size (2^28 regions: a CTR, a master
+  RESUME, a grown table's RESUME, eight ReadLogStates, a reap and a last DTR
+  of 262,144 marks) and the worst latency another log saw meanwhile
+  (tests/stall.py, on a Redis and logsvc of their own): no Function call may
+  stall the others.
 """
 
 from __future__ import annotations
@@ -35,9 +40,9 @@ from pathlib import Path
 import grpc
 import redis.asyncio as aioredis
 
-from bench.__main__ import start_logsvc
 from dmulog.v1 import dmulog_pb2_grpc as pb_grpc
-from tests.servers import LogHandle, RedisProcess
+from tests import stall
+from tests.servers import LogHandle, RedisProcess, logsvc_process
 
 __all__ = ["main"]
 
@@ -137,19 +142,39 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__.splitlines()[0])
     parser.add_argument("--logs", type=int, default=10000, help="logs to create (default 10000)")
     parser.add_argument("--regions", type=int, default=16 << 20, help="regions of the large log (default 16 Mi)")
+    parser.add_argument("--no-stall", action="store_true", help="skip the heavy requests at 2^28 regions")
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="dmulog-scale-"))
     print(f"dmulog bench.scale  {time.strftime('%Y-%m-%d %H:%M')}  {platform.node()}  {os.cpu_count()} cpus")
     r = RedisProcess(workdir / "redis").start()
-    logsvc, target = start_logsvc(r.url, workdir)
+    logsvc, target = logsvc_process(r.url, workdir)
     try:
         asyncio.run(run(args, r.url, target))
     finally:
         logsvc.terminate()
         logsvc.wait(10)
         r.kill()
-        shutil.rmtree(workdir, ignore_errors=True)
+    if not args.no_stall:
+        stall_report(workdir / "stall")
+    shutil.rmtree(workdir, ignore_errors=True)
     return 0
+
+
+def stall_report(workdir: Path) -> None:
+    """Every heavy request at 2^28 regions, on a fresh Redis and logsvc, and what another log waited meanwhile."""
+    workdir.mkdir(parents=True)
+    r = RedisProcess(workdir / "redis").start()
+    logsvc, target = logsvc_process(r.url, workdir)
+    try:
+        stalls = stall.measure(target, workdir)
+    finally:
+        logsvc.terminate()
+        logsvc.wait(10)
+        r.kill()
+    print("\nheavy requests at 2^28 regions: the worst (and p99) latency of another log's IN_SYNC meanwhile")
+    print(stall.Stall.header())
+    for s in stalls.values():
+        print(s.line())
 
 
 if __name__ == "__main__":

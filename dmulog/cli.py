@@ -64,6 +64,8 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     opt(p, "--redis", None, "Redis URL (redis://, rediss://, unix://); unset = embedded redis-server")
     opt(p, "--state-dir", _default_state_dir(env), "data directory of the embedded redis-server")
     opt(p, "--key-prefix", "dmulog", "prefix of every Redis key")
+    opt(p, "--redis-connections", "64", "Redis connections, so commands in flight, of this process; more requests "
+        "wait for one", type=int)  # fmt: skip
 
     p = sub.add_parser("bridge", help="answer the kernel's dm-log-userspace requests through logsvc",
                        description="Own the kernel's NETLINK_CONNECTOR socket and forward every dm-log-userspace "
@@ -110,6 +112,7 @@ def _program(args: argparse.Namespace, out: TextIO, argv: Sequence[str]) -> Exit
         from logsvc.server import LogsvcConfig, serve
 
         asyncio.run(serve(LogsvcConfig(listen=args.listen, redis_url=args.redis, state_dir=Path(args.state_dir),
+                                       redis_connections=args.redis_connections,
                                        key_prefix=args.key_prefix)))  # fmt: skip
         return ExitStatus.OK
     if args.command == "bridge":

@@ -41,6 +41,10 @@ __all__ = ["Exchanges", "methods_by_field"]
 MAX_IN_FLIGHT: Final = 1024
 """Requests one stream may have in progress; past it the stream stops reading
 (gRPC flow control then holds the client back) instead of growing tasks."""
+MAX_IN_FLIGHT_PROCESS: Final = 8192
+"""Requests all of a process's streams together may have in progress, likewise.
+Behind both, at most ``--redis-connections`` commands are at Redis at once and
+the rest wait for a connection (logsvc/store.py): a burst queues, it never fails."""
 
 _END: Final = object()
 _DRAIN: Final = object()
@@ -107,9 +111,11 @@ def _calls(msg: Any) -> Iterable[Any]:
 class Exchanges:
     """Serves the Exchange streams of one servicer; knows them so it can drain them."""
 
-    def __init__(self, servicer: Any, max_in_flight: int = MAX_IN_FLIGHT):
+    def __init__(self, servicer: Any, max_in_flight: int = MAX_IN_FLIGHT,
+                 max_in_flight_process: int = MAX_IN_FLIGHT_PROCESS):  # fmt: skip
         self._servicer = servicer
         self._max_in_flight = max_in_flight
+        self._process_slots = asyncio.Semaphore(max_in_flight_process)
         self._open: set[asyncio.Queue[Any]] = set()
         self._draining = False
 
@@ -155,6 +161,7 @@ class Exchanges:
             try:
                 out.put_nowait(await self._one(call, context))
             finally:
+                self._process_slots.release()
                 slots.release()
 
         async def read() -> None:
@@ -162,6 +169,7 @@ class Exchanges:
                 async for msg in requests:
                     for call in _calls(msg):
                         await slots.acquire()
+                        await self._process_slots.acquire()
                         task = asyncio.create_task(answer(call))
                         tasks.add(task)
                         task.add_done_callback(tasks.discard)

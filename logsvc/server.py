@@ -20,7 +20,7 @@ from dmulog.v1 import dmulog_pb2_grpc as pb_grpc
 from logsvc.embedded_redis import EmbeddedRedis
 from logsvc.interceptor import RequestInterceptor
 from logsvc.service import DirtyLogService
-from logsvc.store import Store
+from logsvc.store import MAX_CONNECTIONS, Store
 
 __all__ = ["LogsvcConfig", "build_server", "serve"]
 
@@ -38,6 +38,7 @@ class LogsvcConfig:
     state_dir: Path = Path("/var/lib/dmulog")
     key_prefix: str = "dmulog"
     grace: float = 5.0
+    redis_connections: int = MAX_CONNECTIONS
 
 
 async def build_server(
@@ -92,7 +93,7 @@ async def serve(config: LogsvcConfig) -> None:
         embedded = EmbeddedRedis(config.state_dir)
         await embedded.start()
         url = embedded.url
-    store = Store.from_url(url, prefix=config.key_prefix)
+    store = Store.from_url(url, prefix=config.key_prefix, max_connections=config.redis_connections)
     try:
         await store.load_library()
         await _check_durability(store)

@@ -11,6 +11,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -88,6 +89,23 @@ def redis_process(data_dir: Path) -> Iterator[RedisProcess]:
         yield r
     finally:
         r.kill()
+
+
+def logsvc_process(redis_url: str, workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """A ``dmulog logsvc`` process of its own on a Unix socket in ``workdir``; returns it and its target."""
+    sock = workdir / f"logsvc-{time.monotonic_ns()}.sock"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dmulog", "--log-level", "warning", "logsvc", "--listen", f"unix:{sock}",
+         "--redis", redis_url],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 30
+    while not sock.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"logsvc did not start (exit {proc.poll()})")
+        time.sleep(0.05)
+    return proc, f"unix:{sock}"
 
 
 @contextlib.asynccontextmanager

@@ -36,14 +36,29 @@ from dmulog.log_state import read_log_state
 from dmulog.v1 import dmulog_pb2 as pb
 from dmulog.v1 import dmulog_pb2_grpc as pb_grpc
 
-__all__ = ["BIG_REGIONS", "PROBE_LOG", "REGION_SECTORS", "Probe", "Stall", "heavy_node", "probe"]
+__all__ = ["BIG_REGIONS", "HEAVY", "MARKS", "PROBE_LOG", "REGION_SECTORS", "Probe", "Stall", "heavy_node", "measure",
+           "prepare", "probe"]
 
 PROBE_LOG = "stall-probe"
 """UUID of the small log the probe asks about (created by the probe)."""
 BIG_REGIONS = 1 << 28
 """The most regions a log may have: the size every heavy request is measured at."""
 REGION_SECTORS = 8
+MARKS = 262_144
+"""Marks of the node whose reap and last DTR are measured."""
 _PROBE_NODE = pb.Node(name="probe", boot_id="probe-boot")
+
+HEAVY: dict[str, tuple[str, str, str, int]] = {
+    "ctr": ("CTR of a new 2^28-region log", "ctr", "stall-big", 1),
+    "resume": ("its first RESUME (dirty bits to sync bits)", "resume", "stall-big", 1),
+    "ctr-nosync": ("CTR of a new 2^28-region nosync log", "ctr-nosync", "stall-nosync", 1),
+    "resume-grown": ("RESUME of a table grown to 2^28 regions", "resume", "stall-grow", 1),
+    "read-state": ("8 ReadLogStates of a 2^28-region log", "read-state", "stall-big", 8),
+    "list-logs": ("ListLogs with those logs", "list-logs", "-", 1),
+    "reap": (f"CTR of a new boot reaping {MARKS} marks", "ctr-new-boot", "stall-reap", 1),
+    "drop": (f"last DTR of a node dropping {MARKS} marks", "dtr", "stall-drop", 1),
+}
+"""Every heavy request measured, in the order they run: (what, op, log, how many at once)."""
 
 
 @dataclass(frozen=True)
@@ -135,6 +150,36 @@ def probe(target: str, workdir: Path) -> Iterator[Probe]:
 def heavy_node(boot: str = "boot-1") -> pb.Node:
     """The node the heavy requests come from."""
     return pb.Node(name="heavy", boot_id=boot)
+
+
+async def prepare(target: str) -> None:
+    """The logs the heavy requests work on, beyond the ones they create themselves."""
+    from tests.servers import LogHandle
+
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = pb_grpc.DirtyLogStub(channel)
+        node = heavy_node()
+        for uuid in ("stall-reap", "stall-drop"):
+            log = LogHandle(stub, uuid, luid=1, node=node.name, boot=node.boot_id)
+            await log.ctr(MARKS * REGION_SECTORS, "dmulog", str(REGION_SECTORS), "nosync")
+            await log.resume()
+            for start in range(0, MARKS, 4096):
+                await log.mark(*range(start, start + 4096))
+        # A persistent table of half the size, gone; then the full size constructed: its
+        # RESUME grows the dirty bits.
+        half = LogHandle(stub, "stall-grow", luid=2, node=node.name, boot=node.boot_id)
+        await half.ctr(BIG_REGIONS // 2 * REGION_SECTORS, "dmulog", str(REGION_SECTORS))
+        await half.resume()
+        await half.suspend()
+        await half.dtr()
+        await half.other(luid=1).ctr(BIG_REGIONS * REGION_SECTORS, "dmulog", str(REGION_SECTORS))
+
+
+def measure(target: str, workdir: Path) -> dict[str, Stall]:
+    """Prepare, start the probe, run every HEAVY request once with the probe watching."""
+    asyncio.run(prepare(target))
+    with probe(target, workdir) as p:
+        return {key: p.heavy(what, op, uuid, count) for key, (what, op, uuid, count) in HEAVY.items()}
 
 
 async def _probe_loop(target: str, out: Path) -> None:

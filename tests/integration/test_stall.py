@@ -11,9 +11,6 @@ calls, a CTR of 2^28 regions stalled the probe for about a second and a reap of
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,71 +19,21 @@ import pytest
 
 from dmulog.v1 import dmulog_pb2 as pb
 from dmulog.v1 import dmulog_pb2_grpc as pb_grpc
-from tests.servers import LogHandle, RedisProcess
-from tests.stall import BIG_REGIONS, REGION_SECTORS, Stall, heavy_node, probe
+from tests.servers import LogHandle, RedisProcess, logsvc_process
+from tests.stall import HEAVY, REGION_SECTORS, Stall, measure
 
 BOUND = 0.100
 """Worst latency another log may see during any one heavy request (seconds)."""
-MARKS = 262_144
-
-
-def _start_logsvc(redis_url: str, workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    sock = workdir / "logsvc.sock"
-    proc = subprocess.Popen([sys.executable, "-m", "dmulog", "--log-level", "warning", "logsvc", "--listen",
-                             f"unix:{sock}", "--redis", redis_url], stdin=subprocess.DEVNULL)  # fmt: skip
-    deadline = time.monotonic() + 30
-    while not sock.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError("logsvc did not start")
-        time.sleep(0.05)
-    return proc, f"unix:{sock}"
-
-
-async def _prepare(target: str) -> None:
-    """The logs the heavy requests work on, beyond the ones they create themselves."""
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = pb_grpc.DirtyLogStub(channel)
-        node = heavy_node()
-        for uuid in ("stall-reap", "stall-drop"):
-            log = LogHandle(stub, uuid, luid=1, node=node.name, boot=node.boot_id)
-            await log.ctr(MARKS * REGION_SECTORS, "dmulog", str(REGION_SECTORS), "nosync")
-            await log.resume()
-            for start in range(0, MARKS, 4096):
-                await log.mark(*range(start, start + 4096))
-        # A persistent table of half the size, gone; then the full size constructed: its
-        # RESUME grows the dirty bits.
-        half = LogHandle(stub, "stall-grow", luid=2, node=node.name, boot=node.boot_id)
-        await half.ctr(BIG_REGIONS // 2 * REGION_SECTORS, "dmulog", str(REGION_SECTORS))
-        await half.resume()
-        await half.suspend()
-        await half.dtr()
-        full = half.other(luid=1)
-        await full.ctr(BIG_REGIONS * REGION_SECTORS, "dmulog", str(REGION_SECTORS))
 
 
 @pytest.fixture(scope="module")
 def stalls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Stall]]:
     """Every heavy request, run once each, in order, with the probe's view of it."""
-    import asyncio
-
     workdir = Path(tmp_path_factory.mktemp("stall"))
     redis = RedisProcess(workdir / "redis").start()
-    logsvc, target = _start_logsvc(redis.url, workdir)
+    logsvc, target = logsvc_process(redis.url, workdir)
     try:
-        asyncio.run(_prepare(target))
-        with probe(target, workdir) as p:
-            runs = [
-                ("ctr", p.heavy("CTR of a new 2^28-region log", "ctr", "stall-big")),
-                ("resume", p.heavy("its first RESUME (dirty bits to sync bits)", "resume", "stall-big")),
-                ("ctr-nosync", p.heavy("CTR of a new 2^28-region nosync log", "ctr-nosync", "stall-nosync")),
-                ("resume-grown", p.heavy("RESUME of a table grown to 2^28 regions", "resume", "stall-grow")),
-                ("read-state", p.heavy("8 ReadLogStates of a 2^28-region log", "read-state", "stall-big", 8)),
-                ("list-logs", p.heavy("ListLogs with those logs", "list-logs", "-")),
-                ("reap", p.heavy(f"CTR of a new boot reaping {MARKS} marks", "ctr-new-boot", "stall-reap")),
-                ("drop", p.heavy(f"last DTR of a node dropping {MARKS} marks", "dtr", "stall-drop")),
-            ]
-        results = dict(runs)
+        results = measure(target, workdir)
         print("\n" + Stall.header() + "\n" + "\n".join(s.line() for s in results.values()))
         yield results
     finally:
@@ -95,8 +42,7 @@ def stalls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Stall
         redis.kill()
 
 
-@pytest.mark.parametrize("what", ["ctr", "resume", "ctr-nosync", "resume-grown", "read-state", "list-logs", "reap",
-                                  "drop"])  # fmt: skip
+@pytest.mark.parametrize("what", list(HEAVY))
 def test_a_heavy_request_never_stalls_another_log(stalls: dict[str, Stall], what: str) -> None:
     """While one heavy request of a 2^28-region log runs, no request of another log waits 100 ms or more."""
     stall = stalls[what]
