@@ -53,6 +53,7 @@ from dmulog.v1 import dmulog_pb2 as pb
 __all__ = [
     "Bridge",
     "BridgeConfig",
+    "MissingCapabilities",
     "StartupError",
     "check_capabilities",
     "claim_kernel_socket",
@@ -76,6 +77,10 @@ _ONE = wire.encode_s64(True)
 
 class StartupError(RuntimeError):
     """The bridge cannot serve this host; the message says why."""
+
+
+class MissingCapabilities(StartupError):
+    """The bridge lacks a capability the kernel checks (run it as root or grant it)."""
 
 
 @dataclass(frozen=True)
@@ -346,11 +351,12 @@ def check_capabilities() -> None:
     """Refuse to start without the capabilities the kernel checks.
 
     Raises:
-        StartupError: one is missing.
+        MissingCapabilities: one is missing.
     """
     missing = host.missing_capabilities()
     if missing:
-        raise StartupError(f"dmulog bridge needs {' and '.join(missing)} (run it as root or grant the capabilities)")
+        raise MissingCapabilities(f"dmulog bridge needs {' and '.join(missing)} (run it as root or grant the "
+                                  "capabilities)")  # fmt: skip
 
 
 def claim_kernel_socket() -> tuple[KernelSocket, socket.socket]:

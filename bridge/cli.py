@@ -1,0 +1,57 @@
+"""``dmulog bridge``: answer the kernel's dm-log-userspace requests through logsvc."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TextIO
+
+from dmulog.cli import Command, CommandError, ExitStatus, Option
+
+__all__ = ["COMMAND"]
+
+
+def _add(p: argparse.ArgumentParser, option: Option) -> None:
+    option("--logsvc", None, "logsvc address: HOST:PORT or unix:/PATH (required)")
+    option("--node", None, "this node's name (default: the host name)")
+    option("--attempt-timeout", "3.0", "seconds one call to logsvc may take", type=float)
+    option("--retry-budget", "9.0", "seconds to keep retrying an unreachable logsvc before answering the kernel",
+           type=float)  # fmt: skip
+    option("--journal-dir", "/run/dmulog/inflight",
+           "where requests wait until answered, so a restarted bridge answers them (tmpfs; '' = none)")  # fmt: skip
+    option("--latch-ttl", "1.0", "seconds the bridge answers IN_SYNC of an instance logsvc called latched "
+           "before asking again (0 = always ask)", type=float)  # fmt: skip
+    p.add_argument("--respawn", action="store_true", default=os.environ.get("DMULOG_RESPAWN", "") not in ("", "0"),
+                   help="hold the netlink socket in a small parent process and run the bridge as its child, "
+                   "restarted at once if it dies; queued requests survive [env DMULOG_RESPAWN=1]")  # fmt: skip
+
+
+def _run(args: argparse.Namespace, argv: Sequence[str], out: TextIO) -> ExitStatus:
+    from bridge.agent import BridgeConfig, MissingCapabilities, StartupError, run
+
+    if not args.logsvc:
+        raise CommandError(ExitStatus.USAGE, "dmulog bridge: --logsvc (or DMULOG_LOGSVC) is required")
+    try:
+        if args.respawn and "LISTEN_FDS" not in os.environ:  # (a respawned bridge inherits the socket)
+            from bridge.keeper import keep
+
+            return ExitStatus(keep(["-m", "dmulog", *(a for a in argv if a != "--respawn")]))
+        asyncio.run(run(BridgeConfig(logsvc=args.logsvc, node=args.node, attempt_timeout=args.attempt_timeout,
+                                     budget=args.retry_budget, latch_ttl=args.latch_ttl,
+                                     journal_dir=Path(args.journal_dir) if args.journal_dir else None)))  # fmt: skip
+    except MissingCapabilities as e:
+        raise CommandError(ExitStatus.PERMISSION, f"dmulog bridge: {e}") from None
+    except StartupError as e:
+        raise CommandError(ExitStatus.ERROR, f"dmulog bridge: {e}") from None
+    return ExitStatus.OK
+
+
+COMMAND = Command(
+    name="bridge", order=2, help="answer the kernel's dm-log-userspace requests through logsvc",
+    description="Own the kernel's NETLINK_CONNECTOR socket and forward every dm-log-userspace request to logsvc. "
+    "Needs CAP_NET_ADMIN and CAP_SYS_ADMIN; one per host.",
+    add=_add, run=_run,
+)  # fmt: skip

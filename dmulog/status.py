@@ -1,0 +1,52 @@
+"""``dmulog status``: every log at a glance, or one log with a picture of its bitmap.
+
+It needs nothing but the API, so it lives in the base package: an admin
+machine can run it with neither a bridge nor a logsvc installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from collections.abc import Sequence
+from typing import TextIO
+
+from dmulog.cli import Command, ExitStatus, Option
+
+__all__ = ["COMMAND"]
+
+
+def _add(p: argparse.ArgumentParser, option: Option) -> None:
+    p.add_argument("uuid", nargs="?", help="log UUID (omit to list every log)")
+    option("--logsvc", "127.0.0.1:7500", "logsvc address: HOST:PORT or unix:/PATH")
+    option("--width", "64", "cells per row of the bitmap picture", type=int)
+
+
+async def _status(args: argparse.Namespace, out: TextIO) -> ExitStatus:
+    import grpc
+
+    from dmulog import status_view
+    from dmulog.log_state import read_log_state
+    from dmulog.v1 import dmulog_pb2 as pb
+    from dmulog.v1 import dmulog_pb2_grpc as pb_grpc
+
+    async with grpc.aio.insecure_channel(args.logsvc) as channel:
+        stub = pb_grpc.DirtyLogStub(channel)
+        if args.uuid:
+            state = await read_log_state(stub, args.uuid, timeout=60)
+            out.write(status_view.render_log(state, width=max(8, args.width)) + "\n")
+        else:
+            listing = await stub.ListLogs(pb.ListLogsRequest(), timeout=30)
+            out.write(status_view.render_list(list(listing.logs)) + "\n")
+    return ExitStatus.OK
+
+
+def _run(args: argparse.Namespace, argv: Sequence[str], out: TextIO) -> ExitStatus:
+    return asyncio.run(_status(args, out))
+
+
+COMMAND = Command(
+    name="status", order=3, help="list logs, or show one log with a picture of its bitmap",
+    description="List every log, or show one log: its numbers, instances, marks and a picture of its bitmaps.",
+    add=_add, run=_run,
+)  # fmt: skip

@@ -1,0 +1,54 @@
+"""``dmulog logsvc``: serve the DirtyLog API with state in Redis."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TextIO
+
+from dmulog.cli import Command, CommandError, ExitStatus, Option
+
+__all__ = ["COMMAND"]
+
+
+def _default_state_dir(env: Mapping[str, str]) -> str:
+    if os.geteuid() == 0:
+        return "/var/lib/dmulog"
+    base = env.get("XDG_STATE_HOME") or str(Path.home() / ".local/state")
+    return str(Path(base) / "dmulog")
+
+
+def _add(p: argparse.ArgumentParser, option: Option) -> None:
+    option("--listen", "127.0.0.1:7500", "address to serve on: HOST:PORT or unix:/PATH")
+    option("--redis", None, "Redis URL (redis://, rediss://, unix://); unset = embedded redis-server")
+    option("--state-dir", _default_state_dir(os.environ), "data directory of the embedded redis-server")
+    option("--key-prefix", "dmulog", "prefix of every Redis key")
+    option("--redis-connections", "64", "Redis connections, so commands in flight, of this process; more requests "
+           "wait for one", type=int)  # fmt: skip
+
+
+def _run(args: argparse.Namespace, argv: Sequence[str], out: TextIO) -> ExitStatus:
+    from logsvc.embedded_redis import RedisNotInstalled, StateDirInUse
+    from logsvc.errors import StoreUnavailable
+    from logsvc.server import LogsvcConfig, serve
+
+    config = LogsvcConfig(listen=args.listen, redis_url=args.redis, state_dir=Path(args.state_dir),
+                          redis_connections=args.redis_connections, key_prefix=args.key_prefix)  # fmt: skip
+    try:
+        asyncio.run(serve(config))
+    except RedisNotInstalled as e:
+        raise CommandError(ExitStatus.MISSING_DEPENDENCY, f"dmulog logsvc: {e}") from None
+    except (StateDirInUse, StoreUnavailable) as e:
+        raise CommandError(ExitStatus.UNAVAILABLE, f"dmulog logsvc: {e}") from None
+    return ExitStatus.OK
+
+
+COMMAND = Command(
+    name="logsvc", order=1, help="serve the DirtyLog gRPC API with state in Redis",
+    description="Serve the DirtyLog gRPC API. Without --redis it starts and supervises its own redis-server "
+    "(AOF, appendfsync always) with data in --state-dir.",
+    add=_add, run=_run,
+)  # fmt: skip
