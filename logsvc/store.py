@@ -91,10 +91,23 @@ def library_code() -> str:
 _UNREACHABLE = (rexc.ConnectionError, rexc.TimeoutError, ConnectionError, TimeoutError)
 
 
+# Replies that say "not now" rather than "no": a Redis loading its data
+# (BusyLoadingError, a ConnectionError), a cluster slot moving (TRYAGAIN), a
+# primary without its replicas (MASTERDOWN), a server demoted to replica in a
+# failover (READONLY). redis-py strips the word from the message and raises
+# these classes, so they are told apart by class.
+_NOT_NOW = (rexc.TryAgainError, rexc.MasterDownError, rexc.ReadOnlyError)
+
+
 def _retryable(e: BaseException) -> bool:
-    return isinstance(e, _UNREACHABLE) or (
-        isinstance(e, rexc.ResponseError) and str(e).startswith(("LOADING", "TRYAGAIN", "MASTERDOWN", "READONLY"))
-    )
+    return isinstance(e, (*_UNREACHABLE, *_NOT_NOW))
+
+
+def _unavailable(e: BaseException) -> StoreUnavailable:
+    """What a retryable failure becomes once the budget is spent."""
+    if isinstance(e, _NOT_NOW):
+        return StoreUnavailable(f"redis not ready: {e}")
+    return StoreUnavailable(f"redis unreachable: {e}")
 
 
 class Store:
@@ -137,8 +150,8 @@ class Store:
                 lambda: self._redis.function_load(library_code(), replace=True), is_retryable=_retryable
             )
             await self._retry.run(self.measure_clock, is_retryable=_retryable)
-        except _UNREACHABLE as e:
-            raise StoreUnavailable(f"redis unreachable: {e}") from e
+        except (*_UNREACHABLE, *_NOT_NOW) as e:
+            raise _unavailable(e) from e
 
     async def close(self) -> None:
         """Close the connection pool."""
@@ -220,11 +233,11 @@ class Store:
 
         try:
             return await self._retry.run(once, is_retryable=_retryable)
+        except (*_UNREACHABLE, *_NOT_NOW) as e:
+            raise _unavailable(e) from e
         except rexc.ResponseError as e:
             mapped = from_lua_error(str(e))
             raise (mapped or LogError(f"redis error: {e}")) from None
-        except _UNREACHABLE as e:
-            raise StoreUnavailable(f"redis unreachable: {e}") from e
 
     async def state(self, uuid: str) -> list[Any]:
         """The raw ``state`` of a log, read in one call (at one instant).
@@ -265,8 +278,8 @@ class Store:
     async def _plain(self, command: Any) -> Any:
         try:
             return await self._retry.run(command, is_retryable=_retryable)
-        except _UNREACHABLE as e:
-            raise StoreUnavailable(f"redis unreachable: {e}") from e
+        except (*_UNREACHABLE, *_NOT_NOW) as e:
+            raise _unavailable(e) from e
 
     async def log_uuids(self) -> list[str]:
         """UUIDs of every log, by SCAN (no global index key, so Cluster-safe)."""

@@ -85,8 +85,15 @@ end
 -- What the current call may still spend; reset by every entry point.
 local budget = {bytes = BUDGET, regions = STEP_REGIONS, fresh = true}
 
-local function reset_budget()
-  budget.bytes, budget.regions, budget.fresh = BUDGET, STEP_REGIONS, true
+-- `unbounded`: services that predate jobs cannot drive them (they know no
+-- ESTEP), so a call under a v1 name finishes whatever work it finds, as every
+-- call did then.
+local function reset_budget(unbounded)
+  if unbounded then
+    budget.bytes, budget.regions, budget.fresh = math.huge, 2 ^ 40, true
+  else
+    budget.bytes, budget.regions, budget.fresh = BUDGET, STEP_REGIONS, true
+  end
 end
 
 -- Whether a pass over `nbytes` bytes fits this call (the first pass always
@@ -341,7 +348,7 @@ phases.resize = {
 phases.unmark = {
   {free, function(k, job)
     while budget.regions > 0 do
-      local regions = marked_by(k, job.node, budget.regions)
+      local regions = marked_by(k, job.node, math.min(budget.regions, BATCH))
       if #regions == 0 then return true end
       budget.regions = budget.regions - #regions
       drop_marks(k, job.node, regions)
@@ -940,14 +947,20 @@ end
 -- the caller's instance (`needs` = NO_INSTANCE for CTR and DTR, which find it
 -- themselves).
 local function kernel_request(fn, writes, needs)
-  return function(K, A)
+  return function(K, A, unbounded)
     local k, c = named(K), caller(A)
-    reset_budget()
+    reset_budget(unbounded)
     if writes and past_deadline(c) then
       return err('ETIMEDOUT', 'request abandoned: its deadline passed before it ran')
     end
     if writes then upgrade(k) end
-    if redis.call('HEXISTS', k.log, 'jobs') == 1 and not (writes and run_jobs(k)) then return estep(k) end
+    if redis.call('HEXISTS', k.log, 'jobs') == 1 and not (writes and run_jobs(k)) then
+      -- A reader cannot write, so it cannot finish them. A v1 caller knows no
+      -- ESTEP: it gets Redis's own LOADING, the one reply services of its
+      -- version retry (their client takes it for a connection error).
+      if unbounded then return redis.error_reply('LOADING log has bulk work pending') end
+      return estep(k)
+    end
     local inst = nil
     if needs ~= NO_INSTANCE then
       local e
@@ -989,7 +1002,7 @@ local function register(name, callback, writes, adapt)
   redis.register_function{function_name = 'dmulog_v2_' .. name, callback = callback, flags = flags}
   redis.register_function{
     function_name = 'dmulog_v1_' .. name,
-    callback = function(K, A) return callback(v1_keys(K), (adapt or v1_arguments)(A)) end,
+    callback = function(K, A) return callback(v1_keys(K), (adapt or v1_arguments)(A), true) end,
     flags = flags,
   }
 end
@@ -1022,13 +1035,16 @@ reader('describe', describe)
 
 -- Admin and maintenance functions take no caller; the v1 names are theirs too.
 local function plain(name, fn, writes)
-  local callback = function(K, A) reset_budget() return fn(named(K), A) end
+  local callback = function(K, A, unbounded)
+    reset_budget(unbounded)
+    return fn(named(K), A)
+  end
   local flags = writes and {} or {'no-writes'}
   -- (Only the redis table is there while a library loads: no ipairs.)
   redis.register_function{function_name = 'dmulog_v2_' .. name, callback = callback, flags = flags}
   redis.register_function{
     function_name = 'dmulog_v1_' .. name,
-    callback = function(K, A) return callback(v1_keys(K), A) end,
+    callback = function(K, A) return callback(v1_keys(K), A, true) end,
     flags = flags,
   }
 end

@@ -185,3 +185,20 @@ async def test_services_that_predate_deadlines_still_drive_a_log(redis: RedisPro
         assert 0 == _old(client, "is_clean", uuid, 5)
     finally:
         client.close()
+
+
+async def test_services_that_predate_jobs_never_meet_one_half_done(redis: RedisProcess, uuid: str) -> None:
+    """A v1 writer finishes the log's pending work in its own call; a v1 reader gets LOADING, which it retries."""
+    client = redis_sync.Redis(port=redis.port)
+    try:
+        client.function_load(library_code(), replace=True)
+        _old(client, "ctr", uuid, 4096 * 8, "dmulog", 8, 4096, "nosync", "dmulog 8 nosync", "", 1, uuid)
+        _old(client, "resume", uuid)
+        jobs = json.dumps([{"kind": "fill", "key": "sync", "bits": 4096, "one": False}])
+        client.hset(log_keys(uuid).log, "jobs", jobs)
+        with pytest.raises(redis_sync.BusyLoadingError, match="bulk work pending"):
+            _old(client, "in_sync_latch", uuid, 5)
+        assert 0 == _old(client, "mark_region", uuid, 5)
+        assert (None, [0, 0]) == (client.hget(log_keys(uuid).log, "jobs"), _old(client, "in_sync_latch", uuid, 5))
+    finally:
+        client.close()

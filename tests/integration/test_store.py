@@ -133,3 +133,26 @@ async def test_lost_function_library_is_reloaded(redis: RedisProcess) -> None:
     await store.redis.function_flush()
     assert await store.admin("version", "x") == b"2"
     await store.close()
+
+
+async def test_a_write_to_a_demoted_primary_is_retried_not_refused(tmp_path: Path) -> None:
+    """READONLY (a server turned replica by a failover) means "not now": retried, then UNAVAILABLE, never a final no."""
+    import redis as redis_sync
+
+    with redis_process(tmp_path / "p") as primary, redis_process(tmp_path / "r") as replica:
+        store = Store.from_url(primary.url)
+        await store.load_library()
+        await store.close()
+        client = redis_sync.Redis(port=replica.port)
+        client.replicaof("127.0.0.1", primary.port)
+        deadline = time.monotonic() + 10
+        while client.info("replication").get("master_link_status") != "up":
+            assert time.monotonic() < deadline, "the replica did not sync"
+            time.sleep(0.05)
+        client.close()
+        store = Store.from_url(replica.url, retry=RetryPolicy(budget=0.5))
+        try:
+            with pytest.raises(StoreUnavailable, match="read only replica"):
+                await store.call("mark_region", "x", ("n", "b", "1"), [1])
+        finally:
+            await store.close()
