@@ -34,7 +34,6 @@ import logging
 import os
 import signal
 import socket
-import struct
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -43,11 +42,12 @@ from pathlib import Path
 
 from bridge import host, wire
 from bridge.client import CallFailed, ClientConfig, LogsvcClient
-from bridge.dispatch import ROUTES
+from bridge.dispatch import DECODERS, ROUTES, Decode
 from bridge.journal import Journal
-from bridge.latch import LIFECYCLE, InSyncLatches
+from bridge.latch import InSyncLatches
 from bridge.netlink import STANDBY_FD_ENV, KernelSocket, inherited_kernel_socket, open_kernel_socket
 from dmulog.logs import bind, event, unbind
+from dmulog.requests import REQUESTS, AnswerHere
 from dmulog.v1 import dmulog_pb2 as pb
 
 __all__ = [
@@ -66,13 +66,16 @@ log = logging.getLogger("dmulog.bridge")
 # NOTE: DM_ULOG_RETRY_TIMEOUT in dm-log-userspace-transfer.c (15 * HZ).
 KERNEL_TIMEOUT = 15.0
 
-# A look at dm_ulog_request's request_type and data_size before decoding, so
-# that only IN_SYNC and FLUSH pay for a decode on the way in (the full decode
-# that follows checks everything).
-_TYPE_AND_SIZE = struct.Struct("=II")
-_TYPE_OFFSET = wire.HEADER_SIZE - _TYPE_AND_SIZE.size
-_IN_SYNC, _FLUSH = wire.RequestType.IN_SYNC, wire.RequestType.FLUSH
-_ONE = wire.encode_s64(True)
+# What a request answered here gets (the table's rules keep every such row to
+# these reply kinds): an instance known latched is in sync at every region; a
+# FLUSH without marks has nothing to commit.
+_HERE_REPLY = {AnswerHere.IF_LATCHED: wire.encode_s64(True), AnswerHere.IF_EMPTY: b""}
+
+# The requests that may be answered here, by wire number: (when, payload decoder, name, reply payload).
+_HERE: dict[int, tuple[AnswerHere, Decode, str, bytes]] = {
+    int(s.type): (s.here, DECODERS[s.payload], s.name, _HERE_REPLY[s.here])
+    for s in REQUESTS if s.here is not AnswerHere.NEVER
+}  # fmt: skip
 
 
 class StartupError(RuntimeError):
@@ -138,26 +141,27 @@ class Bridge:
     def answer_here(self, datagram: bytes) -> bool:
         """Answer ``datagram`` without logsvc if it is a request that needs none; whether it did.
 
-        Only a FLUSH without marks and an IN_SYNC of a latched instance qualify
-        (see the module docstring). Anything else, including a datagram that
-        does not decode, is left to :meth:`accept`; so is a reply the socket
-        cannot take at once.
+        Only the rows that say so qualify (``RequestSpec.here``: a FLUSH without
+        marks and an IN_SYNC of a latched instance; see the module docstring).
+        Anything else, including a datagram that does not decode, is left to
+        :meth:`accept`; so is a reply the socket cannot take at once.
         """
-        if self._send_nowait is None or len(datagram) < wire.HEADER_SIZE:
+        if self._send_nowait is None or (peeked := wire.peek_type_and_size(datagram)) is None:
             return False
-        rtype, size = _TYPE_AND_SIZE.unpack_from(datagram, _TYPE_OFFSET)
-        rtype &= wire.DM_ULOG_REQUEST_MASK
-        if not (rtype == _IN_SYNC or (rtype == _FLUSH and size == 0)):
+        rtype, size = peeked
+        rule = _HERE.get(rtype)
+        if rule is None:
+            return False
+        when, decode, name, payload = rule
+        if when is AnswerHere.IF_EMPTY and size:
             return False
         try:
             req = wire.decode_request(datagram)
-            if req.request_type == _FLUSH:
-                reply = wire.encode_reply(req, 0)
-            elif req.request_type == _IN_SYNC and self.latches.latched((req.uuid, req.luid)):
-                wire.decode_single_region(req.data, "IN_SYNC")
-                reply = wire.encode_reply(req, 0, _ONE)
-            else:
-                return False
+            if when is AnswerHere.IF_LATCHED:
+                if not self.latches.latched((req.uuid, req.luid)):
+                    return False
+                decode(req.data, name)  # only a payload the RPC would take
+            reply = wire.encode_reply(req, 0, payload)
         except wire.WireError:
             return False
         try:
@@ -180,26 +184,18 @@ class Bridge:
         except wire.WireError as e:
             event(log, logging.WARNING, "request_malformed", detail=str(e))
             return wire.error_reply(req, e.errno)
-        key = (req.uuid, req.luid)
-        lifecycle = req.request_type in LIFECYCLE
-        if lifecycle:
-            self.latches.begin(key)
-        ticket = self.latches.asking(key) if req.request_type == _IN_SYNC else 0
-        try:
-            response = await self._client.call(route.rpc, message, critical=route.critical)
-            if ticket:
-                self.latches.answered(key, ticket, response.latched)
-            return wire.encode_reply(req, 0, route.reply(req, response))
-        except CallFailed as e:
-            level = logging.DEBUG if e.errno == errno.ESRCH else logging.INFO
-            event(log, level, "request_failed", errno=errno.errorcode.get(e.errno, e.errno), detail=str(e))
-            return wire.error_reply(req, e.errno)
-        except wire.WireError as e:
-            event(log, logging.ERROR, "reply_unencodable", detail=str(e))
-            return wire.error_reply(req, e.errno)
-        finally:
-            if lifecycle:
-                self.latches.end(key, gone=req.request_type == wire.RequestType.DTR)
+        with self.latches.forwarding((req.uuid, req.luid), route.spec) as latch:
+            try:
+                response = await self._client.call(route.rpc, message, critical=route.critical)
+                latch.answered(response)
+                return wire.encode_reply(req, 0, route.reply(req, response))
+            except CallFailed as e:
+                level = logging.DEBUG if e.errno == errno.ESRCH else logging.INFO
+                event(log, level, "request_failed", errno=errno.errorcode.get(e.errno, e.errno), detail=str(e))
+                return wire.error_reply(req, e.errno)
+            except wire.WireError as e:
+                event(log, logging.ERROR, "reply_unencodable", detail=str(e))
+                return wire.error_reply(req, e.errno)
 
     def accept(self, datagram: bytes, sender: int, entry: int | None = None, received: float | None = None) -> None:
         """Take one datagram off the socket; decode now, answer in a task.
