@@ -21,7 +21,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from bridge import agent, wire
+from bridge import answer, wire
 from bridge.agent import Bridge
 from bridge.client import ClientConfig, LogsvcClient
 from bridge.dispatch import ROUTES, route_of
@@ -109,7 +109,7 @@ async def test_a_reply_of_a_size_the_kernel_has_no_room_for_is_never_sent(
     """A route whose reply disagrees with the room its row declares fails the request with EIO, and serving goes on."""
     assert (await kernel.ask(T.CTR, b"120 clustered-core 16", uuid=uuid)).error == 0
     wrong = route_of(dataclasses.replace(BY_TYPE[T.GET_REGION_SIZE], capacity=16))
-    monkeypatch.setattr(agent, "ROUTES", {**ROUTES, T.GET_REGION_SIZE: wrong})
+    monkeypatch.setattr(answer, "ROUTES", {**ROUTES, T.GET_REGION_SIZE: wrong})
     reply = await kernel.ask(T.GET_REGION_SIZE, uuid=uuid)
     assert (-errno.EIO, b"") == (reply.error, reply.data)
     assert u64(0) == (await kernel.ask(T.GET_SYNC_COUNT, uuid=uuid)).data
