@@ -41,7 +41,7 @@ from bridge.answer import Answerer
 from bridge.client import ClientConfig, LogsvcClient
 from bridge.journal import Journal, Replayed
 from bridge.latch import InSyncLatches
-from bridge.netlink import KernelSocket
+from bridge.netlink import Transport
 from bridge.startup import stop_on_signals, take_kernel_socket, wait_for_turn
 from dmulog.logs import bind, event, unbind
 from dmulog.v1 import dmulog_pb2 as pb
@@ -68,7 +68,7 @@ class BridgeConfig:
 
 
 class Bridge:
-    """Reads kernel requests off the kernel socket and answers each through an Answerer."""
+    """Reads kernel requests off a Transport and answers each through an Answerer."""
 
     def __init__(
         self,
@@ -162,7 +162,7 @@ class Bridge:
             await asyncio.wait(set(self.tasks))
         return replayed
 
-    def drain(self, sock: KernelSocket, limit: int = 10000) -> int:
+    def drain(self, sock: Transport, limit: int = 10000) -> int:
         """Accept the datagrams already queued on ``sock`` (at shutdown); how many."""
         taken = 0
         while taken < limit:
@@ -200,7 +200,7 @@ class Bridge:
             self.journal.done(entry)
             unbind(token)
 
-    async def serve(self, sock: KernelSocket, stop: asyncio.Event) -> None:
+    async def serve(self, sock: Transport, stop: asyncio.Event) -> None:
         """Read datagrams until ``stop`` is set.
 
         Reading is a callback on the socket becoming readable that takes every
@@ -216,7 +216,7 @@ class Bridge:
         finally:
             loop.remove_reader(fd)
 
-    def _take_queued(self, sock: KernelSocket, limit: int = 64) -> None:
+    def _take_queued(self, sock: Transport, limit: int = 64) -> None:
         for _ in range(limit):
             try:
                 got = sock.peek_nowait()

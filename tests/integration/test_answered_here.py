@@ -47,7 +47,7 @@ class SocketKernel:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def __aenter__(self) -> SocketKernel:
-        self._tasks = [asyncio.create_task(self.bridge.serve(self._sock, self._stop)),  # type: ignore[arg-type]
+        self._tasks = [asyncio.create_task(self.bridge.serve(self._sock, self._stop)),
                        asyncio.create_task(self._read())]  # fmt: skip
         return self
 
@@ -190,7 +190,7 @@ async def test_a_request_answered_from_the_journal_is_not_answered_again_from_th
     loop = asyncio.get_running_loop()
     try:
         assert 1 == await bridge.replay_journal()
-        serving = asyncio.create_task(bridge.serve(sock, stop))  # type: ignore[arg-type]
+        serving = asyncio.create_task(bridge.serve(sock, stop))
         replies = [wire.decode_reply(await asyncio.wait_for(loop.sock_recv(far, 65536), 15)) for _ in range(2)]
         assert [(mark_seq, 0), (count_seq, 0)] == [(r.seq, r.error) for r in replies]
         assert {"MARK_REGION": 1, "GET_SYNC_COUNT": 1} == bridge.counts
