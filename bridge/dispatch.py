@@ -11,6 +11,7 @@ mismatch is a bug that fails the request loudly instead (:class:`ReplySizeError`
 
 from __future__ import annotations
 
+import operator
 import os
 import re
 import stat
@@ -162,6 +163,7 @@ def _device_at(path: str) -> str | None:
 # --- Reply encoders: the RPC response's fields → the reply payload ---
 
 Write = Callable[[Request, tuple[Any, ...]], bytes]
+"""An encoder: the request (the CTR reply depends on it) and the values of the row's reply fields, in order."""
 
 
 def _no_reply(req: Request, values: tuple[Any, ...]) -> bytes:
@@ -198,6 +200,16 @@ ENCODERS: Final[Mapping[ReplyKind, Write]] = MappingProxyType({
 })  # fmt: skip
 
 
+def _values(fields: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:
+    """Reads the reply fields of a response, in order (attrgetter: the reply path runs for every request)."""
+    if not fields:
+        return lambda response: ()
+    get = operator.attrgetter(*fields)
+    if len(fields) == 1:
+        return lambda response: (get(response),)
+    return get
+
+
 def _builder(spec: RequestSpec) -> Build:
     decode, message, name = DECODERS[spec.payload], getattr(pb, f"{spec.rpc}Request"), spec.name
 
@@ -208,10 +220,11 @@ def _builder(spec: RequestSpec) -> Build:
 
 
 def _encoder(spec: RequestSpec) -> Encode:
-    write, fields, capacity, exact = ENCODERS[spec.reply.kind], spec.reply.fields, spec.capacity, spec.reply.kind.exact
+    write, values = ENCODERS[spec.reply.kind], _values(spec.reply.fields)
+    capacity, exact = spec.capacity, spec.reply.kind.exact
 
     def reply(req: Request, response: Any) -> bytes:
-        data = write(req, tuple(getattr(response, f) for f in fields))
+        data = write(req, values(response))
         if capacity is not None and (len(data) != capacity if exact else len(data) > capacity):
             raise ReplySizeError(f"{spec.name} reply of {len(data)} bytes, the kernel has room for "
                                  f"{'exactly' if exact else 'at most'} {capacity}")  # fmt: skip
