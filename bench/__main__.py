@@ -114,7 +114,7 @@ async def through_bridge(client: object, trace: list[bytes], mirrors: int, rec: 
     bridge = Bridge(client, NODE, sock.send, journal=journal,  # type: ignore[arg-type]
                     send_nowait=sock.send_nowait)  # fmt: skip
     stop = asyncio.Event()
-    serving = asyncio.ensure_future(bridge.serve(sock, stop))  # type: ignore[arg-type]
+    serving = asyncio.ensure_future(bridge.serve(sock, stop))
     try:
         wall = await Replayer(kernel_end).run(trace, mirrors, rec)
         rec.here.update(bridge.answered_here)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge import wire
+from bridge.netlink import Transport
 from dmulog.v1 import dmulog_pb2 as pb
 
 __all__ = ["NullClient", "Recorder", "UnixKernelSocket", "load_trace", "rewrite"]
@@ -42,10 +43,11 @@ def rewrite(datagram: bytes, *, uuid: str, luid: int, seq: int) -> bytes:
     return wire.encode_request(req.request_type, seq=seq, luid=luid, uuid=uuid, data=req.data, version=req.version)
 
 
-class UnixKernelSocket:
-    """The bridge's end of a socket pair, with KernelSocket's interface."""
+class UnixKernelSocket(Transport):
+    """The bridge's end of a socket pair, in place of the kernel socket."""
 
     owned = True
+    port_id = 0
 
     def __init__(self, sock: socket.socket):
         self._sock = sock

@@ -30,7 +30,8 @@ def _add(p: argparse.ArgumentParser, option: Option) -> None:
 
 
 def _run(args: argparse.Namespace, argv: Sequence[str], out: TextIO) -> ExitStatus:
-    from bridge.agent import BridgeConfig, MissingCapabilities, StartupError, run
+    from bridge.agent import BridgeConfig, run
+    from bridge.startup import MissingCapabilities, StartupError
 
     if not args.logsvc:
         raise CommandError(ExitStatus.USAGE, "dmulog bridge: --logsvc (or DMULOG_LOGSVC) is required")

@@ -1,74 +1,114 @@
-"""The one table from kernel request type to gRPC call and back.
+"""Each kernel request type's route: payload → API request, RPC, response → reply payload.
 
-For each of the 17 request types: how its payload becomes an API request,
-which RPC serves it, how the response becomes the reply payload (exactly the
-size the kernel has room for), and whether it is *critical*: a request whose
-failure the kernel would treat as permission to go on without the log (an
-IN_SYNC error reads as "not in sync", so writes skip the secondary leg; a
-FLUSH error without ``handle_errors`` lets unlogged writes through). A
-critical request is never answered with a failure it did not earn: when
-logsvc stays unreachable it gets -EAGAIN and the kernel asks again.
+What a request type means is declared once, in dmulog/requests.py; this module
+turns each kind of payload and reply named there into code, one decoder per
+payload kind and one encoder per reply kind, and :data:`ROUTES` applies them to
+each row. An encoder's reply is checked against the room the row says the
+kernel has for it: a reply of another size would make the kernel fail the
+request with -ENOSPC (larger) or read bytes nobody wrote (shorter), so a
+mismatch is a bug that fails the request loudly instead (:class:`ReplySizeError`).
 """
 
 from __future__ import annotations
 
+import operator
 import os
 import re
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Final
 
 from bridge import wire
-from bridge.wire import Request, RequestType
+from bridge.wire import Request
+from dmulog.requests import REQUESTS, Payload, ReplyKind, RequestSpec
 from dmulog.v1 import dmulog_pb2 as pb
 
-__all__ = ["ROUTES", "SYS_DEV_BLOCK", "Route", "block_devices"]
+__all__ = [
+    "DECODERS",
+    "ENCODERS",
+    "ROUTES",
+    "SYS_DEV_BLOCK",
+    "Decode",
+    "ReplySizeError",
+    "Route",
+    "block_devices",
+    "route_of",
+]
 
 #: Where the kernel lists its block devices by number ("<major>:<minor>" entries).
 SYS_DEV_BLOCK = "/sys/dev/block"
 _PAIR = re.compile(r"([0-9]+):([0-9]+)")
 
 Build = Callable[[Request, pb.LogRef, pb.Node], Any]
-Reply = Callable[[Request, Any], bytes]
+Encode = Callable[[Request, Any], bytes]
+
+
+class ReplySizeError(AssertionError):
+    """A reply encoder and the table disagree on a reply's size: a bug, never bad input."""
 
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """How one request type travels."""
+    """How one request type travels: its row, and the decoder and encoder of its kinds."""
 
-    rpc: str
+    spec: RequestSpec
     build: Build
-    reply: Reply
-    critical: bool
+    reply: Encode
+
+    @property
+    def rpc(self) -> str:
+        """The DirtyLog RPC that serves it."""
+        return self.spec.rpc
+
+    @property
+    def critical(self) -> bool:
+        """Whether an outage is answered -EAGAIN rather than reported (see RequestSpec.critical)."""
+        return self.spec.critical
 
 
-def _plain(message: type[Any], name: str) -> Build:
-    def build(req: Request, log: pb.LogRef, node: pb.Node) -> Any:
-        wire.expect_empty(req.data, name)
-        return message(log=log, node=node)
+# --- Payload decoders: the request's bytes → the API request's payload fields ---
 
-    return build
+Decode = Callable[[bytes, str], dict[str, Any]]
 
 
-def _region(message: type[Any], name: str) -> Build:
-    def build(req: Request, log: pb.LogRef, node: pb.Node) -> Any:
-        return message(log=log, node=node, region=wire.decode_single_region(req.data, name))
-
-    return build
+def _nothing(data: bytes, name: str) -> dict[str, Any]:
+    wire.expect_empty(data, name)
+    return {}
 
 
-def _regions(message: type[Any], name: str) -> Build:
-    def build(req: Request, log: pb.LogRef, node: pb.Node) -> Any:
-        return message(log=log, node=node, regions=wire.decode_regions(req.data, name))
-
-    return build
+def _anything(data: bytes, name: str) -> dict[str, Any]:
+    return {}
 
 
-def _ctr(req: Request, log: pb.LogRef, node: pb.Node) -> pb.CtrRequest:
-    ctr = wire.decode_ctr(req.data)
-    return pb.CtrRequest(log=log, node=node, target_sectors=ctr.target_sectors, log_type=ctr.log_type, args=ctr.args,
-                         block_devices=block_devices(ctr))  # fmt: skip
+def _region(data: bytes, name: str) -> dict[str, Any]:
+    return {"region": wire.decode_single_region(data, name)}
+
+
+def _regions(data: bytes, name: str) -> dict[str, Any]:
+    return {"regions": wire.decode_regions(data, name)}
+
+
+def _marks(data: bytes, name: str) -> dict[str, Any]:
+    return {"mark_regions": wire.decode_regions(data, name, allow_empty=True)}
+
+
+def _region_sync(data: bytes, name: str) -> dict[str, Any]:
+    region, in_sync = wire.decode_set_region_sync(data)
+    return {"region": region, "in_sync": in_sync}
+
+
+def _ctr(data: bytes, name: str) -> dict[str, Any]:
+    ctr = wire.decode_ctr(data)
+    return {"target_sectors": ctr.target_sectors, "log_type": ctr.log_type, "args": ctr.args,
+            "block_devices": block_devices(ctr)}  # fmt: skip
+
+
+DECODERS: Final[Mapping[Payload, Decode]] = MappingProxyType({
+    Payload.NONE: _nothing, Payload.ANY: _anything, Payload.CTR: _ctr, Payload.REGION: _region,
+    Payload.REGIONS: _regions, Payload.MARKS: _marks, Payload.REGION_SYNC: _region_sync,
+})  # fmt: skip
 
 
 def block_devices(ctr: wire.CtrArgs) -> dict[str, str]:
@@ -120,71 +160,84 @@ def _device_at(path: str) -> str | None:
     return f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}" if stat.S_ISBLK(st.st_mode) else ""
 
 
-def _dtr(req: Request, log: pb.LogRef, node: pb.Node) -> pb.DtrRequest:
-    # NOTE: the header says DTR carries the constructor string; the kernel
-    # sends nothing. Either is accepted: the payload means nothing here.
-    return pb.DtrRequest(log=log, node=node)
+# --- Reply encoders: the RPC response's fields → the reply payload ---
+
+Write = Callable[[Request, tuple[Any, ...]], bytes]
+"""An encoder: the request (the CTR reply depends on it) and the values of the row's reply fields, in order."""
 
 
-def _flush(req: Request, log: pb.LogRef, node: pb.Node) -> pb.FlushRequest:
-    regions = wire.decode_regions(req.data, "FLUSH", allow_empty=True)
-    return pb.FlushRequest(log=log, node=node, mark_regions=regions)
-
-
-def _set_region_sync(req: Request, log: pb.LogRef, node: pb.Node) -> pb.SetRegionSyncRequest:
-    region, in_sync = wire.decode_set_region_sync(req.data)
-    return pb.SetRegionSyncRequest(log=log, node=node, region=region, in_sync=in_sync)
-
-
-def _none(req: Request, resp: Any) -> bytes:
+def _no_reply(req: Request, values: tuple[Any, ...]) -> bytes:
     return b""
 
 
-def _ctr_reply(req: Request, resp: pb.CtrResponse) -> bytes:
-    return wire.encode_ctr_reply(resp.device, wire.decode_ctr(req.data), req.version)
+def _u64(req: Request, values: tuple[Any, ...]) -> bytes:
+    return wire.encode_u64(values[0])
 
 
-R = RequestType
-ROUTES: dict[int, Route] = {
-    R.CTR: Route("Ctr", _ctr, _ctr_reply, critical=False),
-    R.DTR: Route("Dtr", _dtr, _none, critical=False),
-    R.PRESUSPEND: Route("Presuspend", _plain(pb.PresuspendRequest, "PRESUSPEND"), _none, critical=True),
-    R.POSTSUSPEND: Route("Postsuspend", _plain(pb.PostsuspendRequest, "POSTSUSPEND"), _none, critical=True),
-    R.RESUME: Route("Resume", _plain(pb.ResumeRequest, "RESUME"), _none, critical=True),
-    R.GET_REGION_SIZE: Route(
-        "GetRegionSize", _plain(pb.GetRegionSizeRequest, "GET_REGION_SIZE"),
-        lambda req, resp: wire.encode_u64(resp.region_size), critical=False,
-    ),
-    R.IS_CLEAN: Route(
-        "IsClean", _region(pb.IsCleanRequest, "IS_CLEAN"),
-        lambda req, resp: wire.encode_s64(resp.clean), critical=False,
-    ),
-    R.IN_SYNC: Route(
-        "InSync", _region(pb.InSyncRequest, "IN_SYNC"),
-        lambda req, resp: wire.encode_s64(resp.in_sync), critical=True,
-    ),
-    R.FLUSH: Route("Flush", _flush, _none, critical=True),
-    R.MARK_REGION: Route("MarkRegion", _regions(pb.MarkRegionRequest, "MARK_REGION"), _none, critical=True),
-    R.CLEAR_REGION: Route("ClearRegion", _regions(pb.ClearRegionRequest, "CLEAR_REGION"), _none, critical=True),
-    R.GET_RESYNC_WORK: Route(
-        "GetResyncWork", _plain(pb.GetResyncWorkRequest, "GET_RESYNC_WORK"),
-        lambda req, resp: wire.encode_resync_work(resp.has_work, resp.region), critical=False,
-    ),
-    R.SET_REGION_SYNC: Route("SetRegionSync", _set_region_sync, _none, critical=True),
-    R.GET_SYNC_COUNT: Route(
-        "GetSyncCount", _plain(pb.GetSyncCountRequest, "GET_SYNC_COUNT"),
-        lambda req, resp: wire.encode_u64(resp.sync_count), critical=False,
-    ),
-    R.STATUS_INFO: Route(
-        "StatusInfo", _plain(pb.StatusInfoRequest, "STATUS_INFO"),
-        lambda req, resp: wire.encode_text(resp.text), critical=False,
-    ),
-    R.STATUS_TABLE: Route(
-        "StatusTable", _plain(pb.StatusTableRequest, "STATUS_TABLE"),
-        lambda req, resp: wire.encode_text(resp.text), critical=False,
-    ),
-    R.IS_REMOTE_RECOVERING: Route(
-        "IsRemoteRecovering", _region(pb.IsRemoteRecoveringRequest, "IS_REMOTE_RECOVERING"),
-        lambda req, resp: wire.encode_remote_recovering(resp.is_recovering, resp.in_sync_hint), critical=False,
-    ),
-}  # fmt: skip
+def _flag(req: Request, values: tuple[Any, ...]) -> bytes:
+    return wire.encode_s64(values[0])
+
+
+def _resync_work(req: Request, values: tuple[Any, ...]) -> bytes:
+    return wire.encode_resync_work(*values)
+
+
+def _recovering(req: Request, values: tuple[Any, ...]) -> bytes:
+    return wire.encode_remote_recovering(*values)
+
+
+def _text(req: Request, values: tuple[Any, ...]) -> bytes:
+    return wire.encode_text(values[0])
+
+
+def _device(req: Request, values: tuple[Any, ...]) -> bytes:
+    return wire.encode_ctr_reply(values[0], wire.decode_ctr(req.data), req.version)
+
+
+ENCODERS: Final[Mapping[ReplyKind, Write]] = MappingProxyType({
+    ReplyKind.NONE: _no_reply, ReplyKind.U64: _u64, ReplyKind.FLAG: _flag, ReplyKind.RESYNC_WORK: _resync_work,
+    ReplyKind.RECOVERING: _recovering, ReplyKind.TEXT: _text, ReplyKind.DEVICE: _device,
+})  # fmt: skip
+
+
+def _values(fields: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:
+    """Reads the reply fields of a response, in order (attrgetter: the reply path runs for every request)."""
+    if not fields:
+        return lambda response: ()
+    get = operator.attrgetter(*fields)
+    if len(fields) == 1:
+        return lambda response: (get(response),)
+    return get
+
+
+def _builder(spec: RequestSpec) -> Build:
+    decode, message, name = DECODERS[spec.payload], getattr(pb, f"{spec.rpc}Request"), spec.name
+
+    def build(req: Request, log: pb.LogRef, node: pb.Node) -> Any:
+        return message(log=log, node=node, **decode(req.data, name))
+
+    return build
+
+
+def _encoder(spec: RequestSpec) -> Encode:
+    write, values = ENCODERS[spec.reply.kind], _values(spec.reply.fields)
+    capacity, exact = spec.capacity, spec.reply.kind.exact
+
+    def reply(req: Request, response: Any) -> bytes:
+        data = write(req, values(response))
+        if capacity is not None and (len(data) != capacity if exact else len(data) > capacity):
+            raise ReplySizeError(f"{spec.name} reply of {len(data)} bytes, the kernel has room for "
+                                 f"{'exactly' if exact else 'at most'} {capacity}")  # fmt: skip
+        return data
+
+    return reply
+
+
+def route_of(spec: RequestSpec) -> Route:
+    """The route of one row (a test may give it a row of its own)."""
+    return Route(spec, _builder(spec), _encoder(spec))
+
+
+ROUTES: Final[Mapping[int, Route]] = MappingProxyType({int(s.type): route_of(s) for s in REQUESTS})
+"""Every kernel request type's route, by wire number; an unknown number has none."""
+

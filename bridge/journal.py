@@ -41,13 +41,14 @@ import re
 import stat
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
 
 from dmulog.logs import event
 
-__all__ = ["Entry", "Journal", "read_ring"]
+__all__ = ["Entry", "Journal", "Replayed", "read_ring"]
 
 log = logging.getLogger("dmulog.bridge")
 
@@ -207,6 +208,36 @@ class Journal:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+class Replayed:
+    """Datagrams answered from the journal that may still wait in the socket's queue, until they stop mattering.
+
+    A bridge killed between journalling a request and consuming it leaves the
+    request in both places: an inherited socket still holds it when the next
+    bridge replays the journal. Its second copy must then be consumed without
+    an answer, or a CLEAR answered long ago could run again after a newer
+    MARK of its region. The kernel gives up on a request after ``timeout``
+    seconds, so a copy older than that is no longer expected.
+    """
+
+    def __init__(self, timeout: float, clock: Callable[[], float] = time.monotonic):
+        self._timeout = timeout
+        self._clock = clock
+        self._until: dict[bytes, float] = {}
+
+    def add(self, datagram: bytes) -> None:
+        """``datagram`` was answered from the journal just now."""
+        self._until[datagram] = self._clock() + self._timeout
+
+    def seen(self, datagram: bytes) -> bool:
+        """Whether ``datagram`` is the queued copy of a replayed request (at most once per replay)."""
+        if not self._until:
+            return False
+        now = self._clock()
+        for key in [k for k, until in self._until.items() if until <= now]:
+            del self._until[key]
+        return self._until.pop(datagram, None) is not None
 
 
 def _kind(path: Path) -> Literal["ring", "legacy", "gone"] | None:

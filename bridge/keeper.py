@@ -33,8 +33,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from bridge.agent import claim_kernel_socket
 from bridge.netlink import LISTEN_FDS_START, STANDBY_FD_ENV
+from bridge.startup import claim_kernel_socket
 from dmulog.logs import event
 
 __all__ = ["keep"]

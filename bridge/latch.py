@@ -43,20 +43,15 @@ import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from types import TracebackType
+from typing import Any, Final
 
-from bridge.wire import RequestType
+from dmulog.requests import AnswerHere, Lifecycle, RequestSpec
 
-__all__ = ["LIFECYCLE", "InSyncLatches", "Key"]
+__all__ = ["Forwarding", "InSyncLatches", "Key"]
 
 Key = tuple[str, int]
 """(uuid, luid): one table instance on this node."""
-
-LIFECYCLE: Final = frozenset(
-    {RequestType.CTR, RequestType.DTR, RequestType.PRESUSPEND, RequestType.POSTSUSPEND, RequestType.RESUME}
-)
-"""Requests that may end an instance's latch (PRESUSPEND does not in logsvc; it is
-treated as one anyway: it costs nothing, as I/O is stopping)."""
 
 # More instances than any node runs; past it, idle entries are dropped
 # (forgetting a latch is always safe).
@@ -125,6 +120,44 @@ class InSyncLatches:
         if gone and not inst.busy:
             del self._instances[key]
 
+    def forwarding(self, key: Key, spec: RequestSpec) -> Forwarding:
+        """A request of ``key`` going to logsvc, as its latch sees it: enter it before the call, leave it after.
+
+        The request's row says what it means here: a lifecycle request
+        (``spec.lifecycle``) forgets the latch until it ends, and the request
+        the bridge answers when latched (``AnswerHere.IF_LATCHED``) learns the
+        latch from its answer.
+        """
+        return Forwarding(self, key, spec)
+
     def _forget_idle(self) -> None:
         for key in [k for k, inst in self._instances.items() if not inst.busy]:
             del self._instances[key]
+
+
+class Forwarding:
+    """One forwarded request's effect on its instance's latch; see :meth:`InSyncLatches.forwarding`."""
+
+    __slots__ = ("_key", "_latches", "_lifecycle", "_teaches", "_ticket")
+
+    def __init__(self, latches: InSyncLatches, key: Key, spec: RequestSpec):
+        self._latches, self._key = latches, key
+        self._lifecycle = spec.lifecycle
+        self._teaches = spec.here is AnswerHere.IF_LATCHED
+        self._ticket = 0
+
+    def __enter__(self) -> Forwarding:
+        if self._lifecycle.ends_latch:
+            self._latches.begin(self._key)
+        if self._teaches:
+            self._ticket = self._latches.asking(self._key)
+        return self
+
+    def answered(self, response: Any) -> None:
+        """The answer came back: what it says of the latch (``latched``) is learnt, if it was asked to teach it."""
+        if self._ticket:
+            self._latches.answered(self._key, self._ticket, response.latched)
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None) -> None:
+        if self._lifecycle.ends_latch:
+            self._latches.end(self._key, gone=self._lifecycle is Lifecycle.FORGETS)

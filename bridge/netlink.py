@@ -18,10 +18,18 @@ import errno
 import os
 import socket
 from collections.abc import MutableMapping
+from typing import Protocol
 
 from bridge.wire import CN_IDX_DM
 
-__all__ = ["LISTEN_FDS_START", "STANDBY_FD_ENV", "KernelSocket", "inherited_kernel_socket", "open_kernel_socket"]
+__all__ = [
+    "LISTEN_FDS_START",
+    "STANDBY_FD_ENV",
+    "KernelSocket",
+    "Transport",
+    "inherited_kernel_socket",
+    "open_kernel_socket",
+]
 
 NETLINK_CONNECTOR = 11
 SOL_NETLINK = 270
@@ -36,7 +44,56 @@ LISTEN_FDS_START = 3
 STANDBY_FD_ENV = "DMULOG_STANDBY_FD"
 
 
-class KernelSocket:
+class Transport(Protocol):
+    """What the bridge's read loop needs of the socket the kernel's requests arrive on.
+
+    :class:`KernelSocket` is the real one; a test or benchmark may put a
+    socket pair in its place (bench/replay.py:UnixKernelSocket) and run the
+    bridge's production loop on exact kernel datagrams.
+    """
+
+    owned: bool
+    """Whether this process owns the socket (else it was inherited and outlives us)."""
+
+    @property
+    def port_id(self) -> int:
+        """Port id the socket is bound to (the kernel's replies come from 0)."""
+        ...
+
+    def fileno(self) -> int:
+        """The descriptor to watch for reading."""
+        ...
+
+    def peek_nowait(self) -> tuple[bytes, int] | None:
+        """The next datagram and its sender's port id (0 = the kernel), left in the queue; None if none."""
+        ...
+
+    def consume(self) -> None:
+        """Drop the datagram :meth:`peek_nowait` returned."""
+        ...
+
+    def recv_nowait(self) -> tuple[bytes, int] | None:
+        """A datagram already queued and its sender's port id, taken off the queue; None if none."""
+        ...
+
+    def send_nowait(self, datagram: bytes) -> bool:
+        """One reply if the socket takes it at once; whether it did."""
+        ...
+
+    async def send(self, datagram: bytes) -> None:
+        """One reply, waiting for room if need be."""
+        ...
+
+    def leave_group(self) -> None:
+        """Stop receiving requests."""
+        ...
+
+    def close(self) -> None:
+        """Close this process's descriptor."""
+        ...
+
+
+class KernelSocket(Transport):
     """Receive requests from, and send replies to, the kernel.
 
     Reading is split in :meth:`peek` and :meth:`consume` so the bridge can

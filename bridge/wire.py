@@ -15,10 +15,13 @@ enough to address one.
 
 from __future__ import annotations
 
-import enum
 import errno
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
+
+from dmulog.requests import REQUESTS, RequestType
 
 __all__ = [
     "CN_IDX_DM",
@@ -49,6 +52,7 @@ __all__ = [
     "encode_u64",
     "error_reply",
     "expect_empty",
+    "peek_type_and_size",
 ]
 
 CN_IDX_DM = 0x7
@@ -89,53 +93,10 @@ assert NLMSGHDR.size == 16 and CN_MSG.size == 20 and DM_ULOG_REQUEST.size == 160
 assert HEADER_SIZE == 196
 
 
-class RequestType(enum.IntEnum):
-    """The kernel's DM_ULOG_* request types (the value is the wire number)."""
-
-    CTR = 1
-    DTR = 2
-    PRESUSPEND = 3
-    POSTSUSPEND = 4
-    RESUME = 5
-    GET_REGION_SIZE = 6
-    IS_CLEAN = 7
-    IN_SYNC = 8
-    FLUSH = 9
-    MARK_REGION = 10
-    CLEAR_REGION = 11
-    GET_RESYNC_WORK = 12
-    SET_REGION_SYNC = 13
-    GET_SYNC_COUNT = 14
-    STATUS_INFO = 15
-    STATUS_TABLE = 16
-    IS_REMOTE_RECOVERING = 17
-
-
-# How many reply payload bytes the kernel has room for, per request type
-# (dm-log-userspace-base.c). A larger reply makes the kernel fail the request
-# with -ENOSPC ("Insufficient space to receive package"). None = not fixed:
-# STATUS_* get the rest of the status buffer.
-# NOTE: CTR has room for 128 bytes at table load but 0 in the kernel's
-# reconnect loop; see CtrArgs.replay.
-REPLY_CAPACITY: dict[RequestType, int | None] = {
-    RequestType.CTR: 128,
-    RequestType.DTR: 0,
-    RequestType.PRESUSPEND: 0,
-    RequestType.POSTSUSPEND: 0,
-    RequestType.RESUME: 0,
-    RequestType.GET_REGION_SIZE: 8,
-    RequestType.IS_CLEAN: 8,
-    RequestType.IN_SYNC: 8,
-    RequestType.FLUSH: 0,
-    RequestType.MARK_REGION: 0,
-    RequestType.CLEAR_REGION: 0,
-    RequestType.GET_RESYNC_WORK: 16,
-    RequestType.SET_REGION_SYNC: 0,
-    RequestType.GET_SYNC_COUNT: 8,
-    RequestType.STATUS_INFO: None,
-    RequestType.STATUS_TABLE: None,
-    RequestType.IS_REMOTE_RECOVERING: 16,
-}
+# How many reply payload bytes the kernel has room for, per request type; None =
+# not fixed: STATUS_* get the rest of the status buffer. Read from the table of
+# request types (dmulog/requests.py), where each type's room is declared.
+REPLY_CAPACITY: Mapping[RequestType, int | None] = MappingProxyType({s.type: s.capacity for s in REQUESTS})
 
 
 class WireError(ValueError):
@@ -188,6 +149,23 @@ class CtrArgs:
 
 def _align4(n: int) -> int:
     return (n + 3) & ~3
+
+
+_TYPE_AND_SIZE = struct.Struct("=II")
+_TYPE_OFFSET = HEADER_SIZE - _TYPE_AND_SIZE.size
+
+
+def peek_type_and_size(buf: bytes) -> tuple[int, int] | None:
+    """``(request type, data_size)`` of a datagram before decoding it, or None if it is too short.
+
+    Nothing is checked: it is for the bridge to tell, at the cost of one
+    unpack, the few requests that may be answered without a call; whatever
+    it then does with one starts with :func:`decode_request`.
+    """
+    if len(buf) < HEADER_SIZE:
+        return None
+    rtype, size = _TYPE_AND_SIZE.unpack_from(buf, _TYPE_OFFSET)
+    return rtype & DM_ULOG_REQUEST_MASK, size
 
 
 def decode_request(buf: bytes) -> Request:

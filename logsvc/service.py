@@ -1,8 +1,10 @@
 """The DirtyLog servicer: validate, make one store call, build the reply.
 
 Each method is deliberately thin. What a request means lives in the Lua
-library (lua/dmulog.lua); what arguments a log type takes lives in
-logtypes.py; errors become gRPC statuses in interceptor.py.
+library (lua/dmulog.lua); which of its functions serves each kernel request
+RPC, and whether that function writes, in the table of request types
+(dmulog/requests.py); what arguments a log type takes in logtypes.py; errors
+become gRPC statuses in interceptor.py.
 """
 
 from __future__ import annotations
@@ -10,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from typing import Any, TypeAlias
+from typing import Any, Final, TypeAlias
 
 import grpc
 
+from dmulog.requests import REQUESTS
 from dmulog.v1 import dmulog_pb2 as pb
 from dmulog.v1 import dmulog_pb2_grpc as pb_grpc
 from logsvc import validate
@@ -25,6 +28,11 @@ from logsvc.store import Store
 __all__ = ["DirtyLogService", "ctr_fields"]
 
 Ctx: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+
+_FUNCTION_OF: Final[dict[type, tuple[str, bool]]] = {
+    getattr(pb, f"{s.rpc}Request"): (s.function, not s.writes) for s in REQUESTS
+}
+"""A kernel request RPC's request message → (its library function, whether FCALL_RO may run it)."""
 
 
 class DirtyLogService(pb_grpc.DirtyLogServicer):
@@ -43,13 +51,15 @@ class DirtyLogService(pb_grpc.DirtyLogServicer):
         """Shutting down: end every Exchange stream once what it has read is answered."""
         self._exchanges.drain()
 
-    async def _op(self, op: str, request: Any, *extra: str | int, readonly: bool = False) -> Any:
+    async def _op(self, request: Any, *extra: str | int) -> Any:
+        """Call the library function of the RPC whose ``request`` this is (the table names it) with ``extra``."""
+        function, readonly = _FUNCTION_OF[type(request)]
         caller = validate.caller(request)
-        return await self._store.call(op, request.log.uuid, caller, extra, readonly=readonly)
+        return await self._store.call(function, request.log.uuid, caller, extra, readonly=readonly)
 
     async def _spec(self, request: pb.StatusInfoRequest | pb.StatusTableRequest) -> tuple[LogSpec, str]:
         """The instance's arguments and its log device as resolved at CTR."""
-        inst = json.loads(await self._op("describe", request, readonly=True))
+        inst = json.loads(await self._op(request))
         log_type, *args = inst["args"].split(" ")
         return parse_log_args(int(inst["target_sectors"]), log_type, args), inst.get("device", "")
 
@@ -57,57 +67,57 @@ class DirtyLogService(pb_grpc.DirtyLogServicer):
         validate.caller(request)
         s = parse_log_args(request.target_sectors, request.log_type, list(request.args))
         spec = ctr_fields(s, log_device(s, request.block_devices), request.log.uuid)
-        device = await self._op("ctr", request, json.dumps(spec))
+        device = await self._op(request, json.dumps(spec))
         return pb.CtrResponse(device=device.decode() if isinstance(device, bytes) else "")
 
     async def Dtr(self, request: pb.DtrRequest, context: Ctx) -> pb.DtrResponse:
-        await self._op("dtr", request)
+        await self._op(request)
         return pb.DtrResponse()
 
     async def Presuspend(self, request: pb.PresuspendRequest, context: Ctx) -> pb.PresuspendResponse:
-        await self._op("presuspend", request)
+        await self._op(request)
         return pb.PresuspendResponse()
 
     async def Postsuspend(self, request: pb.PostsuspendRequest, context: Ctx) -> pb.PostsuspendResponse:
-        await self._op("postsuspend", request)
+        await self._op(request)
         return pb.PostsuspendResponse()
 
     async def Resume(self, request: pb.ResumeRequest, context: Ctx) -> pb.ResumeResponse:
-        await self._op("resume", request)
+        await self._op(request)
         return pb.ResumeResponse()
 
     async def GetRegionSize(self, request: pb.GetRegionSizeRequest, context: Ctx) -> pb.GetRegionSizeResponse:
-        return pb.GetRegionSizeResponse(region_size=int(await self._op("get_region_size", request, readonly=True)))
+        return pb.GetRegionSizeResponse(region_size=int(await self._op(request)))
 
     async def IsClean(self, request: pb.IsCleanRequest, context: Ctx) -> pb.IsCleanResponse:
-        return pb.IsCleanResponse(clean=await self._op("is_clean", request, request.region, readonly=True) == 1)
+        return pb.IsCleanResponse(clean=await self._op(request, request.region) == 1)
 
     async def InSync(self, request: pb.InSyncRequest, context: Ctx) -> pb.InSyncResponse:
-        answer, latched = await self._op("in_sync_latch", request, request.region, readonly=True)
+        answer, latched = await self._op(request, request.region)
         return pb.InSyncResponse(in_sync=answer == 1, latched=latched == 1)
 
     async def Flush(self, request: pb.FlushRequest, context: Ctx) -> pb.FlushResponse:
-        await self._op("flush", request, *validate.regions(request.mark_regions, allow_empty=True))
+        await self._op(request, *validate.regions(request.mark_regions, allow_empty=True))
         return pb.FlushResponse()
 
     async def MarkRegion(self, request: pb.MarkRegionRequest, context: Ctx) -> pb.MarkRegionResponse:
-        await self._op("mark_region", request, *validate.regions(request.regions))
+        await self._op(request, *validate.regions(request.regions))
         return pb.MarkRegionResponse()
 
     async def ClearRegion(self, request: pb.ClearRegionRequest, context: Ctx) -> pb.ClearRegionResponse:
-        await self._op("clear_region", request, *validate.regions(request.regions))
+        await self._op(request, *validate.regions(request.regions))
         return pb.ClearRegionResponse()
 
     async def GetResyncWork(self, request: pb.GetResyncWorkRequest, context: Ctx) -> pb.GetResyncWorkResponse:
-        has_work, region = await self._op("get_resync_work", request)
+        has_work, region = await self._op(request)
         return pb.GetResyncWorkResponse(has_work=has_work == 1, region=region)
 
     async def SetRegionSync(self, request: pb.SetRegionSyncRequest, context: Ctx) -> pb.SetRegionSyncResponse:
-        await self._op("set_region_sync", request, request.region, int(request.in_sync))
+        await self._op(request, request.region, int(request.in_sync))
         return pb.SetRegionSyncResponse()
 
     async def GetSyncCount(self, request: pb.GetSyncCountRequest, context: Ctx) -> pb.GetSyncCountResponse:
-        return pb.GetSyncCountResponse(sync_count=int(await self._op("get_sync_count", request, readonly=True)))
+        return pb.GetSyncCountResponse(sync_count=int(await self._op(request)))
 
     async def StatusInfo(self, request: pb.StatusInfoRequest, context: Ctx) -> pb.StatusInfoResponse:
         return pb.StatusInfoResponse(text=status_info(*await self._spec(request)))
@@ -118,7 +128,7 @@ class DirtyLogService(pb_grpc.DirtyLogServicer):
     async def IsRemoteRecovering(
         self, request: pb.IsRemoteRecoveringRequest, context: Ctx
     ) -> pb.IsRemoteRecoveringResponse:
-        recovering, hint = await self._op("is_remote_recovering", request, request.region)
+        recovering, hint = await self._op(request, request.region)
         return pb.IsRemoteRecoveringResponse(is_recovering=recovering == 1, in_sync_hint=hint)
 
     async def Exchange(

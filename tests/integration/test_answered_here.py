@@ -14,6 +14,7 @@ import struct
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -21,6 +22,7 @@ from bench.replay import UnixKernelSocket, socket_pair
 from bridge import wire
 from bridge.agent import Bridge
 from bridge.client import ClientConfig, LogsvcClient
+from bridge.journal import Journal
 from bridge.latch import InSyncLatches, Key
 from bridge.wire import RequestType as T
 from dmulog.v1 import dmulog_pb2 as pb
@@ -45,7 +47,7 @@ class SocketKernel:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def __aenter__(self) -> SocketKernel:
-        self._tasks = [asyncio.create_task(self.bridge.serve(self._sock, self._stop)),  # type: ignore[arg-type]
+        self._tasks = [asyncio.create_task(self.bridge.serve(self._sock, self._stop)),
                        asyncio.create_task(self._read())]  # fmt: skip
         return self
 
@@ -156,6 +158,49 @@ async def test_a_malformed_flush_is_not_answered_here(kernel: SocketKernel, uuid
     reply = await asyncio.wait_for(waiter, 15)
     assert reply.error < 0
     assert kernel.bridge.answered_here["FLUSH"] == 0
+
+
+async def test_a_request_answered_from_the_journal_is_not_answered_again_from_the_queue(
+    logsvc: str, uuid: str, tmp_path: Path
+) -> None:
+    """Killed between journalling a request and consuming it, a bridge leaves it in both: its successor answers once.
+
+    The successor replays the journal first, then reads the socket it
+    inherited, where the same datagram still waits: that copy is consumed
+    unanswered (answering it again could let an old CLEAR land after a newer
+    MARK of its region), and what follows it is served as usual.
+    """
+    async with SocketKernel(logsvc, InSyncLatches(ttl=0)) as k:
+        await k.ask(T.CTR, b"120 clustered-core 16", uuid=uuid)
+        await k.ask(T.RESUME, uuid=uuid)
+    mark_seq, count_seq = next(_seq), next(_seq)
+    mark = wire.encode_request(T.MARK_REGION, seq=mark_seq, luid=LUID, uuid=uuid, data=U64.pack(3))
+    dead = Journal(tmp_path / "inflight")
+    dead.record(mark)
+    dead.close()  # the bridge is gone; the datagram is still in the socket's queue
+    far, near = socket_pair()
+    far.setblocking(False)
+    far.send(mark)
+    far.send(wire.encode_request(T.GET_SYNC_COUNT, seq=count_seq, luid=LUID, uuid=uuid))
+    sock = UnixKernelSocket(near)
+    client = LogsvcClient(logsvc, ClientConfig(attempt_timeout=3.0, budget=9.0))
+    bridge = Bridge(client, pb.Node(name="node-a", boot_id="boot-1"), sock.send, journal=Journal(tmp_path / "inflight"),
+                    send_nowait=sock.send_nowait)  # fmt: skip
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    try:
+        assert 1 == await bridge.replay_journal()
+        serving = asyncio.create_task(bridge.serve(sock, stop))
+        replies = [wire.decode_reply(await asyncio.wait_for(loop.sock_recv(far, 65536), 15)) for _ in range(2)]
+        assert [(mark_seq, 0), (count_seq, 0)] == [(r.seq, r.error) for r in replies]
+        assert {"MARK_REGION": 1, "GET_SYNC_COUNT": 1} == bridge.counts
+        stop.set()
+        await serving
+    finally:
+        await client.close()
+        bridge.journal.close()
+        far.close()
+        sock.close()
 
 
 # Invalidation raced against reads -------------------------------------------

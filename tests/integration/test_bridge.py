@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import itertools
 import os
@@ -20,11 +21,13 @@ from pathlib import Path
 import grpc
 import pytest
 
-from bridge import wire
+from bridge import answer, wire
 from bridge.agent import Bridge
 from bridge.client import ClientConfig, LogsvcClient
+from bridge.dispatch import ROUTES, route_of
 from bridge.journal import Journal, read_ring
 from bridge.wire import RequestType as T
+from dmulog.requests import BY_TYPE
 from dmulog.v1 import dmulog_pb2 as pb
 from dmulog.v1 import dmulog_pb2_grpc as pb_grpc
 from tests.servers import RedisProcess, free_port, keys_left, logsvc_server
@@ -98,6 +101,18 @@ async def test_every_request_type_round_trips(kernel: KernelSide, uuid: str) -> 
     assert (await ask(T.PRESUSPEND, uuid=uuid)).error == 0
     assert (await ask(T.POSTSUSPEND, uuid=uuid)).error == 0
     assert (await ask(T.DTR, uuid=uuid)).error == 0
+
+
+async def test_a_reply_of_a_size_the_kernel_has_no_room_for_is_never_sent(
+    kernel: KernelSide, uuid: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A route whose reply disagrees with the room its row declares fails the request with EIO, and serving goes on."""
+    assert (await kernel.ask(T.CTR, b"120 clustered-core 16", uuid=uuid)).error == 0
+    wrong = route_of(dataclasses.replace(BY_TYPE[T.GET_REGION_SIZE], capacity=16))
+    monkeypatch.setattr(answer, "ROUTES", {**ROUTES, T.GET_REGION_SIZE: wrong})
+    reply = await kernel.ask(T.GET_REGION_SIZE, uuid=uuid)
+    assert (-errno.EIO, b"") == (reply.error, reply.data)
+    assert u64(0) == (await kernel.ask(T.GET_SYNC_COUNT, uuid=uuid)).data
 
 
 async def test_unknown_instance_gets_esrch(kernel: KernelSide) -> None:

@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
 import grpc
 import pytest
 
+from dmulog.requests import REQUESTS
 from dmulog.retry import RetryPolicy
 from dmulog.v1 import dmulog_pb2_grpc as pb_grpc
 from logsvc.errors import LogError, StoreUnavailable
-from logsvc.store import LIBRARY_NAME, Store
+from logsvc.logtypes import parse_log_args
+from logsvc.service import ctr_fields
+from logsvc.store import FUNCTION_PREFIX, LIBRARY_NAME, Store, library_code
 from tests.servers import LogHandle, RedisProcess, logsvc_server, out_of_sync, redis_process
 
+ADMIN_FUNCTIONS = {"step": True, "state": False, "summary": False, "version": False}
+"""The library's functions that serve no kernel request, and whether each writes: bulk work
+(``Store.finish_jobs``), the state and summary of the admin RPCs, the schema version."""
 
-async def test_library_loads_and_lists_its_functions(redis: RedisProcess) -> None:
-    """The Lua library loads into a real Redis and registers read-only functions as no-writes."""
+
+async def registered_functions(redis: RedisProcess) -> dict[str, list[bytes]]:
+    """Every function of the library, loaded into ``redis``, with its flags (FUNCTION LIST)."""
     store = Store.from_url(redis.url)
     await store.load_library()
     libs = await store.redis.function_list(library=LIBRARY_NAME)
@@ -26,6 +34,12 @@ async def test_library_loads_and_lists_its_functions(redis: RedisProcess) -> Non
         fields = dict(zip(f[::2], f[1::2], strict=True))
         functions[fields[b"name"].decode()] = fields[b"flags"]
     await store.close()
+    return functions
+
+
+async def test_library_loads_and_lists_its_functions(redis: RedisProcess) -> None:
+    """The Lua library loads into a real Redis and registers read-only functions as no-writes."""
+    functions = await registered_functions(redis)
     # 17 kernel-request functions and 4 admin ones, each as dmulog_v2_ and as dmulog_v1_ for older services.
     assert len(functions) == 42
     for prefix in ("dmulog_v1_", "dmulog_v2_"):
@@ -33,6 +47,43 @@ async def test_library_loads_and_lists_its_functions(redis: RedisProcess) -> Non
         assert functions[prefix + "in_sync_latch"] == [b"no-writes"]
         assert functions[prefix + "mark_region"] == []
         assert functions[prefix + "step"] == []
+
+
+async def test_the_library_registers_exactly_the_functions_of_the_table(redis: RedisProcess) -> None:
+    """Each row's function (and any older name it keeps) is there, no-writes exactly when FCALL_RO runs it.
+
+    Besides them the library has its admin functions only, so a request type
+    whose row names a function the library lacks, or a function left behind
+    when its row changed, fails here rather than at the first such request.
+    """
+    writes = dict(ADMIN_FUNCTIONS)
+    for spec in REQUESTS:
+        writes |= dict.fromkeys((spec.function, *spec.older_functions), spec.writes)
+    functions = await registered_functions(redis)
+    for prefix in (FUNCTION_PREFIX, "dmulog_v1_"):
+        expected = {prefix + name: [] if w else [b"no-writes"] for name, w in writes.items()}
+        assert expected == {name: flags for name, flags in functions.items() if name.startswith(prefix)}
+
+
+def fields_read_by_ctr(lua: str) -> tuple[set[str], set[str]]:
+    """The CTR spec fields the library reads (``spec.<name>``), and those its v1 adapter builds from old arguments."""
+    read = set(re.findall(r"\bspec\.(\w+)", lua))
+    adapter = re.search(r"local function v1_ctr_arguments\(A\)\n(.*?)\nend\n", lua, re.S)
+    assert adapter is not None, "the v1 CTR adapter is gone: update this test"
+    spec_table = re.search(r"local spec = \{(.*?)\}\n", adapter.group(1), re.S)
+    assert spec_table is not None
+    return read, set(re.findall(r"(\w+) = ", spec_table.group(1)))
+
+
+def test_the_ctr_json_carries_exactly_the_fields_the_library_reads() -> None:
+    """ctr_fields (the servicer) and new_instance/ctr (the Lua) name the same fields, and so does the v1 adapter."""
+    sent = set(ctr_fields(parse_log_args(2048, "clustered-core", ["1024"]), "", "ctr-fields"))
+    read, adapted = fields_read_by_ctr(library_code())
+    assert sent == read
+    assert sent == adapted
+    # The comparison sees a field one side renamed.
+    misspelt, _ = fields_read_by_ctr(library_code().replace("spec.persistent", "spec.persistant"))
+    assert {"persistent"} == sent - misspelt
 
 
 async def test_the_plain_in_sync_function_still_answers_for_older_services(redis: RedisProcess) -> None:

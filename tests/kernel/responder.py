@@ -22,7 +22,9 @@ everything else        0, no data
 =====================  ==================================================
 
 A request for a log it never saw a CTR for gets ``-EINVAL`` (like cmirrord), except
-DTR and the suspend/resume calls, which need no state. Stdlib only; needs root
+DTR and the suspend/resume calls, which need no state. Besides the standard library it
+uses only the bridge's codec (bridge/wire.py) and the table of request types
+(dmulog/requests.py), so it speaks exactly the format the bridge does. Needs root
 (CAP_NET_ADMIN to join the group, CAP_SYS_ADMIN for the kernel to accept replies) in
 the initial network namespace, i.e. run it inside the test VM::
 
@@ -40,7 +42,6 @@ import errno
 import os
 import signal
 import socket
-import struct
 import sys
 import types
 from collections import Counter
@@ -48,48 +49,28 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-NETLINK_CONNECTOR = 11
-SOL_NETLINK = 270
-NETLINK_ADD_MEMBERSHIP = 1
-CN_IDX_DM = 7
-CN_VAL_DM_USERSPACE_LOG = 1
-NLMSG_DONE = 3
+from bridge.netlink import NETLINK_ADD_MEMBERSHIP, NETLINK_CONNECTOR, SOL_NETLINK
+from bridge.wire import (
+    CN_IDX_DM,
+    CN_MSG,
+    CN_VAL_DM_USERSPACE_LOG,
+    DM_ULOG_REQUEST,
+    DM_ULOG_REQUEST_MASK,
+    HEADER_SIZE,
+    NLMSG_DONE,
+    NLMSGHDR,
+    REGION_SYNC,
+    REMOTE_RECOVERING,
+    RESYNC_WORK,
+    S64,
+    U64,
+    RequestType,
+)
+from dmulog.requests import REQUESTS
 
-# Host byte order, no alignment padding: the kernel and this server share one machine.
-# struct nlmsghdr { u32 nlmsg_len; u16 nlmsg_type; u16 nlmsg_flags; u32 nlmsg_seq; u32 nlmsg_pid; }
-NLMSGHDR = struct.Struct("=IHHII")
-# struct cn_msg { struct cb_id { u32 idx; u32 val; } id; u32 seq; u32 ack; u16 len; u16 flags; }
-CN_MSG = struct.Struct("=IIIIHH")
-# struct dm_ulog_request { u64 luid; char uuid[129]; char padding[3]; u32 version; s32 error;
-#                          u32 seq; u32 request_type; u32 data_size; char data[]; }
-DM_ULOG_REQUEST = struct.Struct("=Q129s3xIiIII")
-HEADER_SIZE = NLMSGHDR.size + CN_MSG.size + DM_ULOG_REQUEST.size  # 16 + 20 + 160 = 196
-DM_ULOG_REQUEST_MASK = 0xFF
-
-REQUEST_TYPES = {
-    1: "CTR",
-    2: "DTR",
-    3: "PRESUSPEND",
-    4: "POSTSUSPEND",
-    5: "RESUME",
-    6: "GET_REGION_SIZE",
-    7: "IS_CLEAN",
-    8: "IN_SYNC",
-    9: "FLUSH",
-    10: "MARK_REGION",
-    11: "CLEAR_REGION",
-    12: "GET_RESYNC_WORK",
-    13: "SET_REGION_SYNC",
-    14: "GET_SYNC_COUNT",
-    15: "STATUS_INFO",
-    16: "STATUS_TABLE",
-    17: "IS_REMOTE_RECOVERING",
-}
-_STATELESS = {"CTR", "DTR", "PRESUSPEND", "POSTSUSPEND", "RESUME"}
-
-_S64 = struct.Struct("=q")
-_U64 = struct.Struct("=Q")
-_PAIR = struct.Struct("=qQ")
+REQUEST_TYPES = {int(t): t.name for t in RequestType}
+# The instance's lifecycle requests (CTR, DTR, suspend, resume) need no state of the log.
+_STATELESS = {s.name for s in REQUESTS if s.lifecycle.ends_latch}
 
 
 @dataclass(frozen=True)
@@ -201,19 +182,19 @@ class Responder:
         if log is None:
             return -errno.EINVAL, b""
         if name == "GET_REGION_SIZE":
-            return 0, _U64.pack(log.region_size)
+            return 0, U64.pack(log.region_size)
         if name in ("IS_CLEAN", "IN_SYNC"):
-            return 0, _S64.pack(1)
+            return 0, S64.pack(1)
         if name == "GET_RESYNC_WORK":
-            return 0, _PAIR.pack(0, 0)
+            return 0, RESYNC_WORK.pack(0, 0)
         if name == "GET_SYNC_COUNT":
-            return 0, _U64.pack(log.region_count)
+            return 0, U64.pack(log.region_count)
         if name == "STATUS_INFO":
             return 0, b"1 clustered-core\0"
         if name == "STATUS_TABLE":
             return 0, f"clustered-core {log.region_size} ".encode() + b"\0"
         if name == "IS_REMOTE_RECOVERING":
-            return 0, _PAIR.pack(0, log.region_count)
+            return 0, REMOTE_RECOVERING.pack(0, log.region_count)
         if name in ("FLUSH", "MARK_REGION", "CLEAR_REGION", "SET_REGION_SYNC"):
             return 0, b""
         return -errno.EINVAL, b""
@@ -247,21 +228,20 @@ class ResyncingResponder(Responder):
             return super().answer(req)
         self.counts[name] += 1
         if name == "IN_SYNC":
-            return 0, _S64.pack(_U64.unpack(req.data)[0] in synced)
+            return 0, S64.pack(U64.unpack(req.data)[0] in synced)
         if name == "GET_SYNC_COUNT":
-            return 0, _U64.pack(len(synced))
+            return 0, U64.pack(len(synced))
         if name == "GET_RESYNC_WORK":
             todo = next((r for r in range(log.region_count) if r not in synced), None)
-            return 0, _PAIR.pack(0, 0) if todo is None else _PAIR.pack(1, todo)
+            return 0, RESYNC_WORK.pack(0, 0) if todo is None else RESYNC_WORK.pack(1, todo)
         if name == "IS_REMOTE_RECOVERING":
-            return 0, _PAIR.pack(0, len(synced) if len(synced) == log.region_count else 0)
-        region, in_sync = _PAIR_SYNC.unpack(req.data)  # SET_REGION_SYNC
+            return 0, REMOTE_RECOVERING.pack(0, len(synced) if len(synced) == log.region_count else 0)
+        region, in_sync = REGION_SYNC.unpack(req.data)  # SET_REGION_SYNC
         (synced.add if in_sync else synced.discard)(region)
         return 0, b""
 
 
 _RESYNC_ANSWERS = {"IN_SYNC", "GET_SYNC_COUNT", "GET_RESYNC_WORK", "IS_REMOTE_RECOVERING", "SET_REGION_SYNC"}
-_PAIR_SYNC = struct.Struct("=Qq")
 
 
 class Capture:

@@ -1,7 +1,8 @@
-"""Tests of bridge/dispatch.py: the one table from kernel request type to RPC and back."""
+"""Tests of bridge/dispatch.py: each request type's route from payload to RPC and back, as its row declares."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
 import sys
@@ -9,8 +10,9 @@ import sys
 import pytest
 
 from bridge import dispatch, wire
-from bridge.dispatch import ROUTES, block_devices
+from bridge.dispatch import ROUTES, ReplySizeError, block_devices, route_of
 from bridge.wire import REPLY_CAPACITY, Request, RequestType, WireError
+from dmulog.requests import BY_TYPE
 from dmulog.v1 import dmulog_pb2 as pb
 
 T = RequestType
@@ -310,6 +312,29 @@ def test_reply_fits_capacity(request_type, data, response, expected):
         assert actual <= capacity
     elif capacity is not None:
         assert capacity == actual
+
+
+def test_a_reply_that_does_not_fill_the_declared_room_fails_when_encoded():
+    """An encoder whose reply is not the size the table declares raises at once, before any byte leaves."""
+    spec = dataclasses.replace(BY_TYPE[T.GET_REGION_SIZE], capacity=16)
+    with pytest.raises(ReplySizeError, match=r"GET_REGION_SIZE reply of 8 bytes.*exactly 16"):
+        route_of(spec).reply(req(T.GET_REGION_SIZE), pb.GetRegionSizeResponse(region_size=1024))
+
+
+def test_a_reply_beyond_the_declared_room_fails_when_encoded():
+    """A reply that may be shorter than its room (the CTR's device name) still may not be longer."""
+    spec = dataclasses.replace(BY_TYPE[T.CTR], capacity=4)
+    request = req(T.CTR, b"2048 clustered-disk 253:2 1024")
+    with pytest.raises(ReplySizeError, match=r"CTR reply of 6 bytes.*at most 4"):
+        route_of(spec).reply(request, pb.CtrResponse(device="253:2"))
+    assert b"" == route_of(spec).reply(request, pb.CtrResponse())
+
+
+def test_routes_are_their_rows_routes():
+    """ROUTES is route_of applied to each row: what a test builds from a row is what the bridge runs."""
+    for rtype, route in ROUTES.items():
+        assert BY_TYPE[rtype] is route.spec
+        assert (route.rpc, route.critical) == (route.spec.rpc, route.spec.critical)
 
 
 @pytest.mark.parametrize("version", [1, 2, 3])

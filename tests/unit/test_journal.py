@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.journal import SLOT_SIZE, Journal
+from bridge.journal import SLOT_SIZE, Journal, Replayed
 
 
 def test_recorded_requests_are_pending_until_done(tmp_path: Path) -> None:
@@ -202,3 +202,17 @@ def test_an_oversized_datagram_is_served_without_an_entry(tmp_path: Path) -> Non
 
     assert journal.record(b"x" * SLOT_SIZE) is None
     assert journal.record(b"y") is not None
+
+
+def test_a_replayed_datagram_is_recognised_once_and_only_until_the_kernel_gives_up() -> None:
+    """The queued copy of a request answered from the journal is skipped once; after the kernel's timeout, never."""
+    now = [100.0]
+    replayed = Replayed(15.0, clock=lambda: now[0])
+    assert not replayed.seen(b"clear-3")
+    replayed.add(b"clear-3")
+    replayed.add(b"mark-4")
+    assert not replayed.seen(b"mark-5")
+    assert replayed.seen(b"clear-3")
+    assert not replayed.seen(b"clear-3")  # a second identical request is a new one: answered
+    now[0] += 15.0
+    assert not replayed.seen(b"mark-4")  # the kernel re-sent it under a new seq long ago

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 
 from bridge.latch import InSyncLatches
+from dmulog.requests import BY_TYPE, REQUESTS, Lifecycle, RequestType
+from dmulog.v1 import dmulog_pb2 as pb
 
 K = ("log-1", 0xFFFF888003A1B2C8)
 
@@ -154,3 +156,46 @@ def test_too_many_instances_drop_idle_ones_never_busy_ones(
     latches.end(("busy", 1))
     latches.answered(("busy", 1), latches.asking(("busy", 1)), latched=True)
     assert latches.latched(("busy", 1))
+
+
+# Forwarding: what each row of the table of request types does to its instance's latch.
+
+IN_SYNC = BY_TYPE[RequestType.IN_SYNC]
+LATCHED = pb.InSyncResponse(in_sync=True, latched=True)
+
+
+def learn(latches: InSyncLatches) -> None:
+    """An IN_SYNC forwarded and answered "latched", as the bridge forwards one."""
+    with latches.forwarding(K, IN_SYNC) as forwarded:
+        forwarded.answered(LATCHED)
+
+
+@pytest.mark.parametrize("spec", REQUESTS, ids=lambda s: s.name)
+def test_a_forwarded_request_forgets_the_latch_exactly_when_its_row_says(latches: InSyncLatches, spec) -> None:
+    """While a lifecycle request is forwarded the latch is unknown; any other request leaves it as it was."""
+    learn(latches)
+    with latches.forwarding(K, spec) as forwarded:
+        assert latches.latched(K) is not spec.lifecycle.ends_latch
+        forwarded.answered(pb.InSyncResponse(latched=False) if spec is not IN_SYNC else LATCHED)
+    assert latches.latched(K) is not spec.lifecycle.ends_latch
+    assert len(latches) == (0 if spec.lifecycle is Lifecycle.FORGETS else 1)
+
+
+def test_only_the_request_answered_here_when_latched_learns_the_latch(latches: InSyncLatches) -> None:
+    """A response of another request, even one that says ``latched``, teaches nothing."""
+    for spec in REQUESTS:
+        if spec is not IN_SYNC:
+            with latches.forwarding(K, spec) as forwarded:
+                forwarded.answered(LATCHED)
+    assert not latches.latched(K)
+    learn(latches)
+    assert latches.latched(K)
+
+
+def test_a_lifecycle_request_that_fails_still_ends(latches: InSyncLatches) -> None:
+    """However the call ends (an outage, a bug), the instance is no longer busy afterwards."""
+    resume = BY_TYPE[RequestType.RESUME]
+    with pytest.raises(RuntimeError), latches.forwarding(K, resume):
+        raise RuntimeError("the call failed")
+    learn(latches)
+    assert latches.latched(K)

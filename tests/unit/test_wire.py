@@ -864,3 +864,12 @@ def test_decode_reply_rejects_malformed(buf):
     """A reply the kernel would drop or misread raises WireError."""
     with pytest.raises(WireError):
         wire.decode_reply(buf)
+
+
+def test_peek_type_and_size_reads_the_masked_type_and_data_size_without_decoding():
+    """The look before decoding: request_type masked as decode_request masks it, data_size as sent, nothing checked."""
+    datagram = wire.encode_request(T.FLUSH | 0x300, seq=SEQ, luid=LUID, uuid=UUID, data=u64(1) + u64(2))
+    assert (T.FLUSH, 16) == wire.peek_type_and_size(datagram)
+    assert (T.IN_SYNC, 8) == wire.peek_type_and_size(wire.encode_request(T.IN_SYNC, seq=1, luid=1, uuid="u",
+                                                                          data=u64(0)))  # fmt: skip
+    assert None is wire.peek_type_and_size(datagram[: wire.HEADER_SIZE - 1])

@@ -41,6 +41,7 @@ from pathlib import Path
 
 import grpc
 
+from dmulog.requests import region_arguments
 from logsvc.store import CALLER_ARGS, FUNCTION_PREFIX
 from tests.kernel.crash import checker
 from tests.kernel.crash.topology import REPO, Boot, Topology, TopologyError
@@ -219,10 +220,6 @@ class RoundResult:
         return "\n".join(lines)
 
 
-#: Library functions whose own arguments are all region numbers.
-_REGION_CALLS = frozenset(
-    {"in_sync", "in_sync_latch", "is_clean", "mark_region", "clear_region", "flush", "is_remote_recovering"}
-)
 _QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')
 
 
@@ -250,7 +247,7 @@ def region_trace(trace: Path, uuid: str, region: int, limit: int = 16) -> list[s
         gap, last = (when - last if last is not None else 0.0), when
         name = words[1].removeprefix(FUNCTION_PREFIX)
         args = words[3 + nkeys + CALLER_ARGS :]  # after the keys: the caller, then the request's own
-        regions = args[:1] if name == "set_region_sync" else args if name in _REGION_CALLS else []
+        regions = region_arguments(name, args)  # which of them are regions: the table of request types says
         if want in regions:
             quiet = f"   <- first call after {gap:.1f} s without any" if gap > 1 else ""
             found.append(f"{when:.3f} {name} {' '.join(args)}{quiet}")

@@ -1,0 +1,112 @@
+"""The answer to one kernel request: by a call to logsvc, or here when the table allows it.
+
+:meth:`Answerer.answer` follows the request's row (dmulog/requests.py) through
+its route (bridge/dispatch.py): payload to API request, one call, response to
+reply, with the instance's in-sync latch kept right on the way
+(bridge/latch.py). It never raises for bad input or an outage: every request
+gets a reply datagram.
+
+Two requests need no call, and :meth:`Answerer.answer_here` answers them as
+soon as they are read (the rows say which: ``RequestSpec.here``): a FLUSH
+without marks (every change logsvc acknowledged is already as durable as Redis
+makes it, so there is nothing to commit; see the Flush RPC in the proto) and
+an IN_SYNC of an instance whose in-sync latch is known (bridge/latch.py).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Final
+
+from bridge import wire
+from bridge.client import CallFailed, LogsvcClient
+from bridge.dispatch import DECODERS, ROUTES, Decode
+from bridge.latch import InSyncLatches
+from dmulog.logs import event
+from dmulog.requests import REQUESTS, AnswerHere
+from dmulog.v1 import dmulog_pb2 as pb
+
+__all__ = ["Answerer"]
+
+log = logging.getLogger("dmulog.bridge")
+
+
+# What a request answered here gets (the table's rules keep every such row to
+# these reply kinds): an instance known latched is in sync at every region; a
+# FLUSH without marks has nothing to commit.
+_HERE_REPLY: Final = {AnswerHere.IF_LATCHED: wire.encode_s64(True), AnswerHere.IF_EMPTY: b""}
+
+# The requests that may be answered here, by wire number: (when, payload decoder, name, reply payload).
+_HERE: Final[Mapping[int, tuple[AnswerHere, Decode, str, bytes]]] = MappingProxyType({
+    int(s.type): (s.here, DECODERS[s.payload], s.name, _HERE_REPLY[s.here])
+    for s in REQUESTS if s.here is not AnswerHere.NEVER
+})  # fmt: skip
+
+
+class Answerer:
+    """Answers decoded requests through a logsvc client; answers the few that need no call itself."""
+
+    def __init__(self, client: LogsvcClient, node: pb.Node, latches: InSyncLatches,
+                 send_nowait: Callable[[bytes], bool] | None = None):  # fmt: skip
+        self._client = client
+        self._node = node
+        self.latches = latches
+        self._send_nowait = send_nowait
+
+    def answer_here(self, datagram: bytes) -> str | None:
+        """Answer ``datagram`` without logsvc if its row allows it now; the request type's name if it did.
+
+        Anything else, including a datagram that does not decode, is left to the
+        ordinary path; so is a reply the socket cannot take at once.
+        """
+        if self._send_nowait is None or (peeked := wire.peek_type_and_size(datagram)) is None:
+            return None
+        rtype, size = peeked
+        rule = _HERE.get(rtype)
+        if rule is None:
+            return None
+        when, decode, name, payload = rule
+        if when is AnswerHere.IF_EMPTY and size:
+            return None
+        try:
+            req = wire.decode_request(datagram)
+            if when is AnswerHere.IF_LATCHED:
+                if not self.latches.latched((req.uuid, req.luid)):
+                    return None
+                decode(req.data, name)  # only a payload the RPC would take
+            reply = wire.encode_reply(req, 0, payload)
+        except wire.WireError:
+            return None
+        try:
+            if not self._send_nowait(reply):
+                return None
+        except OSError:
+            return None  # the ordinary path sends it again, and logs what fails
+        return req.type_name
+
+    async def answer(self, req: wire.Request) -> bytes:
+        """The reply datagram for a decoded request. Never raises for bad input."""
+        route = ROUTES.get(req.request_type)
+        if route is None:
+            event(log, logging.WARNING, "request_unknown_type", request_type=req.request_type)
+            return wire.error_reply(req, errno.EINVAL)
+        try:
+            message = route.build(req, pb.LogRef(uuid=req.uuid, luid=req.luid), self._node)
+        except wire.WireError as e:
+            event(log, logging.WARNING, "request_malformed", detail=str(e))
+            return wire.error_reply(req, e.errno)
+        with self.latches.forwarding((req.uuid, req.luid), route.spec) as latch:
+            try:
+                response = await self._client.call(route.rpc, message, critical=route.critical)
+                latch.answered(response)
+                return wire.encode_reply(req, 0, route.reply(req, response))
+            except CallFailed as e:
+                level = logging.DEBUG if e.errno == errno.ESRCH else logging.INFO
+                event(log, level, "request_failed", errno=errno.errorcode.get(e.errno, e.errno), detail=str(e))
+                return wire.error_reply(req, e.errno)
+            except wire.WireError as e:
+                event(log, logging.ERROR, "reply_unencodable", detail=str(e))
+                return wire.error_reply(req, e.errno)
