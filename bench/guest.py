@@ -2,7 +2,8 @@
 
 The other benchmarks replay recorded requests on the host; what a mirror's user
 gets is write throughput through dm-raid1 while the log answers the kernel. So
-this boots the real kernel once (tests/kernel/vm.py) and runs the same fio
+this boots the real kernel once (harness/guest.py, the guest side in
+harness/guest/bench.sh) and runs the same fio
 workloads on the same 2-leg mirror with each log, one after the other:
 
 * ``core``: the kernel's own in-memory log: the ceiling;
@@ -11,11 +12,11 @@ workloads on the same 2-leg mirror with each log, one after the other:
   ``integrated_flush``: the floor every userspace log is measured against;
 * ``dmulog-guest``, ``dmulog-guest-if``: redis-server, ``dmulog logsvc`` and
   ``dmulog bridge`` all in the guest, started as the kernel tests start them
-  (tests/kernel/sh/stack.sh);
+  (harness/guest/lib.sh);
 * ``dmulog-host``, ``dmulog-host-if``: only the bridge in the guest; Redis and
   logsvc on the host, reached through qemu's ``restrict=on`` user network with
   a ``guestfwd`` to a host Unix socket, as in the crash suite
-  (tests/kernel/crash/topology.py).
+  (harness/topology.py).
 
 Every mirror is created as a new mirror is (no ``nosync``), and the workloads
 start once its initial resync is complete: the state a mirror spends its life
@@ -57,13 +58,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tests.kernel.crash.topology import Topology
-from tests.kernel.vm import GuestRun, run_guest
+from harness.guest import GuestRun, guest_script, run_guest
+from harness.topology import Topology
 
 __all__ = ["CONFIGS", "WORKLOADS", "Cell", "Config", "Report", "Workload", "main", "render", "run_bench"]
 
-REPO = Path(__file__).resolve().parents[1]
-GUEST_SCRIPT = Path(__file__).resolve().with_suffix(".sh")
+GUEST_SCRIPT = guest_script("bench.sh")
 #: 256 MiB legs with 512 KiB regions: 512 regions, so that random writes rarely
 #: meet a region the kernel still holds marked from an earlier write.
 LEG_SECTORS = 256 << 11
@@ -311,7 +311,6 @@ def run_bench(
     for w in WORKLOADS:
         (results / "jobs" / f"{w.name}.fio").write_text(w.job_file(reps, runtime))
     env = {
-        "DMULOG_VENV": sys.prefix,
         "CONFIGS": " ".join(c.name for c in chosen),
         "WORKLOADS": " ".join(w.name for w in WORKLOADS),
         "SECTORS": str(leg_sectors),
@@ -328,8 +327,8 @@ def run_bench(
             topology = stack.enter_context(Topology(results / "host", trace=False))
             qemu_extra = topology.network_args()
             env["HOST_LOGSVC"] = topology.guest_logsvc
-        run = run_guest(GUEST_SCRIPT, timeout=timeout, env=env, cwd=REPO, results_dir=results,
-                        memory=GUEST_MEMORY, qemu_extra=qemu_extra)  # fmt: skip
+        run = run_guest(GUEST_SCRIPT, timeout=timeout, env=env, results_dir=results, memory=GUEST_MEMORY,
+                        qemu_extra=qemu_extra)  # fmt: skip
     wall = time.monotonic() - start
     cells: dict[tuple[str, str], Cell] = {}
     missing: list[str] = []

@@ -11,7 +11,7 @@ messages (about an ExchangeCall's size) as
 * ``grpc unary``: one unary call per message;
 * ``grpc stream``: one message each way on a long-lived bidirectional stream.
 
-``python -m bench.transport [N]`` prints the table alone (bench/guest.sh runs
+``python -m bench.transport [N]`` prints the table alone (harness/guest/bench.sh runs
 it in the guest, where gRPC suffers from emulation far more than a socket).
 """
 

@@ -1,7 +1,7 @@
 """Capture golden dm-log-userspace datagrams from the real kernel into tests/unit/fixtures/kernel/.
 
 Why: the wire codec's unit tests must be checked against what the kernel really sends,
-not against our reading of the headers. This boots the test VM (tests/kernel/vm.py),
+not against our reading of the headers. This boots the test VM (harness/guest.py),
 runs the trivial responder (tests/kernel/responder.py) with ``--capture``, and drives
 dm-mirror through every request type it can produce: create/write/read/status/table/
 suspend/resume/remove of a plain mirror, a responder kill and restart while the mirror
@@ -28,8 +28,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.guest import GuestRun, guest_script, run_guest
+from harness.kernel import ensure_kernel
 from tests.kernel.responder import HEADER_SIZE, REQUEST_TYPES, Request, parse_request, to_hex
-from tests.kernel.vm import GuestRun, ensure_kernel, run_guest
 
 _EXPECTED_WHILE_KILLED = re.compile(
     r"Unable to send log request \[\d+\] to userspace: -3$|Userspace log server not found"
@@ -40,131 +41,6 @@ LEG_SECTORS = 16384  # 8 MiB legs
 REGION_SIZE = 1024  # 512 KiB regions: 16 regions
 SMALL_REGION_SIZE = 8  # 4 KiB regions: 2048 regions, so one 256 KiB write dirties 64
 
-# Runs as root in the guest, from the repository root. Each `step` appends
-# "<requests captured so far> <step name>" to /results/steps.txt after letting the
-# kernel's asynchronous follow-ups (CLEAR + FLUSH after a write) arrive.
-GUEST_SCRIPT = r"""#!/bin/bash
-set -u -o pipefail
-CAP=/results/capture
-STEPS=/results/steps.txt
-mkdir -p "$CAP"
-: > "$STEPS"
-T="timeout 60"
-SETTLE=0.3
-
-die() { echo "FAILED: $*"; dmsetup table; exit 1; }
-nreq() { ls "$CAP" | grep -c -- '-req\.hex$'; }
-step() { sleep "$SETTLE"; echo "$(nreq) $1" >> "$STEPS"; echo "== $1 ($(nreq) requests so far)"; }
-RESP=
-start_responder() {
-  rm -f /tmp/responder.ready
-  "$DMULOG_PYTHON" -m tests.kernel.responder --capture "$CAP" --ready-file /tmp/responder.ready \
-      >> /results/responder.log 2>&1 &
-  RESP=$!
-  for _ in $(seq 600); do
-    [ -e /tmp/responder.ready ] && return 0
-    kill -0 "$RESP" 2>/dev/null || die "responder exited"
-    sleep 0.05
-  done
-  die "responder not ready after 30 s"
-}
-# wr DEV BS COUNT SEEK: O_DIRECT write of random data (SEEK in units of BS)
-wr() { $T dd if=/dev/urandom of="/dev/mapper/$1" bs="$2" count="$3" seek="$4" oflag=direct status=none \
-         || die "write to $1 failed"; }
-create() { echo "table: $2"; $T dmsetup create "$1" --table "$2" || die "dmsetup create $1"; dmsetup mknodes "$1"; }
-remove() { $T dmsetup remove "$1" || die "dmsetup remove $1"; }
-legs_equal() {
-  [ "$($T dd if="$L0" iflag=direct bs=1M status=none | md5sum)" = \
-    "$($T dd if="$L1" iflag=direct bs=1M status=none | md5sum)" ] || die "legs differ"
-}
-
-S=@SECTORS@; RS=@REGION_SIZE@; SRS=@SMALL_REGION_SIZE@
-truncate -s $((S * 512)) /tmp/leg0.img /tmp/leg1.img
-L0=$(losetup -f --show /tmp/leg0.img) || die losetup
-L1=$(losetup -f --show /tmp/leg1.img) || die losetup
-uname -r > /results/uname.txt
-start_responder
-step responder-started
-
-# --- plain: clustered-core, default sync ---------------------------------------------
-create mA "0 $S mirror userspace 3 dmulog-fixture-plain clustered-core $RS 2 $L0 0 $L1 0"
-step plain.create
-wr mA 4k 1 0;                       step plain.write-4k-region0
-wr mA 4k 1 0;                       step plain.rewrite-4k-region0
-$T dmsetup status mA || die status; step plain.status
-$T dmsetup table mA || die table;   step plain.table
-wr mA 64k 16 32;                    step plain.write-1m-regions4-5
-$T dd if=/dev/mapper/mA of=/dev/null bs=64k count=16 skip=32 iflag=direct status=none || die read
-step plain.read-1m-regions4-5
-$T dmsetup suspend mA || die suspend; step plain.suspend
-$T dmsetup resume mA || die resume;   step plain.resume
-wr mA 4k 1 768;                     step plain.write-4k-region6-after-resume
-kill -KILL "$RESP"; wait "$RESP" 2>/dev/null
-step plain.responder-killed
-# I/O while no server listens: the kernel logs "server not found", retries CTR every
-# 2 s; the restarted responder gets the replayed CTR, then RESUME, then the request.
-$T dd if=/dev/urandom of=/dev/mapper/mA bs=4k count=1 seek=1024 oflag=direct status=none &
-DD=$!
-sleep 3
-start_responder
-wait "$DD" || die "write during responder restart failed"
-step plain.write-4k-region8-across-restart
-$T dmsetup status mA || die status; step plain.status-after-restart
-wr mA 4k 1 1280;                    step plain.write-4k-region10-after-restart
-remove mA;                          step plain.remove
-legs_equal
-
-# --- nosync ---------------------------------------------------------------------------
-create mB "0 $S mirror userspace 4 dmulog-fixture-nosync clustered-core $RS nosync 2 $L0 0 $L1 0"
-step nosync.create
-wr mB 4k 1 0;                       step nosync.write-4k-region0
-$T dmsetup status mB || die status; step nosync.status
-remove mB;                          step nosync.remove
-
-# --- integrated_flush -----------------------------------------------------------------
-create mC "0 $S mirror userspace 4 dmulog-fixture-integrated integrated_flush clustered-core $RS 2 $L0 0 $L1 0"
-step integrated.create
-SETTLE=3.5   # the payload-less FLUSH after clears is deferred by 3 s
-wr mC 4k 1 0;                       step integrated.write-4k-region0
-wr mC 64k 16 32;                    step integrated.write-1m-regions4-5
-SETTLE=0.3
-$T dmsetup status mC || die status; step integrated.status
-$T dmsetup suspend mC || die suspend; step integrated.suspend
-$T dmsetup resume mC || die resume;   step integrated.resume
-remove mC;                          step integrated.remove
-legs_equal
-
-# --- leg failure: SET_REGION_SYNC(region, 0) -------------------------------------------
-$T dmsetup create legD --table "0 $S linear $L1 0" || die "create legD"
-dmsetup mknodes legD
-create mD "0 $S mirror userspace 3 dmulog-fixture-legfail clustered-core $RS 2 $L0 0 /dev/mapper/legD 0"
-step legfail.create
-wr mD 4k 1 0;                       step legfail.write-4k-region0
-$T dmsetup suspend legD && $T dmsetup load legD --table "0 $S error" && $T dmsetup resume legD \
-    || die "could not break legD"
-step legfail.leg-replaced-by-error-target
-wr mD 4k 1 384;                     step legfail.write-4k-region3-failing-leg
-$T dmsetup status mD || die status; step legfail.status
-remove mD;                          step legfail.remove
-remove legD
-
-# --- small regions: 64 regions dirtied by one write ------------------------------------
-create mE "0 $S mirror userspace 3 dmulog-fixture-batch clustered-core $SRS 2 $L0 0 $L1 0"
-step batch.create
-wr mE 256k 1 0;                     step batch.write-256k-64-regions
-remove mE;                          step batch.remove
-create mF "0 $S mirror userspace 4 dmulog-fixture-batch-integrated integrated_flush clustered-core $SRS 2 $L0 0 $L1 0"
-step batch-integrated.create
-SETTLE=3.5
-wr mF 256k 1 0;                     step batch-integrated.write-256k-64-regions
-SETTLE=0.3
-remove mF;                          step batch-integrated.remove
-
-kill "$RESP"; wait "$RESP" 2>/dev/null
-losetup -d "$L0" "$L1"
-echo "capture complete: $(nreq) requests"
-"""
-
 
 @dataclass(frozen=True)
 class Captured:
@@ -174,15 +50,6 @@ class Captured:
     request: Request
     reply: bytes
     step: str
-
-
-def guest_script() -> str:
-    """The guest script with this module's sizes filled in."""
-    return (
-        GUEST_SCRIPT.replace("@SECTORS@", str(LEG_SECTORS))
-        .replace("@REGION_SIZE@", str(REGION_SIZE))
-        .replace("@SMALL_REGION_SIZE@", str(SMALL_REGION_SIZE))
-    )
 
 
 def load_capture(results_dir: Path) -> list[Captured]:
@@ -304,7 +171,7 @@ def _readme(chosen: dict[str, Captured], run: GuestRun, captured: Sequence[Captu
         "## How they were captured",
         "",
         f"- Kernel: Debian package `{kernel.package}` version `{kernel.package_version}`, `uname -r` = `{uname}`,",
-        "  booted under qemu TCG by `tests/kernel/vm.py` (x86-64, q35, 2 vCPUs).",
+        "  booted under qemu TCG by `harness/guest.py` (x86-64, q35, 2 vCPUs).",
         f"- {qemu}.",
         f"- Date: {datetime.date.today().isoformat()}.",
         "- Command, from the repository root: `.venv/bin/python -m tests.kernel.capture_fixtures`.",
@@ -335,8 +202,8 @@ def _readme(chosen: dict[str, Captured], run: GuestRun, captured: Sequence[Captu
         "",
         "## What the kernel sent, step by step",
         "",
-        "`[n]` = number of regions in the payload. Steps are from the guest script in",
-        "`tests/kernel/capture_fixtures.py`; requests that arrive after a step's settle time count",
+        "`[n]` = number of regions in the payload. Steps are from the guest script",
+        "`harness/guest/capture.sh`; requests that arrive after a step's settle time count",
         "towards the next step.",
         "",
         "| step | requests |",
@@ -356,13 +223,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=400)
     args = parser.parse_args(argv)
 
-    run = run_guest(
-        guest_script(),
-        timeout=args.timeout,
-        results_dir=args.results_dir,
-        env={"DMULOG_PYTHON": sys.executable},
-        cwd=REPO,
-    )
+    env = {"SECTORS": str(LEG_SECTORS), "REGION": str(REGION_SIZE), "SMALL_REGION": str(SMALL_REGION_SIZE)}
+    run = run_guest(guest_script("capture.sh"), timeout=args.timeout, results_dir=args.results_dir, env=env)
     print(run.guest_log)
     print(f"rc={run.rc} wall={run.wall_time:.1f}s results={run.results_dir}")
     # The responder kill is deliberate: failed sends with -ESRCH (-3) and "server not

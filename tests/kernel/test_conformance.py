@@ -2,7 +2,8 @@
 
 test_mirror.py follows one mirror of each log type through its life with the
 default options. This file covers what that leaves out, in two boots (each
-scenario is its own test so a failure names what broke):
+scenario is its own test so a failure names what broke; the guest scripts are
+``harness/guest/conformance.sh`` and ``limits.sh``):
 
 * ``conformance`` boot: every log type x ``sync``/``nosync`` x with and
   without ``integrated_flush`` (the legs differ before creation, so a full
@@ -29,298 +30,16 @@ from __future__ import annotations
 
 import json
 import re
-import sys
-from pathlib import Path
 
 import pytest
 
+from harness.guest import GuestRun, guest_script, run_guest
 from logsvc.store import FUNCTION_PREFIX
-from tests.kernel.vm import GuestRun, run_guest
 
 pytestmark = pytest.mark.kernel
-REPO = Path(__file__).resolve().parents[2]
-ENV = {"DMULOG_VENV": str(Path(sys.executable).parent.parent)}
 TYPES = ("clustered-core", "clustered-disk", "dmulog")
 COMBOS = [(t, m, f) for t in TYPES for m in ("sync", "nosync") for f in ("plain", "integrated")]
 COMBO_IDS = [f"{t}-{m}-{f}" for t, m, f in COMBOS]
-
-
-CONFORMANCE = r"""
-. tests/kernel/sh/conformance.sh
-start_logsvc
-start_bridge
-note stack_ready "$SECONDS"
-truncate -s 1M /tmp/logdev
-LD=$(losetup -f --show /tmp/logdev)
-note logdev "$LD $(devno $LD)"
-
-# 1 + 6. The matrix: 4 MiB legs, four regions of 1 MiB. Leg 0 is zeros, leg 1
-# random, so "sync" must copy every region and "nosync" must copy none.
-MS=8192; RS=2048
-for TYPE in clustered-core clustered-disk dmulog; do
-  for MODE in sync nosync; do
-    for FLUSH in plain integrated; do
-      C="m.$TYPE-$MODE-$FLUSH"; UUID="conf-$TYPE-$MODE-$FLUSH"
-      A=$(leg /tmp/a 4M); B=$(leg /tmp/b 4M random)
-      WORDS="$UUID"
-      [ $FLUSH = integrated ] && WORDS="$WORDS integrated_flush"
-      WORDS="$WORDS $TYPE"
-      [ $TYPE = clustered-disk ] && WORDS="$WORDS $LD"
-      WORDS="$WORDS $RS $MODE"
-      note "$C.legs" "$(devno $A) $(devno $B)"
-      note "$C.uuid" "$UUID"
-      $T dmsetup create mx --table "$(mirror_table $MS "$WORDS" "$A 0 $B 0")"; note "$C.create_rc" $?
-      if dmsetup mknodes mx 2>/dev/null && [ -b /dev/mapper/mx ]; then
-        note "$C.first_status" "$(dmsetup status mx)"
-        settle mx 120; note "$C.settled" $?
-        note "$C.write_rc" "$(bdwrite mx 64k 1 20)"   # bytes 1310720..1376255, in region 1
-        note "$C.status" "$(dmsetup status mx)"
-        note "$C.table" "$(dmsetup table mx)"
-        $T dmsetup remove mx; note "$C.remove_rc" $?
-      fi
-      note "$C.legs_identical" "$(same /tmp/a /tmp/b)"
-      note "$C.written_identical" "$(same /tmp/a /tmp/b 65536 1310720)"
-      note "$C.region0_identical" "$(same /tmp/a /tmp/b 1048576)"
-      losetup -d $A $B
-    done
-  done
-done
-note matrix_done "$SECONDS"
-
-# 3. Bad tables: each must fail, say why, and leave nothing behind.
-L0=$(leg /tmp/l0 4M); L1=$(leg /tmp/l1 4M)
-truncate -s 1M /tmp/not-a-device
-# The bridge logs a refused CTR before it answers, so its line is there when dmsetup returns.
-bad() {
-  local b d
-  b=$(wc -l < $R/bridge.log); d=$(dmesg | wc -l)
-  $T dmsetup create "bad-$1" --table "$2" > "$R/bad.$1.out" 2>&1; note "bad.$1.rc" $?
-  tail -n +$((b + 1)) $R/bridge.log > "$R/bad.$1.bridge"
-  dmesg | tail -n +$((d + 1)) > "$R/bad.$1.dmesg"
-}
-LEGS="$L0 0 $L1 0"
-bad not_power_of_two "$(mirror_table $MS "conf-bad-not_power_of_two dmulog 1000" "$LEGS")"
-bad zero "$(mirror_table $MS "conf-bad-zero clustered-core 0" "$LEGS")"
-bad larger_than_target "$(mirror_table $MS "conf-bad-larger_than_target dmulog 16384" "$LEGS")"
-bad unknown_type "$(mirror_table $MS "conf-bad-unknown_type clustered-mirror 1024" "$LEGS")"
-bad unknown_option "$(mirror_table $MS "conf-bad-unknown_option dmulog 1024 fast" "$LEGS")"
-bad too_few_words "0 $MS mirror userspace 2 conf-bad-too_few_words dmulog 2 $LEGS"
-bad no_region_size "$(mirror_table $MS "conf-bad-no_region_size clustered-disk $LD" "$LEGS")"
-bad no_device "$(mirror_table $MS "conf-bad-no_device clustered-disk 1024" "$LEGS")"
-bad missing_device "$(mirror_table $MS "conf-bad-missing_device clustered-disk /dev/nonexistent 1024" "$LEGS")"
-bad file_as_device "$(mirror_table $MS "conf-bad-file_as_device clustered-disk /tmp/not-a-device 1024" "$LEGS")"
-bad missing_leg "$(mirror_table $MS "conf-bad-missing_leg dmulog 1024" "$L0 0 /dev/nonexistent 0")"
-bad leg_count "0 $MS mirror userspace 3 conf-bad-leg_count dmulog 1024 3 $LEGS"
-# 2^32 sectors fits the log's u64 reply but not the kernel's u32 region size (it divided by 0).
-ZS=8589934592; Z0=$(zero_leg conf-z0 $ZS); Z1=$(zero_leg conf-z1 $ZS)
-bad region_over_u32 "$(mirror_table $ZS "conf-bad-region_over_u32 dmulog 4294967296 nosync" "$Z0 0 $Z1 0")"
-dmsetup ls > $R/bad-devices.txt 2>&1
-dmsetup remove conf-z0 conf-z1; note bad.zero_legs_remove_rc $?
-$REDIS --scan --pattern 'dmulog:{conf-bad-*' > $R/bad-keys.txt 2>&1; note bad.scan_rc $?
-note bad.alive "$(alive)"
-# The stack still works: a good mirror right after.
-$T dmsetup create good --table "$(mirror_table $MS "conf-good-after-bad clustered-disk $LD 1024 nosync" "$LEGS")"
-note bad.good.create_rc $?
-dmsetup mknodes good
-note bad.good.write_rc "$(bdwrite good 4k 8 100)"
-note bad.good.status "$(dmsetup status good)"
-$T dmsetup remove good; note bad.good.remove_rc $?
-note bad.good.legs_identical "$(same /tmp/l0 /tmp/l1)"
-losetup -d $L0 $L1
-note bad_done "$SECONDS"
-
-# 4. Several mirrors at once, I/O in parallel, and a reload with I/O running.
-WORDS=(
-  ""
-  "conf-par-1 clustered-core 1024 sync"
-  "conf-par-2 integrated_flush clustered-disk $LD 1024 nosync"
-  "conf-par-3 integrated_flush dmulog 1024 sync"
-  "conf-par-4 dmulog 1024 nosync"
-)
-TABLES=()
-PIDS=()
-for i in 1 2 3 4; do
-  content=zero
-  case $i in 1|3) content=random ;; esac   # the "sync" mirrors start with legs that differ
-  a=$(leg /tmp/p$i-a 4M); b=$(leg /tmp/p$i-b 4M $content)
-  TABLES[$i]=$(mirror_table $MS "${WORDS[$i]}" "$a 0 $b 0")
-  ( $T dmsetup create par-$i --table "${TABLES[$i]}"; echo $? > /tmp/par-$i.create ) &
-  PIDS+=($!)
-done
-wait "${PIDS[@]}"
-for i in 1 2 3 4; do note "par.$i.create_rc" "$(cat /tmp/par-$i.create)"; dmsetup mknodes par-$i; done
-for i in 1 2 3 4; do settle par-$i 180; note "par.$i.settled" $?; done
-note par_synced "$SECONDS"
-PIDS=()
-for i in 1 2 3 4; do
-  ( r1=$(bdwrite par-$i 4k 8 $((i * 40))); r2=$(bdwrite par-$i 1M 1 2); echo "$r1$r2" > /tmp/par-$i.io ) &
-  PIDS+=($!)
-done
-wait "${PIDS[@]}"
-for i in 1 2 3 4; do note "par.$i.io_rc" "$(cat /tmp/par-$i.io)"; note "par.$i.status" "$(dmsetup status par-$i)"; done
-note par_io_done "$SECONDS"
-# Reload par-4 (same table) while a writer keeps going.
-( bdwrite par-4 4k 32 600 > /tmp/reload-writer.rc ) &
-WPID=$!
-$T dmsetup load par-4 --table "${TABLES[4]}"; note reload.load_rc $?
-dmulog status conf-par-4 --logsvc "unix:$SOCK" > $R/reload-during.txt 2>&1; note reload.during_rc $?
-$T dmsetup resume par-4; note reload.resume_rc $?
-dmulog status conf-par-4 --logsvc "unix:$SOCK" > $R/reload-after.txt 2>&1; note reload.after_rc $?
-wait $WPID
-note reload.writer_rc "$(cat /tmp/reload-writer.rc)"
-note reload.write_after_rc "$(bdwrite par-4 4k 8 900)"
-settle par-4 120; note reload.settled $?
-note reload.status "$(dmsetup status par-4)"
-for i in 1 2 3 4; do
-  $T dmsetup remove par-$i; note "par.$i.remove_rc" $?
-  note "par.$i.legs_identical" "$(same /tmp/p$i-a /tmp/p$i-b)"
-done
-note par.alive "$(alive)"
-kill $BRIDGE_PID $LOGSVC_PID; wait $BRIDGE_PID $LOGSVC_PID
-note done "$SECONDS"
-"""
-
-LIMITS = r"""
-. tests/kernel/sh/conformance.sh
-start_logsvc
-start_bridge
-note stack_ready "$SECONDS"
-
-# 2a. 1 MiB regions over a 4 GiB target (sparse), nosync: 4096 regions, nothing copied.
-A=$(leg /tmp/big-a 4G); B=$(leg /tmp/big-b 4G)
-$T dmsetup create big --table "$(mirror_table 8388608 "conf-big dmulog 2048 nosync" "$A 0 $B 0")"
-note big.create_rc $?
-dmsetup mknodes big
-note big.first_status "$(dmsetup status big)"
-note big.write_rc "$(bdwrite big 1M 2 4000)$(bdwrite big 4k 4 0)"
-note big.status "$(dmsetup status big)"
-dmulog status conf-big --logsvc "unix:$SOCK" > $R/big.dmulog-status 2>&1; note big.dmulog_status_rc $?
-$T dmsetup remove big; note big.remove_rc $?
-note big.written_identical "$(same /tmp/big-a /tmp/big-b 2097152 4194304000)$(same /tmp/big-a /tmp/big-b 16384)"
-losetup -d $A $B; rm -f /tmp/big-a /tmp/big-b
-note big_done "$SECONDS"
-
-# 2b. Region size 2 over 2,097,153 regions, one more than cmirrord's cap.
-NS=4194306
-A=$(leg /tmp/many-a $((NS * 512))); B=$(leg /tmp/many-b $((NS * 512)))
-$T dmsetup create many --table "$(mirror_table $NS "conf-many clustered-core 2 nosync" "$A 0 $B 0")"
-note many.create_rc $?
-dmsetup mknodes many
-note many.first_status "$(dmsetup status many)"
-# 1 KiB at region 0, 4 KiB over regions 2000..2003, and the last region (2,097,152).
-note many.write_rc "$(bdwrite many 1k 1 0)$(bdwrite many 4k 1 500)$(bdwrite many 1k 1 $((NS / 2 - 1)))"
-note many.status "$(dmsetup status many)"
-$T dmulog status conf-many --logsvc "unix:$SOCK" > $R/many.dmulog-status 2>&1; note many.dmulog_status_rc $?
-$T dmsetup remove many; note many.remove_rc $?
-W1=$(same /tmp/many-a /tmp/many-b 1024); W2=$(same /tmp/many-a /tmp/many-b 4096 2048000)
-W3=$(same /tmp/many-a /tmp/many-b 1024 $((NS * 512 - 1024)))
-note many.written_identical "$W1$W2$W3"
-losetup -d $A $B; rm -f /tmp/many-a /tmp/many-b
-note many_done "$SECONDS"
-
-# 2c. Region size 2 with "sync": 16 regions copied one by one.
-A=$(leg /tmp/tiny-a 16K); B=$(leg /tmp/tiny-b 16K random)
-$T dmsetup create tiny --table "$(mirror_table 32 "conf-tiny dmulog 2 sync" "$A 0 $B 0")"
-note tiny.create_rc $?
-dmsetup mknodes tiny
-settle tiny 180; note tiny.settled $?
-note tiny.status "$(dmsetup status tiny)"
-$T dmsetup remove tiny; note tiny.remove_rc $?
-note tiny.legs_identical "$(same /tmp/tiny-a /tmp/tiny-b)"
-losetup -d $A $B
-note tiny_done "$SECONDS"
-
-# 2d. A partial last region: 4 MiB + 4 KiB with 1 MiB regions is 5 regions.
-A=$(leg /tmp/part-a 4100K); B=$(leg /tmp/part-b 4100K random)
-$T dmsetup create part --table "$(mirror_table 8200 "conf-part clustered-core 2048" "$A 0 $B 0")"
-note part.create_rc $?
-dmsetup mknodes part
-settle part 120; note part.settled $?
-note part.write_rc "$(bdwrite part 4k 1 1024)"   # the last 4 KiB: all of region 4
-note part.status "$(dmsetup status part)"
-$T dmsetup remove part; note part.remove_rc $?
-note part.legs_identical "$(same /tmp/part-a /tmp/part-b)"
-losetup -d $A $B
-note part_done "$SECONDS"
-
-# 2e. Region size equal to the target: one region.
-A=$(leg /tmp/one-a 4M); B=$(leg /tmp/one-b 4M)
-$T dmsetup create one --table "$(mirror_table 8192 "conf-one dmulog 8192 nosync" "$A 0 $B 0")"
-note one.create_rc $?
-dmsetup mknodes one
-note one.write_rc "$(bdwrite one 4k 4 10)"
-note one.status "$(dmsetup status one)"
-$T dmsetup remove one; note one.remove_rc $?
-note one.legs_identical "$(same /tmp/one-a /tmp/one-b)"
-losetup -d $A $B
-note one_done "$SECONDS"
-
-# 2f. The largest region size the kernel holds (2^31 sectors, 1 TiB, its region size is
-# a u32) over 4 TiB dm-zero legs: four regions, nosync, so nothing is copied.
-ZS=8589934592; Z0=$(zero_leg conf-zmax-0 $ZS); Z1=$(zero_leg conf-zmax-1 $ZS)
-note maxregion.legs "$(devno $Z0) $(devno $Z1)"
-$T dmsetup create maxregion --table "$(mirror_table $ZS "conf-maxregion dmulog 2147483648 nosync" "$Z0 0 $Z1 0")"
-note maxregion.create_rc $?
-note maxregion.status "$(dmsetup status maxregion)"
-dmulog status conf-maxregion --logsvc "unix:$SOCK" > $R/maxregion.dmulog-status 2>&1
-note maxregion.dmulog_status_rc $?
-$T dmsetup remove maxregion; note maxregion.remove_rc $?
-dmsetup remove conf-zmax-0 conf-zmax-1; note maxregion.remove_legs_rc $?
-note maxregion_done "$SECONDS"
-
-# 5. A leg that fails: leg 1 is a dm-linear device whose table becomes "error".
-A=$(leg /tmp/fail-a 4M); B=$(leg /tmp/fail-b 4M)
-dmsetup create conf-lin --table "0 8192 linear $B 0"; dmsetup mknodes conf-lin
-LIN=/dev/mapper/conf-lin
-note fail.legs "$(devno $A) $(devno $LIN)"
-$T dmsetup create failing --table "$(mirror_table 8192 "conf-fail dmulog 1024 nosync" "$A 0 $LIN 0")"
-note fail.create_rc $?
-dmsetup mknodes failing
-note fail.status0 "$(dmsetup status failing)"
-$REDIS monitor > /tmp/monitor.txt 2>&1 &
-MON=$!
-sleep 1
-dmsetup suspend conf-lin && dmsetup load conf-lin --table "0 8192 error" && dmsetup resume conf-lin
-note fail.swap_rc $?
-# count_requests: Function calls on this log so far (one per kernel request; MONITOR
-# also shows the commands each call runs inside Redis, which are not counted).
-count_requests() { grep '"FCALL' /tmp/monitor.txt | grep -c '{conf-fail}'; }
-lines() { cat $R/bridge.log $R/logsvc.log | wc -l; }
-note fail.write_rc "$(bdwrite failing 4k 4 300)"   # region 2
-note fail.status1 "$(dmsetup status failing)"
-r0=$(count_requests); l0=$(lines); d0=$(dmesg | wc -l)
-sleep 10
-note fail.quiet_requests $(( $(count_requests) - r0 ))
-note fail.quiet_log_lines $(( $(lines) - l0 ))
-note fail.quiet_kernel_lines $(( $(dmesg | wc -l) - d0 ))
-note fail.write2_rc "$(bdwrite failing 4k 4 300)$(bdwrite failing 4k 4 660)"   # region 2 again, region 5
-note fail.status2 "$(dmsetup status failing)"
-dmulog status conf-fail --logsvc "unix:$SOCK" > $R/fail.dmulog-status 2>&1; note fail.dmulog_status_rc $?
-note fail.alive "$(alive)"
-# A resume makes the kernel recover the out-of-sync regions onto the dead leg;
-# once that is over, nothing may repeat either.
-r0=$(count_requests); d0=$(dmesg | wc -l)
-$T dmsetup suspend failing && $T dmsetup resume failing; note fail.resume_rc $?
-settle failing 60; note fail.resettled $?
-note fail.recovery_requests $(( $(count_requests) - r0 ))
-note fail.recovery_kernel_lines $(( $(dmesg | wc -l) - d0 ))
-dmesg | tail -n +$((d0 + 1)) > $R/fail.recovery.dmesg
-r0=$(count_requests); l0=$(lines); d0=$(dmesg | wc -l)
-sleep 10
-note fail.resumed_requests $(( $(count_requests) - r0 ))
-note fail.resumed_log_lines $(( $(lines) - l0 ))
-note fail.resumed_kernel_lines $(( $(dmesg | wc -l) - d0 ))
-note fail.status3 "$(dmsetup status failing)"
-note fail.write3_rc "$(bdwrite failing 4k 4 300)"
-note fail.alive_after_resume "$(alive)"
-$T dmsetup remove failing; note fail.remove_rc $?
-$T dmsetup remove conf-lin; note fail.remove_linear_rc $?
-kill $MON; wait $MON
-grep '"FCALL' /tmp/monitor.txt | grep '{conf-fail}' | sed -E 's/ "dmulog:\{conf-fail\}:[a-z]+"//g' > $R/fail.monitor
-losetup -d $A $B
-kill $BRIDGE_PID $LOGSVC_PID; wait $BRIDGE_PID $LOGSVC_PID
-note done "$SECONDS"
-"""
 
 
 def _fields(out: dict[str, str], prefix: str, *keys: str) -> tuple[str | None, ...]:
@@ -337,14 +56,14 @@ def _text(run: GuestRun, name: str) -> str:
 def conformance(tmp_path_factory: pytest.TempPathFactory) -> GuestRun:
     """One boot: the option matrix, status texts, bad tables, parallel mirrors and a reload."""
     results = tmp_path_factory.mktemp("conformance")
-    return run_guest(CONFORMANCE, timeout=1200, env=ENV, cwd=REPO, memory="1500M", results_dir=results)
+    return run_guest(guest_script("conformance.sh"), timeout=1200, memory="1500M", results_dir=results)
 
 
 @pytest.fixture(scope="module")
 def limits(tmp_path_factory: pytest.TempPathFactory) -> GuestRun:
     """One boot: region sizes and counts at their limits, and a leg that fails."""
     results = tmp_path_factory.mktemp("limits")
-    return run_guest(LIMITS, timeout=1200, env=ENV, cwd=REPO, memory="1500M", results_dir=results)
+    return run_guest(guest_script("limits.sh"), timeout=1200, memory="1500M", results_dir=results)
 
 
 # ------------------------------------------------------------------------- conformance boot

@@ -5,77 +5,29 @@ One guest boot runs ``dmulog logsvc`` (with its own redis-server) and
 waits for the initial resync, writes, checks status, suspends and resumes,
 reloads the table, writes again, checks that both legs hold the same bytes,
 and removes the mirror. A second boot restarts the bridge under I/O to prove
-the kernel's replayed CTR and RESUME are accepted.
+the kernel's replayed CTR and RESUME are accepted. The guest scripts are
+``harness/guest/lifecycle.sh`` and ``bridge-restart.sh``.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.kernel.vm import GuestRun, run_guest
+from harness.guest import GuestRun, guest_script, run_guest
 
 pytestmark = pytest.mark.kernel
-REPO = Path(__file__).resolve().parents[2]
-ENV = {"DMULOG_VENV": str(Path(sys.executable).parent.parent)}
 TYPES = ("clustered-core", "clustered-disk", "dmulog")
-
-LIFECYCLE = r"""
-. tests/kernel/sh/stack.sh
-start_logsvc
-# Another userspace log server (here the trivial responder) already listens: refuse.
-python -m tests.kernel.responder --ready-file /tmp/responder.ready > /dev/null 2>&1 &
-RESP=$!
-for _ in $(seq 600); do [ -e /tmp/responder.ready ] && break; sleep 0.1; done
-dmulog bridge --logsvc "unix:$SOCK" > $R/refused-other.txt 2>&1; note refused_other_rc $?
-kill $RESP; wait $RESP
-start_bridge
-dmulog bridge --logsvc "unix:$SOCK" > $R/refused-second.txt 2>&1; note refused_second_rc $?
-make_legs
-for TYPE in clustered-core clustered-disk dmulog; do
-  UUID="dmulog-e2e-$TYPE"
-  if [ $TYPE = clustered-disk ]; then ARGS="4 $UUID clustered-disk $LD $REGION"; else ARGS="3 $UUID $TYPE $REGION"; fi
-  TABLE="0 $SECTORS mirror userspace $ARGS 2 $L0 0 $L1 0"
-  M="m-$TYPE"
-  $T dmsetup create $M --table "$TABLE" || die "create $TYPE"
-  dmsetup mknodes $M
-  wait_sync $M 180
-  note "$TYPE.initial_sync" "$(sync_of $M)"
-  write $M 4k 64 100            # 256 KiB of 4 KiB writes
-  write $M 1M 4 16              # 4 MiB sequential
-  note "$TYPE.status" "$(dmsetup status $M)"
-  note "$TYPE.table" "$(dmsetup table $M)"
-  note "$TYPE.deps" "$(dmsetup deps $M | sed 's/.*: //')"
-  $T dmsetup suspend $M || die "suspend $TYPE"
-  $T dmsetup resume $M || die "resume $TYPE"
-  wait_sync $M 180
-  note "$TYPE.after_resume" "$(dmsetup status $M)"
-  $T dmsetup load $M --table "$TABLE" || die "load $TYPE"
-  $T dmsetup resume $M || die "reload $TYPE"
-  wait_sync $M 180
-  write $M 4k 32 3000
-  note "$TYPE.after_reload" "$(dmsetup status $M)"
-  dmulog status "$UUID" --logsvc "unix:$SOCK" > $R/$TYPE.dmulog-status || die "dmulog status $TYPE"
-  $T dmsetup remove $M || die "remove $TYPE"
-  note "$TYPE.legs_identical" "$(legs_identical)"
-done
-dmulog status --logsvc "unix:$SOCK" > $R/list.txt
-kill -USR1 $BRIDGE_PID
-wait_log $R/bridge.log request_counts 60 || die "no request counts from the bridge"
-kill $BRIDGE_PID $LOGSVC_PID; wait $BRIDGE_PID $LOGSVC_PID
-note done yes
-"""
 
 
 @pytest.fixture(scope="module")
 def lifecycle(tmp_path_factory: pytest.TempPathFactory) -> GuestRun:
     """One boot running the lifecycle of a mirror for every log type."""
     results = tmp_path_factory.mktemp("lifecycle")
-    return run_guest(LIFECYCLE, timeout=900, env=ENV, cwd=REPO, memory="1500M", results_dir=results)
+    return run_guest(guest_script("lifecycle.sh"), timeout=900, memory="1500M", results_dir=results)
 
 
 def test_guest_script_completes_and_kernel_log_is_clean(lifecycle: GuestRun) -> None:
@@ -148,40 +100,12 @@ def test_bridge_answers_latched_in_sync_and_mark_free_flush_itself(lifecycle: Gu
     assert set(here) == {"IN_SYNC", "FLUSH"}, counts
 
 
-BRIDGE_RESTART = r"""
-. tests/kernel/sh/stack.sh
-start_logsvc
-start_bridge
-make_legs
-UUID=dmulog-e2e-restart
-TABLE="0 $SECTORS mirror userspace 4 $UUID clustered-disk $LD $REGION 2 $L0 0 $L1 0"
-$T dmsetup create m --table "$TABLE" || die create
-dmsetup mknodes m
-wait_sync m 180
-kill -9 $BRIDGE_PID; wait $BRIDGE_PID 2>/dev/null
-# A status query meets the missing server for sure (writes alone may not need a log request).
-timeout 120 dmsetup status m > /dev/null 2>&1 &
-# Writes now reach a kernel with no server: it loops, replaying CTR every 2 s.
-( dd if=/dev/urandom of=/dev/mapper/m bs=4k count=64 seek=50 oflag=direct status=none; echo $? > /tmp/dd.rc ) &
-DD=$!
-sleep 5
-start_bridge
-for _ in $(seq 600); do [ -e /tmp/dd.rc ] && break; sleep 0.1; done
-note dd_rc "$(cat /tmp/dd.rc 2>/dev/null || echo none)"
-wait_sync m 180
-note status "$(dmsetup status m)"
-$T dmsetup remove m || die remove
-note legs_identical "$(legs_identical)"
-kill $BRIDGE_PID $LOGSVC_PID; wait $BRIDGE_PID $LOGSVC_PID
-note done yes
-"""
-
 _EXPECTED_WITHOUT_SERVER = re.compile(r"Userspace log server not found|Unable to send log request")
 
 
 def test_bridge_restart_under_io_is_transparent(tmp_path: Path) -> None:
     """Killing the bridge under I/O only delays writes: the kernel's replayed CTR (no reply room) and RESUME succeed."""
-    run = run_guest(BRIDGE_RESTART, timeout=600, env=ENV, cwd=REPO, memory="1500M", results_dir=tmp_path)
+    run = run_guest(guest_script("bridge-restart.sh"), timeout=600, memory="1500M", results_dir=tmp_path)
     out = run.outcome()
     assert 0 == run.rc, run.describe()
     assert ("0", "yes") == (out.get("dd_rc"), out.get("legs_identical")), out

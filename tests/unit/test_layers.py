@@ -24,6 +24,7 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
     "bridge": frozenset({"dmulog"}),
     "logsvc": frozenset({"dmulog"}),
     "scripts": frozenset({"dmulog"}),
+    "harness": frozenset({"dmulog", "bridge", "logsvc"}),
 }
 OURS = frozenset({"dmulog", "bridge", "logsvc", "harness", "tests", "bench", "scripts"})
 

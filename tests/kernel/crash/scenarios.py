@@ -1,8 +1,8 @@
-"""Crash scenarios against the real kernel, in the host topology of :mod:`.topology`.
+"""Crash scenarios against the real kernel, in the host topology of :mod:`harness.topology`.
 
 Every round has the same shape:
 
-1. **Boot A** (``sh/node.sh``, ``PHASE=crash``): start the bridge, create the mirror on
+1. **Boot A** (``harness/guest/crash-node.sh``, ``PHASE=crash``): start the bridge, create the mirror on
    fresh zeroed images, wait for N/N, run the random ``O_DIRECT`` writer. Once it runs,
    qemu throttles the second leg, so that in-flight writes are on one leg only and a
    crash leaves regions that differ (the log must have every one of them dirty).
@@ -42,10 +42,10 @@ from pathlib import Path
 import grpc
 
 from dmulog.requests import region_arguments
+from harness.guest import GuestRun, guest_script, kernel_log_problems
+from harness.topology import Boot, Topology, TopologyError
 from logsvc.store import CALLER_ARGS, FUNCTION_PREFIX
 from tests.kernel.crash import checker
-from tests.kernel.crash.topology import REPO, Boot, Topology, TopologyError
-from tests.kernel.vm import GuestRun, kernel_log_problems
 
 __all__ = [
     "SCENARIOS",
@@ -60,7 +60,7 @@ __all__ = [
     "scenario_seed",
 ]
 
-NODE_SCRIPT = REPO / "tests" / "kernel" / "crash" / "sh" / "node.sh"
+NODE_SCRIPT = guest_script("crash-node.sh")
 LEG_BYTES = 32 << 20
 SECTORS = LEG_BYTES // checker.SECTOR
 REGION = 512  # sectors: 256 KiB regions, 128 of them

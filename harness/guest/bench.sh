@@ -1,10 +1,9 @@
 #!/bin/bash
 # Guest side of bench/guest.py: the same fio workloads on a 2-leg mirror with each
 # dirty log, one configuration after another, in one boot. Runs as root inside the
-# guest, from the repository root (tests/kernel/vm.py run_guest).
+# guest, from the repository root (harness/guest.py run_guest).
 #
 # Environment (set by bench/guest.py):
-#   DMULOG_VENV    the project's virtualenv
 #   SECTORS REGION leg size and region size, in 512-byte sectors
 #   CONFIGS        configurations to run, in this order: core responder responder-if
 #                  dmulog-guest dmulog-guest-if dmulog-host dmulog-host-if
@@ -12,10 +11,11 @@
 #   LOG_TYPE       log type of the dmulog tables (clustered-core or dmulog)
 #   HOST_LOGSVC    the bridge's --logsvc for dmulog-host*: logsvc on the host, through guestfwd
 #   FIO_TIMEOUT    seconds one fio run (all repetitions of a workload) may take
-# Output: /results/hops.txt (one hop's cost per transport, in the guest); per configuration C and workload W: /results/C/W.json (fio) and, for the
-# userspace logs, /results/C/W.before and W.after (the log server's request counts
-# around the run); /results/outcome says which configurations finished.
-. tests/kernel/sh/stack.sh
+# Output: /results/hops.txt (one hop's cost per transport, in the guest); per
+# configuration C and workload W: /results/C/W.json (fio) and, for the userspace
+# logs, /results/C/W.before and W.after (the log server's request counts around the
+# run); /results/outcome says which configurations finished.
+. harness/guest/lib.sh
 
 want() { case " $CONFIGS " in *" $1 "*) return 0 ;; esac; return 1; }
 
@@ -35,12 +35,9 @@ counts_now() {
   die "no request counts in $SERVER_LOG"
 }
 
-# userspace_log UUID INTEGRATED TYPE: the log part of a mirror table with a userspace log.
+# bench_log UUID INTEGRATED TYPE: the log part of a mirror table with a userspace log.
 # No "nosync": every mirror starts as a new mirror does, with a full resync.
-userspace_log() {
-  if [ "$2" = 1 ]; then echo "userspace 4 $1 integrated_flush $3 $REGION"
-  else echo "userspace 3 $1 $3 $REGION"; fi
-}
+bench_log() { userspace_log "$(log_words "$1" "$3" "$REGION" "$2")"; }
 
 # run_config NAME LOG [counts]: create the mirror with LOG, run every workload on it, remove it.
 # With "counts", the log server's request counts are taken around each workload.
@@ -76,11 +73,10 @@ timeout 300 python -m bench.transport 200 > $R/hops.txt 2>&1 || note hops failed
 want core && run_config core "core 1 $REGION"
 
 if want responder || want responder-if; then
-  python -m tests.kernel.responder --ready-file /tmp/responder.ready 2> $R/responder.log &
-  SERVER_PID=$! SERVER_LOG=$R/responder.log COUNT_LINE="^responder: requests"
-  wait_log /tmp/responder.ready "" 120 || die "responder did not start"
-  want responder && run_config responder "$(userspace_log bench-responder 0 clustered-core)" counts
-  want responder-if && run_config responder-if "$(userspace_log bench-responder-if 1 clustered-core)" counts
+  start_responder
+  SERVER_PID=$RESPONDER_PID SERVER_LOG=$R/responder.log COUNT_LINE="^responder: requests"
+  want responder && run_config responder "$(bench_log bench-responder 0 clustered-core)" counts
+  want responder-if && run_config responder-if "$(bench_log bench-responder-if 1 clustered-core)" counts
   kill "$SERVER_PID"; wait "$SERVER_PID"
 fi
 
@@ -89,19 +85,17 @@ if want dmulog-guest || want dmulog-guest-if; then
   start_logsvc
   start_bridge
   SERVER_PID=$BRIDGE_PID SERVER_LOG=$R/bridge.log
-  want dmulog-guest && run_config dmulog-guest "$(userspace_log bench-dmulog-guest 0 "$LOG_TYPE")" counts
-  want dmulog-guest-if && run_config dmulog-guest-if "$(userspace_log bench-dmulog-guest-if 1 "$LOG_TYPE")" counts
+  want dmulog-guest && run_config dmulog-guest "$(bench_log bench-dmulog-guest 0 "$LOG_TYPE")" counts
+  want dmulog-guest-if && run_config dmulog-guest-if "$(bench_log bench-dmulog-guest-if 1 "$LOG_TYPE")" counts
   kill "$BRIDGE_PID" "$LOGSVC_PID"; wait "$BRIDGE_PID" "$LOGSVC_PID"
 fi
 
 if want dmulog-host || want dmulog-host-if; then
-  # The virtio-net driver is loaded by the harness; the card only needs an address.
-  for _ in $(seq 100); do [ -d /sys/class/net/eth0 ] && break; sleep 0.1; done
-  ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 || die "no network to the host"
+  net_up
   start_bridge "$HOST_LOGSVC"
   SERVER_PID=$BRIDGE_PID SERVER_LOG=$R/bridge.log
-  want dmulog-host && run_config dmulog-host "$(userspace_log bench-dmulog-host 0 "$LOG_TYPE")" counts
-  want dmulog-host-if && run_config dmulog-host-if "$(userspace_log bench-dmulog-host-if 1 "$LOG_TYPE")" counts
+  want dmulog-host && run_config dmulog-host "$(bench_log bench-dmulog-host 0 "$LOG_TYPE")" counts
+  want dmulog-host-if && run_config dmulog-host-if "$(bench_log bench-dmulog-host-if 1 "$LOG_TYPE")" counts
   kill "$BRIDGE_PID"; wait "$BRIDGE_PID"
 fi
 note done yes

@@ -1,28 +1,38 @@
-"""A topology that survives a node crash: services on the host, kernel and bridge in a guest.
+"""Nodes that can really crash: Redis and logsvc on the host, kernels and bridges in guests.
 
-Everything whose state must outlive the node runs on the host as a subprocess: a real
+Everything whose state must outlive a node runs on the host as a subprocess: a real
 ``redis-server`` (AOF, ``appendfsync always``) and one or more ``dmulog logsvc``
-replicas serving gRPC on Unix sockets. The node is a qemu guest (:mod:`tests.kernel.vm`)
-running the real kernel and ``dmulog bridge --logsvc 10.0.2.100:7000 --node crashnode``
-(with two replicas ``--logsvc ipv4:10.0.2.100:7000,10.0.2.100:7001``). The guest reaches
+replicas serving gRPC on Unix sockets. A node is a qemu guest (:mod:`harness.guest`)
+running the real kernel and ``dmulog bridge --logsvc 10.0.2.100:7000 --node node-<i>``
+(with two replicas ``--logsvc ipv4:10.0.2.100:7000,10.0.2.100:7001``). A guest reaches
 logsvc only through qemu user-mode networking with ``restrict=on`` and one ``guestfwd``
 rule per replica that runs ``socat STDIO UNIX-CONNECT:<logsvc socket>`` for each guest
-connection; there is no other network.
+connection; there is no other network. Each guest has a network of its own, so every
+node sees logsvc at the same address.
 
-The mirror legs are host image files attached as virtio disks with ``cache=none`` and
-``aio=threads``, so every write the guest saw complete is in the host file even when
-qemu is killed. "Crash the node" is SIGKILL of qemu (by its pidfile) mid-I/O; "restart
-the node" is a new boot on the same images: a new boot id, hence a new node
-incarnation for the log, under the same node name.
+The disks (two legs and a small log device for ``clustered-disk``) are host image
+files shared by every guest of the topology: each guest opens them with
+``cache=none`` and ``aio=threads``, so every write a guest saw complete is in the host
+file even when its qemu is killed, and with ``file.locking=off`` and ``share-rw=on``,
+without which qemu refuses a second guest on the same image. Guests see them in the
+order of :data:`DISKS` (``/dev/vda``, ``/dev/vdb``, ``/dev/vdc``). A guest's page
+cache knows nothing of another guest's writes: read those with ``O_DIRECT``.
+
+Node ``i`` is named ``node-<i>`` in every boot, so a new boot of it is a new
+incarnation (a new boot id) of the same node for the log. A boot can be crashed
+(SIGKILL of qemu mid-I/O, nothing flushed), frozen and thawed (SIGSTOP and SIGCONT of
+qemu: the node stops answering without dying) and rebooted (crashed, then booted
+again on the same images).
 
 Typical use::
 
     with Topology(workdir) as topo:
         topo.make_images()
-        boot = topo.boot("crash-1", SCRIPT, env={...}, timeout=240)
-        boot.wait_for(lambda: boot.count_lines("writes.log", "D ") >= 20, 120)
-        boot.crash()
-        run = boot.join()
+        boots = [topo.boot(f"n{i}", guest_script("two-nodes.sh"), node=i, env={...}, timeout=240)
+                 for i in range(2)]
+        boots[0].wait_for(lambda: boots[0].count_lines("writes.log", "D ") >= 20, 120)
+        boots[0].crash()
+        run = boots[0].join()
         state = topo.log_state(uuid)
 """
 
@@ -30,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import json
 import os
 import shutil
@@ -47,25 +58,26 @@ import grpc
 
 from dmulog.v1 import dmulog_pb2 as pb
 from dmulog.v1 import dmulog_pb2_grpc as pb_grpc
-from tests.kernel.vm import GuestRun, run_guest
-from tests.servers import RedisProcess
+from harness.guest import REPO, GuestRun, run_guest
+from harness.servers import RedisProcess
 
-__all__ = ["NODE", "REPO", "Boot", "Topology", "TopologyError"]
+__all__ = ["DISKS", "GUEST_HOST", "GUEST_PORT", "Boot", "Topology", "TopologyError", "node_name"]
 
-REPO = Path(__file__).resolve().parents[3]
-VENV = Path(sys.executable).parent.parent
-DMULOG = VENV / "bin" / "dmulog"
-#: Where the guest finds logsvc replica 0 (replica i: port 7000 + i): an address that
+DMULOG = Path(sys.prefix) / "bin" / "dmulog"
+#: Where a guest finds logsvc replica 0 (replica i: port 7000 + i): an address that
 #: exists only inside qemu's user network.
 GUEST_HOST, GUEST_PORT = "10.0.2.100", 7000
-#: The node's name: the same for every boot, so a restart is a new incarnation of one node.
-NODE = "crashnode"
 #: Guest disks, in the order the guest sees them (/dev/vda, /dev/vdb, /dev/vdc).
 DISKS = ("leg0", "leg1", "logdev")
 
 
+def node_name(node: int) -> str:
+    """The name of node ``node`` (``--node`` of its bridge): the same in every boot of it."""
+    return f"node-{node}"
+
+
 class TopologyError(RuntimeError):
-    """A host service or the guest did not come up, or a wait timed out."""
+    """A host service or a guest did not come up, or a wait timed out."""
 
 
 def _wait(cond: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> None:
@@ -78,16 +90,21 @@ def _wait(cond: Callable[[], bool], timeout: float, what: str, interval: float =
 
 @dataclasses.dataclass
 class Boot:
-    """One boot of the node, running in a background thread.
+    """One boot of one node, running in a background thread.
 
     Attributes:
         name: label, also the results directory's name.
+        index: the node's number ``i``.
+        node: the node's name (``node-<i>``).
         results_dir: the guest's ``/results``.
         started: monotonic time qemu was started.
         qmp_socket: qemu's QMP socket (see :meth:`qmp`).
+        crashed_at: monotonic time of :meth:`crash`, None before.
     """
 
     name: str
+    index: int
+    node: str
     results_dir: Path
     started: float
     qmp_socket: Path
@@ -96,7 +113,7 @@ class Boot:
     crashed_at: float | None = None
 
     def alive(self) -> bool:
-        """Whether qemu is still running."""
+        """Whether qemu is still running (a frozen qemu is)."""
         return self._thread.is_alive()
 
     def path(self, name: str) -> Path:
@@ -109,6 +126,10 @@ class Boot:
             return self.path(name).read_text(errors="replace")
         except FileNotFoundError:
             return ""
+
+    def outcome(self) -> dict[str, str]:
+        """The ``key=value`` lines the guest wrote to ``/results/outcome`` so far."""
+        return dict(line.split("=", 1) for line in self.text("outcome").splitlines() if "=" in line)
 
     def count_lines(self, name: str, prefix: str) -> int:
         """Lines of a results file that start with ``prefix``."""
@@ -129,6 +150,10 @@ class Boot:
     def wait_file(self, name: str, timeout: float) -> None:
         """Wait until the guest created ``/results/<name>``."""
         self.wait_for(lambda: self.path(name).exists(), timeout, f"/results/{name}")
+
+    def tell(self, name: str) -> None:
+        """Create ``/results/<name>`` for the guest, which waits for it with ``wait_host`` (lib.sh)."""
+        self.path(name).touch()
 
     def qmp(self, command: str, **arguments: object) -> object:
         """Run one QMP command on this boot's qemu; return its ``return`` value."""
@@ -156,15 +181,41 @@ class Boot:
         limits = {k: 0 for k in ("bps", "bps_rd", "bps_wr", "iops", "iops_rd")}
         self.qmp("block_set_io_throttle", device=disk, iops_wr=iops, **limits)
 
+    def qemu_pid(self, timeout: float = 30) -> int:
+        """The pid of qemu itself, from its pidfile (qemu writes it once it has started)."""
+        pidfile = self.path("qemu.pid")
+        self.wait_for(lambda: pidfile.exists() and pidfile.read_text().strip().isdigit(), timeout, "qemu's pidfile")
+        return int(pidfile.read_text().strip())
+
     def crash(self) -> None:
-        """SIGKILL qemu itself (by its pidfile): the node dies mid-I/O, nothing is flushed."""
-        pid = int(self.path("qemu.pid").read_text().strip())
+        """SIGKILL qemu itself: the node dies mid-I/O, nothing is flushed."""
+        pid = self.qemu_pid()
         self.crashed_at = time.monotonic()
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
 
+    def freeze(self, timeout: float = 10) -> None:
+        """SIGSTOP qemu; return once it is stopped: the node's kernel, bridge and disks stop where they are.
+
+        Its connections stay open, so to logsvc the node is there but never answers.
+        """
+        os.kill(self.qemu_pid(), signal.SIGSTOP)
+        _wait(self.frozen, timeout, f"{self.name}: qemu stopped")
+
+    def thaw(self) -> None:
+        """SIGCONT qemu: a frozen node goes on as if nothing happened (its clocks jump)."""
+        os.kill(self.qemu_pid(), signal.SIGCONT)
+
+    def frozen(self) -> bool:
+        """Whether qemu is stopped (by :meth:`freeze`), as the host kernel reports its state."""
+        try:
+            stat = Path(f"/proc/{self.qemu_pid()}/stat").read_text()
+        except FileNotFoundError:
+            return False
+        return stat.rsplit(")", 1)[1].split()[0] in ("T", "t")
+
     def join(self, timeout: float | None = None) -> GuestRun:
-        """Wait for the boot to end; return what :func:`run_guest` returned."""
+        """Wait for the boot to end; return what :func:`~harness.guest.run_guest` returned."""
         self._thread.join(timeout)
         if self._thread.is_alive():
             raise TopologyError(f"{self.name}: run_guest did not return")
@@ -174,12 +225,12 @@ class Boot:
 
 
 class Topology:
-    """Host redis-server + host logsvc + leg images; boots guests against them.
+    """Host redis-server + host logsvc + shared disk images; boots guests (nodes) against them.
 
     Args:
         workdir: host directory for images, Redis data, logs and guest results (kept).
         leg_bytes: size of each leg image.
-        memory: guest RAM.
+        memory: guest RAM, for every guest.
         replicas: logsvc processes, all on the same Redis.
         trace: record every Redis command (``redis-cli monitor``) for diagnosing a
             failure; MONITOR slows Redis down, so a benchmark turns it off.
@@ -192,9 +243,9 @@ class Topology:
         self.leg_bytes = leg_bytes
         self.memory = memory
         self.redis = RedisProcess(self.workdir / "redis")
-        # A short private directory for the socket (sun_path is 108 bytes) with no comma
+        # A short private directory for the sockets (sun_path is 108 bytes) with no comma
         # in it (the guestfwd option would split there).
-        self._sockdir = Path(tempfile.mkdtemp(prefix="dmulog-crash-"))
+        self._sockdir = Path(tempfile.mkdtemp(prefix="dmulog-topo-"))
         self.sockets = [self._sockdir / f"logsvc{i}.sock" for i in range(replicas)]
         self.logsvcs: list[subprocess.Popen[bytes] | None] = [None] * replicas
         self._logsvc_logs = [self.workdir / f"logsvc{i}.log" for i in range(replicas)]
@@ -202,6 +253,8 @@ class Topology:
         self.trace = self.workdir / "redis-monitor.txt"
         self._tracing = trace
         self._monitor: subprocess.Popen[bytes] | None = None
+        self._qmp_ids = itertools.count()
+        self._boots: list[Boot] = []
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -214,7 +267,7 @@ class Topology:
 
     @property
     def guest_logsvc(self) -> str:
-        """The bridge's ``--logsvc`` inside the guest: every replica."""
+        """The bridge's ``--logsvc`` inside a guest: every replica."""
         if len(self.sockets) == 1:
             return f"{GUEST_HOST}:{GUEST_PORT}"
         return "ipv4:" + ",".join(f"{GUEST_HOST}:{GUEST_PORT + i}" for i in range(len(self.sockets)))
@@ -226,7 +279,14 @@ class Topology:
             self.start_logsvc(i)
 
     def close(self) -> None:
-        """Stop logsvc and Redis; remove the socket directory (the workdir is kept)."""
+        """Kill any guest still running, stop logsvc and Redis, remove the socket directory (the workdir is kept)."""
+        for boot in self._boots:
+            if boot.alive():
+                with contextlib.suppress(OSError, TopologyError):
+                    boot.thaw()
+                    boot.crash()
+                with contextlib.suppress(TopologyError, OSError):
+                    boot.join(60)
         for i in range(len(self.sockets)):
             self.kill_logsvc(i)
         self.kill_redis()
@@ -314,34 +374,47 @@ class Topology:
                 f.truncate(self.leg_bytes if name.startswith("leg") else 1 << 20)
 
     def network_args(self) -> list[str]:
-        """The restricted user network with a forward to each logsvc: the guest's only way out."""
+        """The restricted user network with a forward to each logsvc: a guest's only way out."""
         fwd = ",".join(f"guestfwd=tcp:{GUEST_HOST}:{GUEST_PORT + i}-cmd:socat STDIO UNIX-CONNECT:{sock}"
                        for i, sock in enumerate(self.sockets))  # fmt: skip
         return ["-netdev", f"user,id=n0,restrict=on,{fwd}", "-device", "virtio-net-pci,netdev=n0"]
 
-    def qemu_args(self, qmp: Path) -> list[str]:
-        """The network (:meth:`network_args`), the three disks, a QMP socket."""
-        args = self.network_args()
+    def disk_args(self) -> list[str]:
+        """The disks, each opened so that every guest of the topology can have it at once.
+
+        The drive id is the disk's name, which QMP commands take (:meth:`Boot.throttle_writes`).
+        """
+        args = []
         for name in DISKS:
             path = str(self.image(name)).replace(",", ",,")
-            args += ["-drive", f"file={path},if=virtio,format=raw,cache=none,aio=threads,id={name}"]
-        return [*args, "-qmp", f"unix:{qmp},server=on,wait=off"]
+            args += ["-drive", f"file={path},if=none,id={name},format=raw,cache=none,aio=threads,file.locking=off",
+                     "-device", f"virtio-blk-pci,drive={name},share-rw=on"]  # fmt: skip
+        return args
+
+    def qemu_args(self, qmp: Path) -> list[str]:
+        """The network (:meth:`network_args`), the disks (:meth:`disk_args`), a QMP socket."""
+        return [*self.network_args(), *self.disk_args(), "-qmp", f"unix:{qmp},server=on,wait=off"]
 
     # -------------------------------------------------------------------- guest
 
-    def boot(self, name: str, script: Path | str, *, env: Mapping[str, str], timeout: float) -> Boot:
-        """Boot a guest on the images in a background thread; returns at once.
+    def boot(self, name: str, script: Path | str, *, env: Mapping[str, str], timeout: float, node: int = 0) -> Boot:
+        """Boot node ``node`` on the images in a background thread; returns at once.
 
-        The guest script gets ``DMULOG_VENV``, ``DMULOG_LOGSVC`` and ``DMULOG_NODE`` besides
-        ``env``, and runs from the repository root.
+        Several boots may run at once, of different nodes (a node runs one boot at a
+        time: its name and bridge are its own). The guest script gets ``DMULOG_LOGSVC``,
+        ``DMULOG_NODE`` (``node-<node>``) and ``DMULOG_NODE_INDEX`` besides ``env``.
         """
         results = self.workdir / name
         if results.exists():
             shutil.rmtree(results)
         results.mkdir(parents=True)
-        full_env = {"DMULOG_VENV": str(VENV), "DMULOG_LOGSVC": self.guest_logsvc, "DMULOG_NODE": NODE, **env}
+        running = [b.name for b in self._boots if b.node == node_name(node) and b.alive()]
+        if running:
+            raise TopologyError(f"{node_name(node)} is still running as {running[0]}")
+        full_env = {"DMULOG_LOGSVC": self.guest_logsvc, "DMULOG_NODE": node_name(node),
+                    "DMULOG_NODE_INDEX": str(node), **env}  # fmt: skip
         box: dict[str, object] = {}
-        qmp = self._sockdir / f"qmp-{len(list(self._sockdir.glob('qmp-*')))}.sock"
+        qmp = self._sockdir / f"qmp-{next(self._qmp_ids)}.sock"
 
         def run() -> None:
             try:
@@ -353,9 +426,20 @@ class Topology:
                 box["error"] = e
 
         thread = threading.Thread(target=run, name=f"guest-{name}", daemon=True)
-        boot = Boot(name=name, results_dir=results, started=time.monotonic(), qmp_socket=qmp, _thread=thread, _box=box)
+        boot = Boot(name=name, index=node, node=node_name(node), results_dir=results, started=time.monotonic(),
+                    qmp_socket=qmp, _thread=thread, _box=box)  # fmt: skip
+        self._boots.append(boot)
         thread.start()
         return boot
+
+    def reboot(self, boot: Boot, name: str, script: Path | str, *, env: Mapping[str, str], timeout: float) -> Boot:
+        """Crash ``boot`` if it still runs, then boot its node again on the same images (a new boot id)."""
+        if boot.alive():
+            with contextlib.suppress(OSError):
+                boot.thaw()
+            boot.crash()
+        boot.join(60)
+        return self.boot(name, script, env=env, timeout=timeout, node=boot.index)
 
     # -------------------------------------------------------------------- state
 
