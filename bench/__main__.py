@@ -44,6 +44,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench.replay import NullClient, Recorder, Replayer, UnixKernelSocket, load_trace, rewrite, socket_pair
+from bench.report import add_out_option, tee
 from bench.transport import measure as measure_hops
 from bench.transport import table as hop_table
 from bridge import wire
@@ -261,7 +262,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=0, help="requests per mirror (a prefix of the trace; 0: all)")
     parser.add_argument("--mirrors", type=int, nargs="+", default=[1, 8, 64], help="concurrency levels")
     parser.add_argument("--workdir", default=None, help="where Redis keeps its AOF (default: a temp dir)")
-    return asyncio.run(main_async(parser.parse_args(argv)))
+    add_out_option(parser, "bench")
+    args = parser.parse_args(argv)
+    with tee(args.out):
+        return asyncio.run(main_async(args))
 
 
 if __name__ == "__main__":

@@ -58,6 +58,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.report import add_out_option, tee
 from harness.guest import GuestRun, guest_script, run_guest
 from harness.topology import Topology
 
@@ -437,6 +438,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="log type of the dmulog tables (the responder always runs clustered-core; "
                         "default %(default)s, the same table as the responder's)")  # fmt: skip
     parser.add_argument("--results-dir", type=Path, help="where the guest's files go (default: a new temp dir)")
+    add_out_option(parser, "bench-guest")
     args = parser.parse_args(argv)
     configs = [c.name for c in CONFIGS]
     if args.only:
@@ -447,12 +449,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         configs = [name for name in configs if name in wanted]
     reps = args.reps or (1 if args.quick else 3)
     runtime = args.runtime or (1.0 if args.quick else 5.0)
-    print(f"bench.guest: {len(configs)} configurations x {len(WORKLOADS)} workloads x {reps} x {runtime:g} s "
-          f"in one boot (up to {guest_timeout(len(configs), reps, runtime) / 60:.0f} min)", flush=True)  # fmt: skip
-    report = run_bench(reps=reps, runtime=runtime, configs=configs, log_type=args.log_type,
-                       results_dir=args.results_dir,
-                       leg_sectors=QUICK_LEG_SECTORS if args.quick else LEG_SECTORS)  # fmt: skip
-    print(render(report))
+    with tee(args.out):
+        print(f"bench.guest {time.strftime('%Y-%m-%d %H:%M')}: {len(configs)} configurations x {len(WORKLOADS)} "
+              f"workloads x {reps} x {runtime:g} s in one boot "
+              f"(up to {guest_timeout(len(configs), reps, runtime) / 60:.0f} min)", flush=True)  # fmt: skip
+        report = run_bench(reps=reps, runtime=runtime, configs=configs, log_type=args.log_type,
+                           results_dir=args.results_dir,
+                           leg_sectors=QUICK_LEG_SECTORS if args.quick else LEG_SECTORS)  # fmt: skip
+        print(render(report))
     return 0 if report.ok else 1
 
 

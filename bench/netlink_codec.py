@@ -9,6 +9,8 @@ shared machine mean little). Run: ``.venv/bin/python -m bench.netlink_codec``.
 
 from __future__ import annotations
 
+import argparse
+import platform
 import statistics
 import sys
 import time
@@ -17,6 +19,7 @@ from pathlib import Path
 
 from pyroute2.netlink.connector import cn_msg
 
+from bench.report import add_out_option, tee
 from bridge import wire
 
 FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "unit" / "fixtures" / "kernel"
@@ -60,17 +63,22 @@ def _time(fn: Callable[[bytes], object], datagrams: list[bytes], rounds: int) ->
     return statistics.median(samples)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     """Print per-datagram decode times and their ratio."""
+    parser = argparse.ArgumentParser(prog="python -m bench.netlink_codec", description=__doc__.splitlines()[0])
+    add_out_option(parser, "bench-codec")
+    args = parser.parse_args(argv)
     datagrams = [bytes.fromhex(p.read_text()) for p in sorted(FIXTURES.glob("*.hex"))] * 200
     for d in datagrams[:19]:
         assert _pyroute2(d) == _dmulog(d), "both decoders must agree"
-    ours = _time(_dmulog, datagrams, 15)
-    theirs = _time(_pyroute2, datagrams, 15)
-    print(f"datagrams: {len(datagrams)} real kernel captures per round, median of 15 rounds")
-    print(f"{'decoder':<28} {'us/datagram':>12} {'ratio':>8}")
-    print(f"{'dmulog bridge.wire':<28} {ours * 1e6:>12.2f} {1.0:>8.2f}")
-    print(f"{'pyroute2 cn_msg marshal':<28} {theirs * 1e6:>12.2f} {theirs / ours:>8.2f}")
+    with tee(args.out):
+        ours = _time(_dmulog, datagrams, 15)
+        theirs = _time(_pyroute2, datagrams, 15)
+        print(f"dmulog bench.netlink_codec  {time.strftime('%Y-%m-%d %H:%M')}  {platform.node()}")
+        print(f"datagrams: {len(datagrams)} real kernel captures per round, median of 15 rounds")
+        print(f"{'decoder':<28} {'us/datagram':>12} {'ratio':>8}")
+        print(f"{'dmulog bridge.wire':<28} {ours * 1e6:>12.2f} {1.0:>8.2f}")
+        print(f"{'pyroute2 cn_msg marshal':<28} {theirs * 1e6:>12.2f} {theirs / ours:>8.2f}")
     return 0
 
 

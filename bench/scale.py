@@ -40,6 +40,7 @@ from pathlib import Path
 import grpc
 import redis.asyncio as aioredis
 
+from bench.report import add_out_option, tee
 from dmulog.v1 import dmulog_pb2_grpc as pb_grpc
 from tests import stall
 from tests.servers import LogHandle, RedisProcess, logsvc_process
@@ -143,19 +144,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--logs", type=int, default=10000, help="logs to create (default 10000)")
     parser.add_argument("--regions", type=int, default=16 << 20, help="regions of the large log (default 16 Mi)")
     parser.add_argument("--no-stall", action="store_true", help="skip the heavy requests at 2^28 regions")
+    add_out_option(parser, "bench-scale")
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="dmulog-scale-"))
-    print(f"dmulog bench.scale  {time.strftime('%Y-%m-%d %H:%M')}  {platform.node()}  {os.cpu_count()} cpus")
-    r = RedisProcess(workdir / "redis").start()
-    logsvc, target = logsvc_process(r.url, workdir)
-    try:
-        asyncio.run(run(args, r.url, target))
-    finally:
-        logsvc.terminate()
-        logsvc.wait(10)
-        r.kill()
-    if not args.no_stall:
-        stall_report(workdir / "stall")
+    with tee(args.out):
+        print(f"dmulog bench.scale  {time.strftime('%Y-%m-%d %H:%M')}  {platform.node()}  {os.cpu_count()} cpus")
+        r = RedisProcess(workdir / "redis").start()
+        logsvc, target = logsvc_process(r.url, workdir)
+        try:
+            asyncio.run(run(args, r.url, target))
+        finally:
+            logsvc.terminate()
+            logsvc.wait(10)
+            r.kill()
+        if not args.no_stall:
+            stall_report(workdir / "stall")
     shutil.rmtree(workdir, ignore_errors=True)
     return 0
 

@@ -20,7 +20,7 @@ one left unanswered. On SIGTERM the bridge leaves the connector group (the
 kernel then queues nothing more here and goes into its reconnect loop),
 answers what is already queued and in flight, and exits.
 
-A request answered here, without a call, leaves before it leaves the socket
+A request answered here, without a call (bridge/answer.py says which and why), leaves before it leaves the socket
 queue, so it needs no journal entry: killed at any point, the request is
 still queued and answered again (the kernel ignores a second reply).
 """

@@ -7,10 +7,17 @@ reply, with the instance's in-sync latch kept right on the way
 gets a reply datagram.
 
 Two requests need no call, and :meth:`Answerer.answer_here` answers them as
-soon as they are read (the rows say which: ``RequestSpec.here``): a FLUSH
-without marks (every change logsvc acknowledged is already as durable as Redis
-makes it, so there is nothing to commit; see the Flush RPC in the proto) and
-an IN_SYNC of an instance whose in-sync latch is known (bridge/latch.py).
+soon as they are read (the rows say which: ``RequestSpec.here``): an IN_SYNC of
+an instance whose in-sync latch is known (bridge/latch.py), and a FLUSH without
+marks. The kernel sends a FLUSH only after the MARK and CLEAR batches it commits
+were answered (docs/protocol.md §4.2), and every change logsvc acknowledged is
+already as durable as Redis makes it, so such a FLUSH has nothing to commit (the
+Flush RPC in the proto says any client may skip it); the one thing it used to
+check, that the instance still exists, the next MARK or CLEAR checks as well. A
+FLUSH that carries marks (integrated flush) goes to logsvc. Such a reply leaves
+before its request leaves the socket queue, so it needs no journal entry: killed
+at any point, the request is still queued and answered again (the kernel ignores
+a second reply).
 """
 
 from __future__ import annotations

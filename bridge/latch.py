@@ -35,6 +35,16 @@ instance per ``ttl``.
 The answer is exactly what logsvc would give, with one exception: a region
 beyond the instance's end would get 1 here, not EINVAL. The kernel never
 asks about one (it derives regions from bio sectors within the target).
+
+What it does not cover: a mirror created ``nosync``, or a persistent log that
+resumes already fully in sync, has no latch until a resync completes
+(cmirrord sets it the same way), so its IN_SYNCs still go to logsvc.
+
+Tested by tests/unit/test_latch.py (every interleaving of the generation
+rule, one by one) and tests/integration/test_answered_here.py (reads raced
+against lifecycle requests through the production read path, and a cache
+that ignores resumes caught at once); on the real kernel the mirror tests
+check that the bridge answered IN_SYNC itself while the legs stay identical.
 """
 
 from __future__ import annotations

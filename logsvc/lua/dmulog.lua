@@ -754,11 +754,9 @@ local function in_sync(k, _, inst, args)
   return answer[1]
 end
 
--- IN_SYNC with the latch said out loud: {answer, latched}. While latched is
--- 1 the answer is 1 for every region of this instance, whatever happens to
--- the bits, until the instance itself suspends, resumes or goes (only its own
--- node's requests end a latch; completed_at never goes back). That is what
--- lets a bridge answer IN_SYNC from the latch without asking (bridge/latch.py).
+-- IN_SYNC with the latch said out loud: {answer, latched}. Only the
+-- instance's own node's requests end a latch (completed_at never goes back),
+-- which lets a bridge answer IN_SYNC from it without asking (bridge/latch.py).
 -- The plain in_sync stays for services that predate this one.
 local function in_sync_latch(k, _, inst, args)
   local answer, e = in_sync_answer(k, inst, args)

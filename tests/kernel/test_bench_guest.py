@@ -37,7 +37,7 @@ def quick(tmp_path_factory: pytest.TempPathFactory) -> QuickRun:
     results = tmp_path_factory.mktemp("bench-guest")
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        rc = guest.main(["--quick", "--results-dir", str(results)])
+        rc = guest.main(["--quick", "--results-dir", str(results), "--out", str(results / "report.txt")])
     summary_file = results / "summary.json"
     assert summary_file.exists(), out.getvalue()
     return QuickRun(rc, out.getvalue(), json.loads(summary_file.read_text()))

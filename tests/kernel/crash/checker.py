@@ -9,7 +9,7 @@ Two questions decide whether a dirty log kept its promise after a crash:
    are, and reads of that region return different data depending on the leg they hit.
    For the persistent log types (``dmulog``, ``clustered-disk``) a region that is
    clean but out of sync is a violation too, because a persistent log's resume rule
-   makes every clean region in sync again (README "Resume").
+   makes every clean region in sync again (docs/protocol.md §6.4).
 
 2. **Did every write the application saw complete survive?**
    :func:`check_completed_writes` replays the writer's record (:class:`WriteLog`):

@@ -9,7 +9,8 @@ One row per scenario: rounds run, regions that differed between the legs at the 
 completed writes lost, kernel log problems, "timed out" lines, rounds that could not
 run to the end, and the time taken. The details of every failed round follow the table.
 Exit status 0 when every round passed, 1 otherwise. Results stay in ``--workdir`` (a
-new temporary directory by default, printed at the end).
+new temporary directory by default, printed at the end). The report is also written to
+``--out``, by default docs/results/crash.txt, the run docs/crash-safety.md discusses.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from bench.report import add_out_option, tee
 from tests.kernel.crash.scenarios import (
     SCENARIOS,
     RoundResult,
@@ -75,27 +77,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=None, help="default $DMULOG_CRASH_SEED or random")
     parser.add_argument("--scenario", action="append", choices=list(SCENARIOS), help="repeatable; default all")
     parser.add_argument("--workdir", type=Path, default=None, help="kept; default a new temporary directory")
+    add_out_option(parser, "crash")
     args = parser.parse_args(argv)  # fmt: skip
     rounds = configured_rounds(args.rounds)
     seed = args.seed if args.seed is not None else configured_seed()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="dmulog-crash-results-"))
     names = args.scenario or list(SCENARIOS)
-    print(f"seed {seed}, {rounds} node-crash rounds, results in {workdir}", flush=True)
-    results: dict[str, list[RoundResult]] = {}
-    start = time.monotonic()
-    for name in names:
-        scenario = SCENARIOS[name]
-        results[name] = run_scenario(
-            scenario, workdir / name, rounds=rounds_for(scenario, rounds), seed=scenario_seed(seed, scenario)
-        )
-        verdicts = " ".join("ok" if r.ok else "FAIL" for r in results[name])
-        print(f"  {name}: {verdicts} ({sum(r.seconds for r in results[name]):.0f} s)", flush=True)
-    print()
-    print(table(results))
-    print(f"\nseed {seed}; {time.monotonic() - start:.0f} s in all; results in {workdir}")
-    failed = [r for rounds_ in results.values() for r in rounds_ if not r.ok]
-    for r in failed:
-        print("\n" + r.describe())
+    with tee(args.out):
+        print(f"{time.strftime('%Y-%m-%d %H:%M')}  seed {seed}, {rounds} node-crash rounds, results in {workdir}",
+              flush=True)  # fmt: skip
+        results: dict[str, list[RoundResult]] = {}
+        start = time.monotonic()
+        for name in names:
+            scenario = SCENARIOS[name]
+            results[name] = run_scenario(
+                scenario, workdir / name, rounds=rounds_for(scenario, rounds), seed=scenario_seed(seed, scenario)
+            )
+            verdicts = " ".join("ok" if r.ok else "FAIL" for r in results[name])
+            print(f"  {name}: {verdicts} ({sum(r.seconds for r in results[name]):.0f} s)", flush=True)
+        print()
+        print(table(results))
+        print(f"\nseed {seed}; {time.monotonic() - start:.0f} s in all; results in {workdir}")
+        failed = [r for rounds_ in results.values() for r in rounds_ if not r.ok]
+        for r in failed:
+            print("\n" + r.describe())
     return 1 if failed else 0
 
 
