@@ -7,7 +7,7 @@ BUF := .cache/buf/node_modules/.bin/buf
 PYTEST_ARGS ?=
 CRASH_ROUNDS ?= 2
 
-.PHONY: all deps proto check-proto lint unit integration kernel test demo bench bench-codec bench-scale bench-guest crash clean
+.PHONY: all deps proto check-proto lint check unit integration kernel test demo bench bench-codec bench-scale bench-guest crash clean
 
 all: test
 
@@ -36,10 +36,16 @@ integration: deps
 kernel: deps
 	$(PY) -m pytest tests/kernel -m kernel $(PYTEST_ARGS)
 
-## Everything: lint, proto freshness, unit, integration, real-kernel conformance and
+## The edit loop (under 3 minutes): lint, proto freshness, and every test that needs no
+## kernel (unit, integration against real Redis and gRPC, the harness's own checks).
+check: deps check-proto lint
+	$(PY) -m pytest tests -m "not kernel" $(PYTEST_ARGS)
+
+## Everything: `make check`, then the real kernel: conformance, mirrors, several nodes and
 ## crash safety (CRASH_ROUNDS node-crash rounds; every other crash scenario runs once).
-test: deps check-proto lint
-	DMULOG_CRASH_ROUNDS=$(CRASH_ROUNDS) $(PY) -m pytest tests $(PYTEST_ARGS)
+## The slowest tests are listed at the end, to show where the time goes.
+test: check
+	DMULOG_CRASH_ROUNDS=$(CRASH_ROUNDS) $(PY) -m pytest tests -m kernel --durations=30 $(PYTEST_ARGS)
 
 ## Crash safety on the real kernel alone; more rounds: make crash CRASH_ROUNDS=30
 ## (every other scenario runs a third as many), or python -m tests.kernel.crash.results.
