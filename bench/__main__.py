@@ -44,7 +44,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench.replay import NullClient, Recorder, Replayer, UnixKernelSocket, load_trace, rewrite, socket_pair
-from bench.report import add_out_option, tee
 from bench.transport import measure as measure_hops
 from bench.transport import table as hop_table
 from bridge import wire
@@ -53,10 +52,11 @@ from bridge.client import ClientConfig, LogsvcClient
 from bridge.dispatch import ROUTES
 from bridge.journal import Journal
 from dmulog.v1 import dmulog_pb2 as pb
+from harness.report import add_out_option, tee
+from harness.servers import RedisProcess, logsvc_process
 from logsvc.keys import log_keys
 from logsvc.service import DirtyLogService
 from logsvc.store import Caller, Store
-from tests.servers import RedisProcess, logsvc_process
 
 NODE = pb.Node(name="bench", boot_id="bench-boot")
 

@@ -8,7 +8,7 @@ workloads on the same 2-leg mirror with each log, one after the other:
 
 * ``core``: the kernel's own in-memory log: the ceiling;
 * ``responder``, ``responder-if``: the trivial in-guest responder
-  (tests/kernel/responder.py, clustered-core), without and with
+  (harness/responder.py, clustered-core), without and with
   ``integrated_flush``: the floor every userspace log is measured against;
 * ``dmulog-guest``, ``dmulog-guest-if``: redis-server, ``dmulog logsvc`` and
   ``dmulog bridge`` all in the guest, started as the kernel tests start them
@@ -58,8 +58,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.report import add_out_option, tee
 from harness.guest import GuestRun, guest_script, run_guest
+from harness.report import add_out_option, tee
 from harness.topology import Topology
 
 __all__ = ["CONFIGS", "WORKLOADS", "Cell", "Config", "Report", "Workload", "main", "render", "run_bench"]

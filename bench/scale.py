@@ -18,7 +18,7 @@ noisy):
 * every heavy request at the largest size (2^28 regions: a CTR, a master
   RESUME, a grown table's RESUME, eight ReadLogStates, a reap and a last DTR
   of 262,144 marks) and the worst latency another log saw meanwhile
-  (tests/stall.py, on a Redis and logsvc of their own): no Function call may
+  (harness/stall.py, on a Redis and logsvc of their own): no Function call may
   stall the others.
 """
 
@@ -40,10 +40,11 @@ from pathlib import Path
 import grpc
 import redis.asyncio as aioredis
 
-from bench.report import add_out_option, tee
 from dmulog.v1 import dmulog_pb2_grpc as pb_grpc
-from tests import stall
-from tests.servers import LogHandle, RedisProcess, logsvc_process
+from harness import stall
+from harness.log_handle import LogHandle
+from harness.report import add_out_option, tee
+from harness.servers import RedisProcess, logsvc_process
 
 __all__ = ["main"]
 

@@ -1,7 +1,9 @@
-"""Host services the guests and the tests reach: redis-server processes on loopback.
+"""The servers tests, benchmarks and the crash topology run on the host: Redis and logsvc.
 
-They live here, not in the tests, because the crash topology and the guest benchmark
-both run Redis on the host, and those two must not import each other.
+They live here, not in the tests, because the tests, the benchmarks and the crash
+topology all start them, and tests and benchmarks must not import each other. Every
+server binds a free loopback port or a Unix socket in a temporary directory; nothing
+here talks to anything but this machine.
 """
 
 from __future__ import annotations
@@ -10,11 +12,16 @@ import contextlib
 import shutil
 import socket
 import subprocess
+import sys
 import time
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["RedisProcess", "free_port"]
+from logsvc.server import build_server
+from logsvc.store import Store
+
+__all__ = ["RedisProcess", "free_port", "logsvc_process", "logsvc_server", "redis_process"]
 
 
 def free_port() -> int:
@@ -73,3 +80,44 @@ class RedisProcess:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(10)
+
+
+@contextlib.contextmanager
+def redis_process(data_dir: Path) -> Iterator[RedisProcess]:
+    """Run a redis-server for the duration of the block."""
+    r = RedisProcess(data_dir).start()
+    try:
+        yield r
+    finally:
+        r.kill()
+
+
+def logsvc_process(redis_url: str, workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """A ``dmulog logsvc`` process of its own on a Unix socket in ``workdir``; returns it and its target."""
+    sock = workdir / f"logsvc-{time.monotonic_ns()}.sock"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dmulog", "--log-level", "warning", "logsvc", "--listen", f"unix:{sock}",
+         "--redis", redis_url],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 30
+    while not sock.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"logsvc did not start (exit {proc.poll()})")
+        time.sleep(0.05)
+    return proc, f"unix:{sock}"
+
+
+@contextlib.asynccontextmanager
+async def logsvc_server(redis_url: str, listen: str = "127.0.0.1:0", prefix: str = "dmulog") -> AsyncIterator[str]:
+    """A real logsvc gRPC server in this process on a free port; yields its target address."""
+    store = Store.from_url(redis_url, prefix=prefix)
+    await store.load_library()
+    server, port, _health, _service = await build_server(store, listen)
+    await server.start()
+    try:
+        yield listen if listen.startswith("unix:") else f"127.0.0.1:{port}"
+    finally:
+        await server.stop(0)
+        await store.close()

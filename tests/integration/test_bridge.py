@@ -30,7 +30,8 @@ from bridge.wire import RequestType as T
 from dmulog.requests import BY_TYPE
 from dmulog.v1 import dmulog_pb2 as pb
 from dmulog.v1 import dmulog_pb2_grpc as pb_grpc
-from tests.servers import RedisProcess, free_port, keys_left, logsvc_server
+from harness.redis_keys import keys_left
+from harness.servers import RedisProcess, free_port, logsvc_server
 
 U64 = struct.Struct("=Q")
 _seq = itertools.count(1000)

@@ -27,7 +27,7 @@ import redis
 
 from dmulog.cli import ExitStatus
 from dmulog.v1 import dmulog_pb2_grpc as pb_grpc
-from tests.servers import LogHandle, dirty
+from harness.log_handle import LogHandle, dirty
 
 DMULOG = Path(sys.executable).parent / "dmulog"
 SECTORS = 120  # 8 regions of 16 sectors
