@@ -53,7 +53,7 @@ from bridge.dispatch import ROUTES
 from bridge.journal import Journal
 from dmulog.v1 import dmulog_pb2 as pb
 from harness.report import add_out_option, tee
-from harness.servers import RedisProcess, logsvc_process
+from harness.servers import RedisProcess, start_logsvc
 from logsvc.keys import log_keys
 from logsvc.service import DirtyLogService
 from logsvc.store import Caller, Store
@@ -179,7 +179,8 @@ async def main_async(args: argparse.Namespace) -> int:
         if policy != "always":
             subprocess.run(["redis-cli", "-p", str(r.port), "CONFIG", "SET", "appendfsync", policy],
                            check=True, capture_output=True)  # fmt: skip
-        logsvc, target = logsvc_process(r.url, workdir)
+        logsvc = start_logsvc(workdir / f"logsvc-{policy}.log", redis_url=r.url)
+        target = logsvc.target
         try:
             floor, getbit, codec, unary, full = Recorder(), Recorder(), Recorder(), Recorder(), Recorder()
             await redis_floor(r.url, trace, floor, getbit)
@@ -197,8 +198,7 @@ async def main_async(args: argparse.Namespace) -> int:
                         busy = tuple((b - a) / wall for a, b in zip(before, after, strict=True))
                         throughput.append((transport, mirrors, wall, rec, busy))
         finally:
-            logsvc.terminate()
-            logsvc.wait(10)
+            logsvc.stop()
             r.kill()
     shutil.rmtree(workdir, ignore_errors=True)
 

@@ -44,7 +44,7 @@ from dmulog.v1 import dmulog_pb2_grpc as pb_grpc
 from harness import stall
 from harness.log_handle import LogHandle
 from harness.report import add_out_option, tee
-from harness.servers import RedisProcess, logsvc_process
+from harness.servers import RedisProcess, start_logsvc
 
 __all__ = ["main"]
 
@@ -151,12 +151,11 @@ def main(argv: list[str] | None = None) -> int:
     with tee(args.out):
         print(f"dmulog bench.scale  {time.strftime('%Y-%m-%d %H:%M')}  {platform.node()}  {os.cpu_count()} cpus")
         r = RedisProcess(workdir / "redis").start()
-        logsvc, target = logsvc_process(r.url, workdir)
+        logsvc = start_logsvc(workdir / "logsvc.log", redis_url=r.url)
         try:
-            asyncio.run(run(args, r.url, target))
+            asyncio.run(run(args, r.url, logsvc.target))
         finally:
-            logsvc.terminate()
-            logsvc.wait(10)
+            logsvc.stop()
             r.kill()
         if not args.no_stall:
             stall_report(workdir / "stall")
@@ -168,12 +167,11 @@ def stall_report(workdir: Path) -> None:
     """Every heavy request at 2^28 regions, on a fresh Redis and logsvc, and what another log waited meanwhile."""
     workdir.mkdir(parents=True)
     r = RedisProcess(workdir / "redis").start()
-    logsvc, target = logsvc_process(r.url, workdir)
+    logsvc = start_logsvc(workdir / "logsvc.log", redis_url=r.url)
     try:
-        stalls = stall.measure(target, workdir)
+        stalls = stall.measure(logsvc.target, workdir)
     finally:
-        logsvc.terminate()
-        logsvc.wait(10)
+        logsvc.stop()
         r.kill()
     print("\nheavy requests at 2^28 regions: the worst (and p99) latency of another log's IN_SYNC meanwhile")
     print(stall.Stall.header())

@@ -20,7 +20,7 @@ import pytest
 from dmulog.v1 import dmulog_pb2 as pb
 from dmulog.v1 import dmulog_pb2_grpc as pb_grpc
 from harness.log_handle import LogHandle
-from harness.servers import RedisProcess, logsvc_process
+from harness.servers import RedisProcess, start_logsvc
 from harness.stall import HEAVY, REGION_SECTORS, Stall, measure
 
 BOUND = 0.100
@@ -32,14 +32,13 @@ def stalls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Stall
     """Every heavy request, run once each, in order, with the probe's view of it."""
     workdir = Path(tmp_path_factory.mktemp("stall"))
     redis = RedisProcess(workdir / "redis").start()
-    logsvc, target = logsvc_process(redis.url, workdir)
+    logsvc = start_logsvc(workdir / "logsvc.log", redis_url=redis.url)
     try:
-        results = measure(target, workdir)
+        results = measure(logsvc.target, workdir)
         print("\n" + Stall.header() + "\n" + "\n".join(s.line() for s in results.values()))
         yield results
     finally:
         logsvc.kill()
-        logsvc.wait()
         redis.kill()
 
 
