@@ -234,9 +234,16 @@ class Report:
                 f"of the responder's IOPS (target {TARGET:.0%}).")  # fmt: skip
 
     def to_json(self) -> dict[str, Any]:
-        """A plain-data summary (``summary.json`` in the results directory)."""
+        """A plain-data summary (``summary.json`` in the results directory).
+
+        Besides the run it names every configuration and workload the benchmark
+        knows (``config_table``, ``workloads``), so that a reader in another
+        process, tests/kernel/test_bench_guest.py, can tell a configuration that
+        was left out from one that was never there.
+        """
         return {
             "reps": self.reps, "runtime_s": self.runtime, "log_type": self.log_type, "configs": self.configs,
+            "config_table": [dataclasses.asdict(c) for c in CONFIGS], "workloads": [w.name for w in WORKLOADS],
             "wall_time_s": round(self.wall_time, 1), "rc": self.rc, "problems": self.problems,
             "missing": self.missing, "results_dir": str(self.results_dir),
             "cells": [
