@@ -54,7 +54,7 @@ crash: deps
 
 ## Boot a real kernel, build a mirror on the full stack, write, show `dmulog status`.
 demo: deps
-	$(PY) -m tests.kernel.demo
+	$(PY) -m harness.demo
 
 ## Per-request latency against its floors, and throughput with 1, 8, 64 mirrors (ratios).
 bench: deps

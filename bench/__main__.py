@@ -43,8 +43,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.replay import NullClient, Recorder, Replayer, UnixKernelSocket, load_trace, rewrite, socket_pair
-from bench.report import add_out_option, tee
+from bench.replay import NullClient, Recorder, Replayer, load_trace, rewrite
 from bench.transport import measure as measure_hops
 from bench.transport import table as hop_table
 from bridge import wire
@@ -53,10 +52,12 @@ from bridge.client import ClientConfig, LogsvcClient
 from bridge.dispatch import ROUTES
 from bridge.journal import Journal
 from dmulog.v1 import dmulog_pb2 as pb
+from harness.kernel_side import serving, socket_pair
+from harness.report import add_out_option, tee
+from harness.servers import RedisProcess, start_logsvc
 from logsvc.keys import log_keys
 from logsvc.service import DirtyLogService
 from logsvc.store import Caller, Store
-from tests.servers import RedisProcess, logsvc_process
 
 NODE = pb.Node(name="bench", boot_id="bench-boot")
 
@@ -105,24 +106,20 @@ async def redis_floor(url: str, trace: list[bytes], rec: Recorder, getbit: Recor
 
 
 async def through_bridge(client: object, trace: list[bytes], mirrors: int, rec: Recorder) -> float:
-    """Replay the trace through a real Bridge over a socket pair; returns wall seconds."""
-    kernel_end, bridge_end = socket_pair()
-    sock = UnixKernelSocket(bridge_end)
+    """Replay the trace through a real Bridge on the kernel stand-in's socket pair; returns wall seconds."""
+    kernel_end, sock = socket_pair()
     # The journal as in production: a mapped file of slots on tmpfs.
     shm = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
     journal_dir = Path(tempfile.mkdtemp(prefix="dmulog-bench-journal-", dir=shm))
     journal = Journal(journal_dir)
     bridge = Bridge(client, NODE, sock.send, journal=journal,  # type: ignore[arg-type]
                     send_nowait=sock.send_nowait)  # fmt: skip
-    stop = asyncio.Event()
-    serving = asyncio.ensure_future(bridge.serve(sock, stop))
     try:
-        wall = await Replayer(kernel_end).run(trace, mirrors, rec)
+        async with serving(bridge, sock):
+            wall = await Replayer(kernel_end).run(trace, mirrors, rec)
         rec.here.update(bridge.answered_here)
         return wall
     finally:
-        stop.set()
-        await serving
         kernel_end.close()
         sock.close()
         journal.close()
@@ -179,7 +176,8 @@ async def main_async(args: argparse.Namespace) -> int:
         if policy != "always":
             subprocess.run(["redis-cli", "-p", str(r.port), "CONFIG", "SET", "appendfsync", policy],
                            check=True, capture_output=True)  # fmt: skip
-        logsvc, target = logsvc_process(r.url, workdir)
+        logsvc = start_logsvc(workdir / f"logsvc-{policy}.log", redis_url=r.url)
+        target = logsvc.target
         try:
             floor, getbit, codec, unary, full = Recorder(), Recorder(), Recorder(), Recorder(), Recorder()
             await redis_floor(r.url, trace, floor, getbit)
@@ -197,8 +195,7 @@ async def main_async(args: argparse.Namespace) -> int:
                         busy = tuple((b - a) / wall for a, b in zip(before, after, strict=True))
                         throughput.append((transport, mirrors, wall, rec, busy))
         finally:
-            logsvc.terminate()
-            logsvc.wait(10)
+            logsvc.stop()
             r.kill()
     shutil.rmtree(workdir, ignore_errors=True)
 

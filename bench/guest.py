@@ -8,7 +8,7 @@ workloads on the same 2-leg mirror with each log, one after the other:
 
 * ``core``: the kernel's own in-memory log: the ceiling;
 * ``responder``, ``responder-if``: the trivial in-guest responder
-  (tests/kernel/responder.py, clustered-core), without and with
+  (harness/responder.py, clustered-core), without and with
   ``integrated_flush``: the floor every userspace log is measured against;
 * ``dmulog-guest``, ``dmulog-guest-if``: redis-server, ``dmulog logsvc`` and
   ``dmulog bridge`` all in the guest, started as the kernel tests start them
@@ -58,8 +58,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.report import add_out_option, tee
 from harness.guest import GuestRun, guest_script, run_guest
+from harness.report import add_out_option, tee
 from harness.topology import Topology
 
 __all__ = ["CONFIGS", "WORKLOADS", "Cell", "Config", "Report", "Workload", "main", "render", "run_bench"]
@@ -234,9 +234,16 @@ class Report:
                 f"of the responder's IOPS (target {TARGET:.0%}).")  # fmt: skip
 
     def to_json(self) -> dict[str, Any]:
-        """A plain-data summary (``summary.json`` in the results directory)."""
+        """A plain-data summary (``summary.json`` in the results directory).
+
+        Besides the run it names every configuration and workload the benchmark
+        knows (``config_table``, ``workloads``), so that a reader in another
+        process, tests/kernel/test_bench_guest.py, can tell a configuration that
+        was left out from one that was never there.
+        """
         return {
             "reps": self.reps, "runtime_s": self.runtime, "log_type": self.log_type, "configs": self.configs,
+            "config_table": [dataclasses.asdict(c) for c in CONFIGS], "workloads": [w.name for w in WORKLOADS],
             "wall_time_s": round(self.wall_time, 1), "rc": self.rc, "problems": self.problems,
             "missing": self.missing, "results_dir": str(self.results_dir),
             "cells": [

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from pyroute2.netlink.connector import cn_msg
 
-from bench.report import add_out_option, tee
 from bridge import wire
+from harness.report import add_out_option, tee
 
 FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "unit" / "fixtures" / "kernel"
 

@@ -1,7 +1,7 @@
 """Record a real request stream from the kernel for the benchmark to replay.
 
 Boots the test kernel, serves dm-log-userspace with the trivial in-memory
-responder (tests/kernel/responder.py, which answers "in sync" for every
+responder (harness/responder.py, which answers "in sync" for every
 region, so writes go through the steady-state path: IN_SYNC, MARK, FLUSH,
 CLEAR, FLUSH), runs a mixed fio workload on a 2-leg mirror, and stores every
 request datagram in arrival order in ``bench/traces/<name>.trace`` (one hex

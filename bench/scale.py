@@ -18,7 +18,7 @@ noisy):
 * every heavy request at the largest size (2^28 regions: a CTR, a master
   RESUME, a grown table's RESUME, eight ReadLogStates, a reap and a last DTR
   of 262,144 marks) and the worst latency another log saw meanwhile
-  (tests/stall.py, on a Redis and logsvc of their own): no Function call may
+  (harness/stall.py, on a Redis and logsvc of their own): no Function call may
   stall the others.
 """
 
@@ -40,10 +40,11 @@ from pathlib import Path
 import grpc
 import redis.asyncio as aioredis
 
-from bench.report import add_out_option, tee
 from dmulog.v1 import dmulog_pb2_grpc as pb_grpc
-from tests import stall
-from tests.servers import LogHandle, RedisProcess, logsvc_process
+from harness import stall
+from harness.log_handle import LogHandle
+from harness.report import add_out_option, tee
+from harness.servers import RedisProcess, start_logsvc
 
 __all__ = ["main"]
 
@@ -150,12 +151,11 @@ def main(argv: list[str] | None = None) -> int:
     with tee(args.out):
         print(f"dmulog bench.scale  {time.strftime('%Y-%m-%d %H:%M')}  {platform.node()}  {os.cpu_count()} cpus")
         r = RedisProcess(workdir / "redis").start()
-        logsvc, target = logsvc_process(r.url, workdir)
+        logsvc = start_logsvc(workdir / "logsvc.log", redis_url=r.url)
         try:
-            asyncio.run(run(args, r.url, target))
+            asyncio.run(run(args, r.url, logsvc.target))
         finally:
-            logsvc.terminate()
-            logsvc.wait(10)
+            logsvc.stop()
             r.kill()
         if not args.no_stall:
             stall_report(workdir / "stall")
@@ -167,12 +167,11 @@ def stall_report(workdir: Path) -> None:
     """Every heavy request at 2^28 regions, on a fresh Redis and logsvc, and what another log waited meanwhile."""
     workdir.mkdir(parents=True)
     r = RedisProcess(workdir / "redis").start()
-    logsvc, target = logsvc_process(r.url, workdir)
+    logsvc = start_logsvc(workdir / "logsvc.log", redis_url=r.url)
     try:
-        stalls = stall.measure(target, workdir)
+        stalls = stall.measure(logsvc.target, workdir)
     finally:
-        logsvc.terminate()
-        logsvc.wait(10)
+        logsvc.stop()
         r.kill()
     print("\nheavy requests at 2^28 regions: the worst (and p99) latency of another log's IN_SYNC meanwhile")
     print(stall.Stall.header())

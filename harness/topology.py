@@ -2,7 +2,8 @@
 
 Everything whose state must outlive a node runs on the host as a subprocess: a real
 ``redis-server`` (AOF, ``appendfsync always``) and one or more ``dmulog logsvc``
-replicas serving gRPC on Unix sockets. A node is a qemu guest (:mod:`harness.guest`)
+replicas serving gRPC on Unix sockets, each started by :mod:`harness.servers` as the
+tests and benchmarks start theirs. A node is a qemu guest (:mod:`harness.guest`)
 running the real kernel and ``dmulog bridge --logsvc 10.0.2.100:7000 --node node-<i>``
 (with two replicas ``--logsvc ipv4:10.0.2.100:7000,10.0.2.100:7001``). A guest reaches
 logsvc only through qemu user-mode networking with ``restrict=on`` and one ``guestfwd``
@@ -47,7 +48,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -59,11 +59,10 @@ import grpc
 from dmulog.v1 import dmulog_pb2 as pb
 from dmulog.v1 import dmulog_pb2_grpc as pb_grpc
 from harness.guest import REPO, GuestRun, run_guest
-from harness.servers import RedisProcess
+from harness.servers import LogsvcProcess, RedisProcess, ServerError, start_logsvc
 
 __all__ = ["DISKS", "GUEST_HOST", "GUEST_PORT", "Boot", "Topology", "TopologyError", "node_name"]
 
-DMULOG = Path(sys.prefix) / "bin" / "dmulog"
 #: Where a guest finds logsvc replica 0 (replica i: port 7000 + i): an address that
 #: exists only inside qemu's user network.
 GUEST_HOST, GUEST_PORT = "10.0.2.100", 7000
@@ -247,7 +246,7 @@ class Topology:
         # in it (the guestfwd option would split there).
         self._sockdir = Path(tempfile.mkdtemp(prefix="dmulog-topo-"))
         self.sockets = [self._sockdir / f"logsvc{i}.sock" for i in range(replicas)]
-        self.logsvcs: list[subprocess.Popen[bytes] | None] = [None] * replicas
+        self.logsvcs: list[LogsvcProcess | None] = [None] * replicas
         self._logsvc_logs = [self.workdir / f"logsvc{i}.log" for i in range(replicas)]
         #: Every command Redis executes (``redis-cli monitor``), for diagnosing a failure.
         self.trace = self.workdir / "redis-monitor.txt"
@@ -296,8 +295,8 @@ class Topology:
         """Start whichever of Redis and logsvc is not running (after a failed fault injection)."""
         if self.redis.proc is None or self.redis.proc.poll() is not None:
             self.start_redis()
-        for i, proc in enumerate(self.logsvcs):
-            if proc is None or proc.poll() is not None:
+        for i, svc in enumerate(self.logsvcs):
+            if svc is None or not svc.running():
                 self.start_logsvc(i)
 
     # ------------------------------------------------------------------- logsvc
@@ -305,36 +304,19 @@ class Topology:
     def start_logsvc(self, replica: int = 0, timeout: float = 30) -> None:
         """Start replica ``replica``: ``dmulog logsvc --listen unix:<socket> --redis <url>``; wait until it listens."""
         running = self.logsvcs[replica]
-        if running is not None and running.poll() is None:
+        if running is not None and running.running():
             raise TopologyError(f"logsvc {replica} already running")
-        before = self._listening_lines(replica)
-        with self._logsvc_logs[replica].open("ab") as log:
-            proc = subprocess.Popen(
-                [str(DMULOG), "--log-format", "json", "logsvc", "--listen", f"unix:{self.sockets[replica]}",
-                 "--redis", self.redis.url],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=REPO,
-            )  # fmt: skip
-        self.logsvcs[replica] = proc
-
-        def up() -> bool:
-            if proc.poll() is not None:
-                raise TopologyError(f"logsvc exited with {proc.returncode}; see {self._logsvc_logs[replica]}")
-            return self._listening_lines(replica) > before
-
-        _wait(up, timeout, f"logsvc {replica} listening")
-
-    def _listening_lines(self, replica: int) -> int:
         try:
-            return self._logsvc_logs[replica].read_text(errors="replace").count('"logsvc_listening"')
-        except FileNotFoundError:
-            return 0
+            self.logsvcs[replica] = start_logsvc(self._logsvc_logs[replica], listen=f"unix:{self.sockets[replica]}",
+                                                 redis_url=self.redis.url, timeout=timeout)  # fmt: skip
+        except ServerError as e:
+            raise TopologyError(f"logsvc {replica}: {e}") from e
 
     def kill_logsvc(self, replica: int = 0) -> None:
         """SIGKILL replica ``replica`` (a crash, not a shutdown)."""
-        proc = self.logsvcs[replica]
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        svc = self.logsvcs[replica]
+        if svc is not None:
+            svc.kill()
 
     # -------------------------------------------------------------------- redis
 

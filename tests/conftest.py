@@ -10,7 +10,8 @@ import grpc
 import pytest
 
 from dmulog.v1 import dmulog_pb2_grpc as pb_grpc
-from tests.servers import LogHandle, RedisProcess, logsvc_server, redis_process
+from harness.log_handle import LogHandle
+from harness.servers import RedisProcess, logsvc_server, redis_process
 
 _uuids = itertools.count()
 

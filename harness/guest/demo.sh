@@ -1,5 +1,5 @@
 #!/bin/bash
-# `make demo` (tests/kernel/demo.py): the whole stack in the guest, a 64 MiB
+# `make demo` (harness/demo.py): the whole stack in the guest, a 64 MiB
 # mirror with dmulog's native log, its resync and writes shown to a person.
 SECTORS=131072 REGION=1024
 . harness/guest/lib.sh

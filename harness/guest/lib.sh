@@ -82,11 +82,11 @@ start_bridge() {
 # alive: yes when the bridge and logsvc started above both still run.
 alive() { kill -0 "$BRIDGE_PID" "$LOGSVC_PID" 2>/dev/null && echo yes || echo no; }
 
-# start_responder [ARGS...]: the trivial in-guest responder (tests/kernel/responder.py)
+# start_responder [ARGS...]: the trivial in-guest responder (harness/responder.py)
 # in the background ($RESPONDER_PID), once it listens; its output goes to $R/responder.log.
 start_responder() {
   rm -f /tmp/responder.ready
-  python -m tests.kernel.responder "$@" --ready-file /tmp/responder.ready >> $R/responder.log 2>&1 &
+  python -m harness.responder "$@" --ready-file /tmp/responder.ready >> $R/responder.log 2>&1 &
   RESPONDER_PID=$!
   for _ in $(seq 1200); do
     [ -e /tmp/responder.ready ] && return 0

@@ -1,14 +1,14 @@
 """Requests the bridge answers itself: IN_SYNC of a latched instance, FLUSH without marks.
 
 The bridge runs its production read path (Bridge.serve on a socket, peek,
-answer or journal, consume) against a real logsvc and Redis; a Unix datagram
-socket pair stands in for netlink and carries exact kernel datagrams.
+answer or journal, consume) against a real logsvc and Redis; the kernel
+stand-in's socket pair (harness/kernel_side.py) takes the place of netlink
+and carries exact kernel datagrams.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import random
 import struct
 import time
@@ -18,90 +18,49 @@ from pathlib import Path
 
 import pytest
 
-from bench.replay import UnixKernelSocket, socket_pair
 from bridge import wire
-from bridge.agent import Bridge
-from bridge.client import ClientConfig, LogsvcClient
 from bridge.journal import Journal
 from bridge.latch import InSyncLatches, Key
 from bridge.wire import RequestType as T
 from dmulog.v1 import dmulog_pb2 as pb
-
-U64 = struct.Struct("=Q")
-LUID = 0xFFFF888003A1B2C8
-_seq = itertools.count(1)
+from harness.kernel_side import LUID, KernelStandIn, next_seq, u64
 
 
-class SocketKernel:
-    """Plays the kernel on the far end of the bridge's socket; requests may overlap."""
+class LatchKernel(KernelStandIn):
+    """The kernel stand-in with the requests these tests repeat."""
 
-    def __init__(self, target: str, latches: InSyncLatches):
-        self._far, near = socket_pair()
-        self._far.setblocking(False)
-        self._sock = UnixKernelSocket(near)
-        self.client = LogsvcClient(target, ClientConfig(attempt_timeout=3.0, budget=9.0))
-        self.bridge = Bridge(self.client, pb.Node(name="node-a", boot_id="boot-1"), self._sock.send,
-                             send_nowait=self._sock.send_nowait, latches=latches)  # fmt: skip
-        self._waiters: dict[int, asyncio.Future[wire.Reply]] = {}
-        self._stop = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
-
-    async def __aenter__(self) -> SocketKernel:
-        self._tasks = [asyncio.create_task(self.bridge.serve(self._sock, self._stop)),
-                       asyncio.create_task(self._read())]  # fmt: skip
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._tasks[1].cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.client.close()
-        self._far.close()
-        self._sock.close()
-
-    async def _read(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            reply = wire.decode_reply(await loop.sock_recv(self._far, 65536))
-            waiter = self._waiters.pop(reply.seq, None)
-            if waiter is not None and not waiter.done():
-                waiter.set_result(reply)
-
-    async def ask(self, rtype: int, data: bytes = b"", *, uuid: str) -> wire.Reply:
+    async def ok(self, rtype: int, data: bytes = b"", *, uuid: str) -> wire.Reply:
         """One request, its reply (any error fails the test)."""
-        seq = next(_seq)
-        waiter = self._waiters[seq] = asyncio.get_running_loop().create_future()
-        self._far.send(wire.encode_request(rtype, seq=seq, luid=LUID, uuid=uuid, data=data))
-        reply = await asyncio.wait_for(waiter, 15)
+        reply = await self.ask(rtype, data, uuid=uuid)
         assert reply.error == 0, f"{T(rtype).name}: error {reply.error}"
         return reply
 
     async def in_sync(self, region: int, *, uuid: str) -> bool:
-        reply = await self.ask(T.IN_SYNC, U64.pack(region), uuid=uuid)
+        reply = await self.ok(T.IN_SYNC, u64(region), uuid=uuid)
         return bool(struct.unpack("=q", reply.data)[0])
 
     async def set_sync(self, region: int, in_sync: bool, *, uuid: str) -> None:
-        await self.ask(T.SET_REGION_SYNC, struct.pack("=Qq", region, int(in_sync)), uuid=uuid)
+        await self.ok(T.SET_REGION_SYNC, struct.pack("=Qq", region, int(in_sync)), uuid=uuid)
 
     async def create_synced(self, uuid: str) -> None:
         """A clustered-core log of 8 regions, resynced as the kernel would: its latch is set."""
-        await self.ask(T.CTR, b"120 clustered-core 16", uuid=uuid)
-        await self.ask(T.RESUME, uuid=uuid)
+        await self.ok(T.CTR, b"120 clustered-core 16", uuid=uuid)
+        await self.ok(T.RESUME, uuid=uuid)
         while True:
-            has_work, region = struct.unpack("=qQ", (await self.ask(T.GET_RESYNC_WORK, uuid=uuid)).data)
+            has_work, region = struct.unpack("=qQ", (await self.ok(T.GET_RESYNC_WORK, uuid=uuid)).data)
             if not has_work:
                 return
             await self.set_sync(region, True, uuid=uuid)
 
 
 @pytest.fixture
-async def kernel(logsvc: str) -> AsyncIterator[SocketKernel]:
+async def kernel(logsvc: str) -> AsyncIterator[LatchKernel]:
     """A kernel stand-in in front of a production bridge with latches known for a minute."""
-    async with SocketKernel(logsvc, InSyncLatches(ttl=60.0)) as k:
+    async with LatchKernel(logsvc, latches=InSyncLatches(ttl=60.0)) as k:
         yield k
 
 
-async def test_in_sync_of_a_latched_instance_is_answered_in_the_bridge(kernel: SocketKernel, uuid: str) -> None:
+async def test_in_sync_of_a_latched_instance_is_answered_in_the_bridge(kernel: LatchKernel, uuid: str) -> None:
     """Once logsvc says the instance is latched, IN_SYNC is answered here (1 for every region) until a resume."""
     await kernel.create_synced(uuid)
     assert await kernel.in_sync(3, uuid=uuid)  # logsvc answers, and says latched
@@ -109,53 +68,50 @@ async def test_in_sync_of_a_latched_instance_is_answered_in_the_bridge(kernel: S
     await kernel.set_sync(4, False, uuid=uuid)  # a write failed on a leg: the latch still answers 1
     assert [await kernel.in_sync(r, uuid=uuid) for r in range(8)] == [True] * 8
     assert kernel.bridge.answered_here["IN_SYNC"] == 8
-    await kernel.ask(T.RESUME, uuid=uuid)  # the kernel's replayed RESUME ends the latch
+    await kernel.ok(T.RESUME, uuid=uuid)  # the kernel's replayed RESUME ends the latch
     assert not await kernel.in_sync(4, uuid=uuid)
     assert await kernel.in_sync(3, uuid=uuid)
     assert kernel.bridge.answered_here["IN_SYNC"] == 8
     assert kernel.bridge.counts["IN_SYNC"] == 11
 
 
-async def test_a_suspended_instance_is_asked_again(kernel: SocketKernel, uuid: str) -> None:
+async def test_a_suspended_instance_is_asked_again(kernel: LatchKernel, uuid: str) -> None:
     """POSTSUSPEND ends the latch in logsvc, so the bridge forgets it too."""
     await kernel.create_synced(uuid)
     await kernel.set_sync(4, False, uuid=uuid)
     assert await kernel.in_sync(4, uuid=uuid)
-    await kernel.ask(T.PRESUSPEND, uuid=uuid)
-    await kernel.ask(T.POSTSUSPEND, uuid=uuid)
+    await kernel.ok(T.PRESUSPEND, uuid=uuid)
+    await kernel.ok(T.POSTSUSPEND, uuid=uuid)
     assert not await kernel.in_sync(4, uuid=uuid)
     assert kernel.bridge.answered_here["IN_SYNC"] == 0
 
 
-async def test_an_unlatched_instance_is_always_asked(kernel: SocketKernel, uuid: str) -> None:
+async def test_an_unlatched_instance_is_always_asked(kernel: LatchKernel, uuid: str) -> None:
     """A log still resyncing has no latch: every IN_SYNC goes to logsvc, which knows the bits."""
-    await kernel.ask(T.CTR, b"120 clustered-core 16", uuid=uuid)
-    await kernel.ask(T.RESUME, uuid=uuid)
+    await kernel.ok(T.CTR, b"120 clustered-core 16", uuid=uuid)
+    await kernel.ok(T.RESUME, uuid=uuid)
     assert [await kernel.in_sync(0, uuid=uuid) for _ in range(3)] == [False] * 3
     await kernel.set_sync(0, True, uuid=uuid)
     assert await kernel.in_sync(0, uuid=uuid)
     assert kernel.bridge.answered_here["IN_SYNC"] == 0
 
 
-async def test_flush_without_marks_is_answered_in_the_bridge(kernel: SocketKernel, uuid: str, stub: object) -> None:
+async def test_flush_without_marks_is_answered_in_the_bridge(kernel: LatchKernel, uuid: str, stub: object) -> None:
     """A FLUSH with nothing to commit is answered here; one carrying marks still reaches logsvc."""
     await kernel.create_synced(uuid)
-    await kernel.ask(T.MARK_REGION, U64.pack(2), uuid=uuid)
-    await kernel.ask(T.FLUSH, uuid=uuid)
+    await kernel.ok(T.MARK_REGION, u64(2), uuid=uuid)
+    await kernel.ok(T.FLUSH, uuid=uuid)
     assert kernel.bridge.answered_here["FLUSH"] == 1
-    await kernel.ask(T.FLUSH, U64.pack(5) + U64.pack(6), uuid=uuid)
+    await kernel.ok(T.FLUSH, u64(5, 6), uuid=uuid)
     assert kernel.bridge.answered_here["FLUSH"] == 1
     state = await stub.GetLogState(pb.GetLogStateRequest(uuid=uuid))  # type: ignore[attr-defined]
     assert sorted(m.region for m in state.marks) == [2, 5, 6]
 
 
-async def test_a_malformed_flush_is_not_answered_here(kernel: SocketKernel, uuid: str) -> None:
+async def test_a_malformed_flush_is_not_answered_here(kernel: LatchKernel, uuid: str) -> None:
     """The shortcut decodes strictly: a FLUSH whose payload is not whole regions gets EINVAL the usual way."""
     await kernel.create_synced(uuid)
-    seq = next(_seq)
-    waiter = kernel._waiters[seq] = asyncio.get_running_loop().create_future()
-    kernel._far.send(wire.encode_request(T.FLUSH, seq=seq, luid=LUID, uuid=uuid, data=b"\1\2\3"))
-    reply = await asyncio.wait_for(waiter, 15)
+    reply = await kernel.ask(T.FLUSH, b"\1\2\3", uuid=uuid)
     assert reply.error < 0
     assert kernel.bridge.answered_here["FLUSH"] == 0
 
@@ -170,37 +126,22 @@ async def test_a_request_answered_from_the_journal_is_not_answered_again_from_th
     unanswered (answering it again could let an old CLEAR land after a newer
     MARK of its region), and what follows it is served as usual.
     """
-    async with SocketKernel(logsvc, InSyncLatches(ttl=0)) as k:
-        await k.ask(T.CTR, b"120 clustered-core 16", uuid=uuid)
-        await k.ask(T.RESUME, uuid=uuid)
-    mark_seq, count_seq = next(_seq), next(_seq)
-    mark = wire.encode_request(T.MARK_REGION, seq=mark_seq, luid=LUID, uuid=uuid, data=U64.pack(3))
+    async with LatchKernel(logsvc, latches=InSyncLatches(ttl=0)) as k:
+        await k.ok(T.CTR, b"120 clustered-core 16", uuid=uuid)
+        await k.ok(T.RESUME, uuid=uuid)
+    mark_seq, count_seq = next_seq(), next_seq()
+    mark = wire.encode_request(T.MARK_REGION, seq=mark_seq, luid=LUID, uuid=uuid, data=u64(3))
     dead = Journal(tmp_path / "inflight")
     dead.record(mark)
     dead.close()  # the bridge is gone; the datagram is still in the socket's queue
-    far, near = socket_pair()
-    far.setblocking(False)
-    far.send(mark)
-    far.send(wire.encode_request(T.GET_SYNC_COUNT, seq=count_seq, luid=LUID, uuid=uuid))
-    sock = UnixKernelSocket(near)
-    client = LogsvcClient(logsvc, ClientConfig(attempt_timeout=3.0, budget=9.0))
-    bridge = Bridge(client, pb.Node(name="node-a", boot_id="boot-1"), sock.send, journal=Journal(tmp_path / "inflight"),
-                    send_nowait=sock.send_nowait)  # fmt: skip
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    try:
-        assert 1 == await bridge.replay_journal()
-        serving = asyncio.create_task(bridge.serve(sock, stop))
-        replies = [wire.decode_reply(await asyncio.wait_for(loop.sock_recv(far, 65536), 15)) for _ in range(2)]
+    successor = KernelStandIn(logsvc, journal=Journal(tmp_path / "inflight"))
+    successor.send_datagram(mark)
+    successor.send(T.GET_SYNC_COUNT, uuid=uuid, seq=count_seq)
+    async with successor:
+        assert 1 == successor.replayed
+        replies = [await successor.reply() for _ in range(2)]
         assert [(mark_seq, 0), (count_seq, 0)] == [(r.seq, r.error) for r in replies]
-        assert {"MARK_REGION": 1, "GET_SYNC_COUNT": 1} == bridge.counts
-        stop.set()
-        await serving
-    finally:
-        await client.close()
-        bridge.journal.close()
-        far.close()
-        sock.close()
+        assert {"MARK_REGION": 1, "GET_SYNC_COUNT": 1} == successor.bridge.counts
 
 
 # Invalidation raced against reads -------------------------------------------
@@ -241,7 +182,7 @@ class Timeline:
         return sum(any(s <= b and a <= r for a, b in self.lifecycle) for s, r, _ in self.reads)
 
 
-async def race(kernel: SocketKernel, uuid: str, *, cycles: int, readers: int, seed: int) -> Timeline:
+async def race(kernel: LatchKernel, uuid: str, *, cycles: int, readers: int, seed: int) -> Timeline:
     """Readers ask IN_SYNC(4) back to back while the latch is ended and set again, ``cycles`` times.
 
     Each cycle ends the latch with a RESUME (replayed, as the kernel's reconnect
@@ -269,8 +210,8 @@ async def race(kernel: SocketKernel, uuid: str, *, cycles: int, readers: int, se
             await asyncio.sleep(rnd.uniform(0.005, 0.03))  # latched: reads may be answered here
             off_from = clock()
             if rnd.random() < 0.5:
-                await kernel.ask(T.POSTSUSPEND, uuid=uuid)
-            await kernel.ask(T.RESUME, uuid=uuid)
+                await kernel.ok(T.POSTSUSPEND, uuid=uuid)
+            await kernel.ok(T.RESUME, uuid=uuid)
             t.lifecycle.append((off_from, clock()))
             t.may_be_latched.append((on_from, clock()))
             await asyncio.sleep(rnd.uniform(0.01, 0.03))  # unlatched: every read must say 0
@@ -293,7 +234,7 @@ async def test_invalidation_races_against_reads(logsvc: str, uuid: str) -> None:
     ended and set again 30 times, so answers asked before a RESUME arrive after
     it, and reads are asked while a RESUME is on its way on another stream.
     """
-    async with SocketKernel(logsvc, InSyncLatches(ttl=60.0)) as kernel:
+    async with LatchKernel(logsvc, latches=InSyncLatches(ttl=60.0)) as kernel:
         t = await race(kernel, uuid, cycles=30, readers=8, seed=20261130)
         answered_here = kernel.bridge.answered_here["IN_SYNC"]
     assert t.violations() == []
@@ -317,6 +258,6 @@ class _IgnoresLifecycle(InSyncLatches):
 
 async def test_the_race_test_catches_a_cache_that_ignores_resumes(logsvc: str, uuid: str) -> None:
     """The checker above is not vacuous: a bridge that keeps its latch over a RESUME is caught at once."""
-    async with SocketKernel(logsvc, _IgnoresLifecycle(ttl=60.0)) as kernel:
+    async with LatchKernel(logsvc, latches=_IgnoresLifecycle(ttl=60.0)) as kernel:
         t = await race(kernel, uuid, cycles=5, readers=4, seed=1)
     assert len(t.violations()) > 0

@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from dmulog.cli import ExitStatus, main
-from tests.servers import LogHandle, RedisProcess, free_port, set_log_field
+from harness.log_handle import LogHandle
+from harness.redis_keys import set_log_field
+from harness.servers import RedisProcess, free_port
 
 
 def run(*argv: str, env: dict[str, str] | None = None) -> tuple[ExitStatus, str, str]:

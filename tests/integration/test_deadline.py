@@ -20,8 +20,9 @@ import pytest
 
 from dmulog.v1 import dmulog_pb2 as pb
 from dmulog.v1 import dmulog_pb2_grpc as pb_grpc
+from harness.log_handle import LogHandle, dirty
+from harness.servers import RedisProcess, logsvc_server, redis_process
 from logsvc.store import Store
-from tests.servers import LogHandle, RedisProcess, dirty, logsvc_server, redis_process
 
 OK = grpc.StatusCode.OK.value[0]
 DEADLINE_EXCEEDED = grpc.StatusCode.DEADLINE_EXCEEDED.value[0]

@@ -1,6 +1,6 @@
 """One redis-server per state directory: real ``dmulog logsvc`` processes, real redis-servers.
 
-Each test runs the venv's ``dmulog logsvc`` without ``--redis`` on a temporary
+Each test runs ``dmulog logsvc`` (harness/servers.py) without ``--redis`` on a temporary
 ``--state-dir`` and kills it the hard way. Which redis-servers serve a state
 dir is read from ``/proc`` here, independently of the code under test: a live
 process named ``redis-server`` whose working directory is the state dir
@@ -15,10 +15,8 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -27,9 +25,9 @@ import redis
 
 from dmulog.cli import ExitStatus
 from dmulog.v1 import dmulog_pb2_grpc as pb_grpc
-from tests.servers import LogHandle, dirty
+from harness.log_handle import LogHandle, dirty
+from harness.servers import LogsvcProcess, start_logsvc
 
-DMULOG = Path(sys.executable).parent / "dmulog"
 SECTORS = 120  # 8 regions of 16 sectors
 
 
@@ -84,57 +82,28 @@ def wait_until(predicate: object, timeout: float, what: str) -> None:
         time.sleep(0.02)
 
 
-@dataclass
-class Logsvc:
-    """One ``dmulog logsvc`` process, its gRPC address and its log."""
-
-    proc: subprocess.Popen[bytes]
-    target: str
-    log: Path
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def redis_pid(self) -> int:
-        """The redis-server this logsvc started."""
-        kids = [p for p in children(self.proc.pid) if p in _redis_servers(Path("/"))]
-        assert len(kids) == 1, f"logsvc {self.proc.pid} has redis-server children {kids}"
-        return kids[0]
-
-    def kill(self) -> None:
-        """SIGKILL: a crash, nothing runs on the way out."""
-        self.proc.kill()
-        self.proc.wait()
+def redis_of(svc: LogsvcProcess) -> int:
+    """The redis-server this logsvc started."""
+    kids = [p for p in children(svc.pid) if p in _redis_servers(Path("/"))]
+    assert len(kids) == 1, f"logsvc {svc.pid} has redis-server children {kids}"
+    return kids[0]
 
 
 @pytest.fixture
 def run_logsvc(tmp_path: Path) -> Iterator[object]:
     """Start ``dmulog logsvc`` on a state dir; everything started under ``tmp_path`` is killed afterwards."""
-    started: list[subprocess.Popen[bytes]] = []
+    started: list[LogsvcProcess] = []
 
-    def start(state_dir: Path, name: str = "logsvc", wait: bool = True) -> Logsvc:
-        sock, log = tmp_path / f"{name}.sock", tmp_path / f"{name}.log"
-        with log.open("ab") as err:
-            proc = subprocess.Popen(
-                [str(DMULOG), "--log-format", "json", "logsvc", "--listen", f"unix:{sock}",
-                 "--state-dir", str(state_dir)],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
-            )  # fmt: skip
-        started.append(proc)
-        handle = Logsvc(proc, f"unix:{sock}", log)
-        if wait:
-            wait_until(lambda: '"logsvc_listening"' in handle.text() or proc.poll() is not None, 30,
-                       "logsvc did not start")  # fmt: skip
-            assert proc.poll() is None, f"logsvc exited {proc.returncode}: {handle.text()}"
-        return handle
+    def start(state_dir: Path, name: str = "logsvc", wait: bool = True) -> LogsvcProcess:
+        svc = start_logsvc(tmp_path / f"{name}.log", state_dir=state_dir, wait=wait)
+        started.append(svc)
+        return svc
 
     try:
         yield start
     finally:
-        for proc in started:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        for svc in started:
+            svc.kill()
         for pid in _redis_servers(tmp_path):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -161,7 +130,7 @@ def test_sigkilled_logsvc_takes_its_redis_with_it(tmp_path: Path, run_logsvc: ob
     """SIGKILL of logsvc: its redis-server is gone within a few seconds, nothing serves the state dir."""
     state = tmp_path / "state"
     svc = run_logsvc(state)  # type: ignore[operator]
-    pid = svc.redis_pid()
+    pid = redis_of(svc)
     svc.kill()
     wait_until(lambda: not _alive(pid), 5, f"redis-server {pid} outlived its logsvc")
     assert serving(state) == []
@@ -181,14 +150,14 @@ async def test_restart_after_sigkill_keeps_the_marks(tmp_path: Path, run_logsvc:
     async with handle(second.target, "LVM-restart") as log:
         assert (False, True) == (await log.is_clean(5), await log.is_clean(4))
         assert [5] == dirty(await log.state())
-    assert serving(state) == [second.redis_pid()]
+    assert serving(state) == [redis_of(second)]
 
 
 async def test_second_logsvc_on_the_same_state_dir_refuses(tmp_path: Path, run_logsvc: object) -> None:
     """A second logsvc on a state dir in use names it and the holder's pid, exits non-zero; the first serves on."""
     state = tmp_path / "state"
     first = run_logsvc(state)  # type: ignore[operator]
-    redis_pid = first.redis_pid()
+    redis_pid = redis_of(first)
     second = run_logsvc(state, "second", wait=False)  # type: ignore[operator]
     try:
         rc = await asyncio.to_thread(second.proc.wait, 20)
@@ -217,7 +186,7 @@ def test_leftover_redis_is_stopped_before_the_new_one_starts(tmp_path: Path, run
             r.set("written-to-the-leftover", "kept")
         svc = run_logsvc(state)  # type: ignore[operator]
         assert orphan.poll() is not None, "the leftover redis-server still runs"
-        assert serving(state) == [svc.redis_pid()]
+        assert serving(state) == [redis_of(svc)]
         with redis.Redis(unix_socket_path=str(state / "redis.sock")) as r:
             assert r.get("written-to-the-leftover") == b"kept"
         assert '"redis_leftover_stopped"' in svc.text()
@@ -238,7 +207,7 @@ def test_a_stale_pidfile_never_kills_another_process(tmp_path: Path, run_logsvc:
         (state / "redis.pid").write_text(f"{bystander.pid}\n")
         svc = run_logsvc(state)  # type: ignore[operator]
         assert bystander.poll() is None
-        assert serving(state) == [svc.redis_pid()]
+        assert serving(state) == [redis_of(svc)]
     finally:
         bystander.kill()
         bystander.wait()

@@ -14,12 +14,13 @@ from google.protobuf.message import Message
 from bridge.client import ClientConfig, LogsvcClient
 from dmulog.v1 import dmulog_pb2 as pb
 from dmulog.v1 import dmulog_pb2_grpc as pb_grpc
+from harness.log_handle import LogHandle
+from harness.servers import RedisProcess, free_port, logsvc_server
 from logsvc.errors import MAX_DETAIL
 from logsvc.exchange import methods_by_field
 from logsvc.server import build_server
 from logsvc.service import DirtyLogService
 from logsvc.store import Store
-from tests.servers import LogHandle, RedisProcess, free_port, logsvc_server
 
 NODE = pb.Node(name="node-a", boot_id="boot-1")
 S = grpc.StatusCode

@@ -16,9 +16,10 @@ import redis.asyncio as aioredis
 from google.protobuf.message import Message
 
 from dmulog.v1 import dmulog_pb2 as pb
+from harness.log_handle import LogHandle
+from harness.servers import RedisProcess
 from logsvc.errors import MAX_DETAIL
 from logsvc.keys import log_keys
-from tests.servers import LogHandle, RedisProcess
 
 SECTORS = 120
 

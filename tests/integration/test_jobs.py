@@ -17,10 +17,11 @@ import pytest
 import redis as redis_sync
 
 from dmulog.v1 import dmulog_pb2_grpc as pb_grpc
+from harness.log_handle import LogHandle, dirty, out_of_sync
+from harness.servers import RedisProcess, logsvc_server
 from logsvc.errors import PendingWork
 from logsvc.keys import log_keys
 from logsvc.store import Store, library_code
-from tests.servers import LogHandle, RedisProcess, dirty, logsvc_server, out_of_sync
 
 MARKS = 3000  # about three calls' worth of per-region work
 BIG = 1 << 28

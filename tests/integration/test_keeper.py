@@ -9,12 +9,9 @@ ignored there, as it does not come from the kernel).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,40 +21,18 @@ import pytest
 from bridge import host
 from bridge.netlink import NETLINK_CONNECTOR
 from bridge.wire import CN_IDX_DM
+from harness.servers import ServiceProcess, start_bridge
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="joining the connector group needs root")
 
 
-class Keeper:
-    """A ``dmulog bridge --respawn`` process and its JSON log."""
-
-    def __init__(self, tmp_path: Path):
-        self.log = tmp_path / "bridge.log"
-        cmd = [sys.executable, "-m", "dmulog", "--log-format", "json", "bridge", "--respawn",
-               "--logsvc", f"unix:{tmp_path}/no-logsvc.sock", "--journal-dir", str(tmp_path / "inflight")]  # fmt: skip
-        self.proc = subprocess.Popen(cmd, stdout=self.log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
-
-    def events(self, name: str) -> list[dict[str, object]]:
-        lines = self.log.read_text().splitlines() if self.log.exists() else []
-        return [e for e in map(json.loads, (x for x in lines if x.startswith("{"))) if e.get("event") == name]
-
-    def wait(self, name: str, count: int, timeout: float = 30.0) -> list[dict[str, object]]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = self.events(name)
-            if len(found) >= count:
-                return found
-            assert self.proc.poll() is None, self.log.read_text()
-            time.sleep(0.05)
-        raise AssertionError(f"no {count}x {name} in {timeout} s:\n{self.log.read_text()}")
-
-
 @pytest.fixture
-def keeper(tmp_path: Path) -> Iterator[Keeper]:
-    """A running keeper; killed at the end whatever happened."""
+def keeper(tmp_path: Path) -> Iterator[ServiceProcess]:
+    """A running ``dmulog bridge --respawn`` and its JSON log; killed at the end whatever happened."""
     if host.other_listeners(CN_IDX_DM, 0):
         pytest.skip("another process on this host listens to connector group 7")
-    k = Keeper(tmp_path)
+    k = start_bridge(tmp_path / "bridge.log", f"unix:{tmp_path}/no-logsvc.sock", "--respawn",
+                     "--journal-dir", str(tmp_path / "inflight"), new_session=True)  # fmt: skip
     yield k
     with contextlib.suppress(ProcessLookupError):
         os.killpg(k.proc.pid, signal.SIGKILL)  # the keeper and its bridges
@@ -67,20 +42,20 @@ def keeper(tmp_path: Path) -> Iterator[Keeper]:
         time.sleep(0.05)  # the bridges' sockets close as they die
 
 
-def test_a_killed_bridge_is_replaced_on_the_same_socket_and_queued_datagrams_survive(keeper: Keeper) -> None:
+def test_a_killed_bridge_is_replaced_on_the_same_socket_and_queued_datagrams_survive(keeper: ServiceProcess) -> None:
     """SIGKILL of the bridge: the keeper starts another on the same port, which reads what was sent meanwhile."""
-    [first] = keeper.wait("bridge_listening", 1)
-    [started] = keeper.wait("keeper_started_bridge", 1)
+    [first] = keeper.wait_for("bridge_listening", 1)
+    [started] = keeper.wait_for("keeper_started_bridge", 1)
     assert True is first["inherited"]
     assert "stream" == first["transport"]
 
-    os.kill(int(started["pid"]), signal.SIGKILL)  # type: ignore[call-overload]
+    os.kill(int(started["pid"]), signal.SIGKILL)
     sender = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_CONNECTOR)
     sender.bind((0, 0))
-    sender.sendto(b"\0" * 40, (int(first["port_id"]), 0))  # type: ignore[call-overload]
+    sender.sendto(b"\0" * 40, (int(first["port_id"]), 0))
 
-    second = keeper.wait("bridge_listening", 2)[1]
-    ignored = keeper.wait("datagram_not_from_kernel", 1)
+    second = keeper.wait_for("bridge_listening", 2)[1]
+    ignored = keeper.wait_for("datagram_not_from_kernel", 1)
     assert second["port_id"] == first["port_id"]
     # The standby took over: it was started before the kill, so no start-up time was lost.
     [standby] = keeper.events("keeper_started_standby")[:1]
@@ -90,14 +65,14 @@ def test_a_killed_bridge_is_replaced_on_the_same_socket_and_queued_datagrams_sur
     sender.close()
 
 
-def test_sigterm_stops_keeper_and_bridge(keeper: Keeper) -> None:
+def test_sigterm_stops_keeper_and_bridge(keeper: ServiceProcess) -> None:
     """SIGTERM to the keeper stops its bridge and itself, with status 0, and frees the host lock."""
-    keeper.wait("bridge_listening", 1)
-    [started] = keeper.wait("keeper_started_bridge", 1)
+    keeper.wait_for("bridge_listening", 1)
+    [started] = keeper.wait_for("keeper_started_bridge", 1)
 
     keeper.proc.send_signal(signal.SIGTERM)
 
-    assert 0 == keeper.proc.wait(timeout=20), keeper.log.read_text()
+    assert 0 == keeper.proc.wait(timeout=20), keeper.text()
     assert not Path(f"/proc/{started['pid']}").exists() or "Z" in Path(f"/proc/{started['pid']}/stat").read_text()
     assert 1 == len(keeper.events("bridge_stopping"))
     host.hold_instance_lock().close()

@@ -6,7 +6,9 @@ import grpc
 import pytest
 
 from dmulog.v1 import dmulog_pb2 as pb
-from tests.servers import LogHandle, RedisProcess, dirty, keys_left, out_of_sync, set_log_field
+from harness.log_handle import LogHandle, dirty, out_of_sync
+from harness.redis_keys import keys_left, set_log_field
+from harness.servers import RedisProcess
 
 # 8 regions of 16 sectors; the last one is partial (120 sectors in all).
 SECTORS, RS, RC = 120, 16, 8

@@ -3,7 +3,7 @@
 A real redis-server (AOF, appendfsync always) and a real ``dmulog logsvc`` process;
 a probe process asks IN_SYNC of a small log through that logsvc every few
 milliseconds while another process makes one heavy request on a 2^28-region log
-(tests/stall.py). Each test bounds the probe's worst latency meanwhile: what every
+(harness/stall.py). Each test bounds the probe's worst latency meanwhile: what every
 other mirror would have waited for. Before bulk work was cut into bounded Function
 calls, a CTR of 2^28 regions stalled the probe for about a second and a reap of
 262,144 marks for 1.7 s; eight GetLogStates of such a log for 4 s.
@@ -19,8 +19,9 @@ import pytest
 
 from dmulog.v1 import dmulog_pb2 as pb
 from dmulog.v1 import dmulog_pb2_grpc as pb_grpc
-from tests.servers import LogHandle, RedisProcess, logsvc_process
-from tests.stall import HEAVY, REGION_SECTORS, Stall, measure
+from harness.log_handle import LogHandle
+from harness.servers import RedisProcess, start_logsvc
+from harness.stall import HEAVY, REGION_SECTORS, Stall, measure
 
 BOUND = 0.100
 """Worst latency another log may see during any one heavy request (seconds)."""
@@ -31,14 +32,13 @@ def stalls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Stall
     """Every heavy request, run once each, in order, with the probe's view of it."""
     workdir = Path(tmp_path_factory.mktemp("stall"))
     redis = RedisProcess(workdir / "redis").start()
-    logsvc, target = logsvc_process(redis.url, workdir)
+    logsvc = start_logsvc(workdir / "logsvc.log", redis_url=redis.url)
     try:
-        results = measure(target, workdir)
+        results = measure(logsvc.target, workdir)
         print("\n" + Stall.header() + "\n" + "\n".join(s.line() for s in results.values()))
         yield results
     finally:
         logsvc.kill()
-        logsvc.wait()
         redis.kill()
 
 

@@ -12,11 +12,12 @@ import pytest
 from dmulog.requests import REQUESTS
 from dmulog.retry import RetryPolicy
 from dmulog.v1 import dmulog_pb2_grpc as pb_grpc
+from harness.log_handle import LogHandle, out_of_sync
+from harness.servers import RedisProcess, logsvc_server, redis_process
 from logsvc.errors import LogError, StoreUnavailable
 from logsvc.logtypes import parse_log_args
 from logsvc.service import ctr_fields
 from logsvc.store import FUNCTION_PREFIX, LIBRARY_NAME, Store, library_code
-from tests.servers import LogHandle, RedisProcess, logsvc_server, out_of_sync, redis_process
 
 ADMIN_FUNCTIONS = {"step": True, "state": False, "summary": False, "version": False}
 """The library's functions that serve no kernel request, and whether each writes: bulk work

@@ -2,7 +2,7 @@
 
 Why: the wire codec's unit tests must be checked against what the kernel really sends,
 not against our reading of the headers. This boots the test VM (harness/guest.py),
-runs the trivial responder (tests/kernel/responder.py) with ``--capture``, and drives
+runs the trivial responder (harness/responder.py) with ``--capture``, and drives
 dm-mirror through every request type it can produce: create/write/read/status/table/
 suspend/resume/remove of a plain mirror, a responder kill and restart while the mirror
 exists (to get the replayed CTR), ``nosync`` and ``integrated_flush`` variants, a leg
@@ -30,7 +30,7 @@ from pathlib import Path
 
 from harness.guest import GuestRun, guest_script, run_guest
 from harness.kernel import ensure_kernel
-from tests.kernel.responder import HEADER_SIZE, REQUEST_TYPES, Request, parse_request, to_hex
+from harness.responder import HEADER_SIZE, REQUEST_TYPES, Request, parse_request, to_hex
 
 _EXPECTED_WHILE_KILLED = re.compile(
     r"Unable to send log request \[\d+\] to userspace: -3$|Userspace log server not found"
@@ -175,7 +175,7 @@ def _readme(chosen: dict[str, Captured], run: GuestRun, captured: Sequence[Captu
         f"- {qemu}.",
         f"- Date: {datetime.date.today().isoformat()}.",
         "- Command, from the repository root: `.venv/bin/python -m tests.kernel.capture_fixtures`.",
-        "- Server: `tests/kernel/responder.py --capture DIR` (every region in sync and clean), which",
+        "- Server: `harness/responder.py --capture DIR` (every region in sync and clean), which",
         "  stores each received datagram byte for byte; this script picks one per request type.",
         f"- Legs: two {LEG_SECTORS * 512 // 2**20} MiB files on loop devices in the guest's /tmp.",
         f"  Tables (`$S` = {LEG_SECTORS}):",

@@ -25,6 +25,8 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
     "logsvc": frozenset({"dmulog"}),
     "scripts": frozenset({"dmulog"}),
     "harness": frozenset({"dmulog", "bridge", "logsvc"}),
+    "tests": frozenset({"dmulog", "bridge", "logsvc", "harness"}),
+    "bench": frozenset({"dmulog", "bridge", "logsvc", "harness"}),
 }
 OURS = frozenset({"dmulog", "bridge", "logsvc", "harness", "tests", "bench", "scripts"})
 
@@ -61,6 +63,18 @@ def test_the_check_sees_a_lazy_import_above(tmp_path: Path) -> None:
     (tmp_path / "dmulog").mkdir()
     (tmp_path / "dmulog" / "cli.py").write_text("def run():\n    from bridge.agent import run\n    return run\n")
     assert ["dmulog/cli.py:2 imports bridge"] == violations("dmulog", tmp_path)
+
+
+def test_the_check_sees_tests_and_bench_reach_for_each_other(tmp_path: Path) -> None:
+    """A test importing the benchmark, or the benchmark a test's helper, fails: what both need lives in harness/."""
+    for package in ("tests", "bench"):
+        (tmp_path / package).mkdir()
+    (tmp_path / "tests" / "test_speed.py").write_text("from harness.servers import RedisProcess\nimport bench.guest\n")
+    (tmp_path / "bench" / "scale.py").write_text("from harness import stall\nfrom tests.conftest import redis\n")
+    assert (["tests/test_speed.py:2 imports bench"], ["bench/scale.py:2 imports tests"]) == (
+        violations("tests", tmp_path),
+        violations("bench", tmp_path),
+    )
 
 
 def test_every_part_registers_its_command() -> None:

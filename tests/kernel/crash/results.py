@@ -22,7 +22,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.report import add_out_option, tee
+from harness.report import add_out_option, tee
 from tests.kernel.crash.scenarios import (
     SCENARIOS,
     RoundResult,

@@ -28,7 +28,7 @@ uses only the bridge's codec (bridge/wire.py) and the table of request types
 (CAP_NET_ADMIN to join the group, CAP_SYS_ADMIN for the kernel to accept replies) in
 the initial network namespace, i.e. run it inside the test VM::
 
-    python -m tests.kernel.responder --ready-file /tmp/ready [--capture DIR] [-v]
+    python -m harness.responder --ready-file /tmp/ready [--capture DIR] [-v]
 
 It counts requests by type and prints the counts to stderr on SIGUSR1 and at exit
 (``responder: requests <total>: CTR=1 FLUSH=...``), so a benchmark can read them
@@ -219,9 +219,9 @@ class ResyncingResponder(Responder):
         if name == "CTR":
             error, payload = super().answer(req)
             if error == 0 and key not in self.synced:
-                log = self.logs[key]
+                created = self.logs[key]
                 nosync = b"nosync" in req.data.split(b"\0", 1)[0].split()
-                self.synced[key] = set(range(log.region_count)) if nosync else set()
+                self.synced[key] = set(range(created.region_count)) if nosync else set()
             return error, payload
         log, synced = self.logs.get(key), self.synced.get(key)
         if log is None or synced is None or name not in _RESYNC_ANSWERS:
@@ -313,7 +313,7 @@ def serve(sock: socket.socket, responder: Responder, capture: Capture | None, ve
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line entry point; runs until SIGTERM/SIGINT, then prints request counts."""
-    parser = argparse.ArgumentParser(prog="python -m tests.kernel.responder", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m harness.responder", description=__doc__.splitlines()[0])
     parser.add_argument("--capture", type=Path, metavar="DIR", help="write every datagram in and out to DIR")
     parser.add_argument("--ready-file", type=Path, help="create this file once the socket listens")
     parser.add_argument("-v", "--verbose", action="store_true", help="one stderr line per request")

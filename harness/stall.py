@@ -14,8 +14,8 @@ Redis and logsvc and count as their stall, which it is not in production,
 where that client runs elsewhere.
 
 Used by ``tests/integration/test_stall.py`` (the bounds) and ``bench.scale``
-(the figures). ``python -m tests.stall probe TARGET OUT`` is the probe,
-``python -m tests.stall heavy TARGET OP UUID [N]`` one heavy request.
+(the figures). ``python -m harness.stall probe TARGET OUT`` is the probe,
+``python -m harness.stall heavy TARGET OP UUID [N]`` one heavy request.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ import grpc
 from dmulog.log_state import read_log_state
 from dmulog.v1 import dmulog_pb2 as pb
 from dmulog.v1 import dmulog_pb2_grpc as pb_grpc
+from harness.log_handle import LogHandle
 
 __all__ = ["BIG_REGIONS", "HEAVY", "MARKS", "PROBE_LOG", "REGION_SECTORS", "Probe", "Stall", "heavy_node", "measure",
            "prepare", "probe"]
@@ -99,14 +100,14 @@ class Probe:
         return rows
 
     def heavy(self, what: str, op: str, uuid: str, count: int = 1) -> Stall:
-        """Run ``python -m tests.stall heavy`` at nice 19 and measure the probe meanwhile.
+        """Run ``python -m harness.stall heavy`` at nice 19 and measure the probe meanwhile.
 
         A probe request that started before the heavy one but was still waiting when
         it began counts too: its latency is what the heavy request made it wait.
         """
         time.sleep(0.2)  # a few quiet samples first, so the window starts on a live probe
         t0 = time.monotonic()
-        run = subprocess.run(["nice", "-n", "19", sys.executable, "-m", "tests.stall", "heavy", self.target, op, uuid,
+        run = subprocess.run(["nice", "-n", "19", sys.executable, "-m", "harness.stall", "heavy", self.target, op, uuid,
                               str(count)], capture_output=True, text=True, timeout=600, check=False)  # fmt: skip
         t1 = time.monotonic()
         if run.returncode != 0:
@@ -133,7 +134,7 @@ def probe(target: str, workdir: Path) -> Iterator[Probe]:
     """Run the probe against the logsvc at ``target`` (it creates its own small log)."""
     out = workdir / "probe.txt"
     out.write_text("")
-    proc = subprocess.Popen([sys.executable, "-m", "tests.stall", "probe", target, str(out)],
+    proc = subprocess.Popen([sys.executable, "-m", "harness.stall", "probe", target, str(out)],
                             stdin=subprocess.DEVNULL)  # fmt: skip
     p = Probe(target, proc, out)
     try:
@@ -154,8 +155,6 @@ def heavy_node(boot: str = "boot-1") -> pb.Node:
 
 async def prepare(target: str) -> None:
     """The logs the heavy requests work on, beyond the ones they create themselves."""
-    from tests.servers import LogHandle
-
     async with grpc.aio.insecure_channel(target) as channel:
         stub = pb_grpc.DirtyLogStub(channel)
         node = heavy_node()
@@ -231,7 +230,7 @@ def main(argv: list[str]) -> int:
     if len(argv) in (4, 5) and argv[0] == "heavy":
         asyncio.run(_heavy(argv[1], argv[2], argv[3], int(argv[4]) if len(argv) == 5 else 1))
         return 0
-    print("usage: python -m tests.stall probe TARGET OUT | heavy TARGET OP UUID [N]", file=sys.stderr)
+    print("usage: python -m harness.stall probe TARGET OUT | heavy TARGET OP UUID [N]", file=sys.stderr)
     return 2
 
 
