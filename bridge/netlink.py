@@ -48,7 +48,7 @@ class Transport(Protocol):
     """What the bridge's read loop needs of the socket the kernel's requests arrive on.
 
     :class:`KernelSocket` is the real one; a test or benchmark may put a
-    socket pair in its place (bench/replay.py:UnixKernelSocket) and run the
+    socket pair in its place (harness/kernel_side.py:PairSocket) and run the
     bridge's production loop on exact kernel datagrams.
     """
 

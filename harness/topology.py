@@ -258,7 +258,13 @@ class Topology:
     # ----------------------------------------------------------------- lifecycle
 
     def __enter__(self) -> Topology:
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            # A logsvc that does not come up must not leave its Redis (or the
+            # replicas started before it) running past the test.
+            self.close()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:

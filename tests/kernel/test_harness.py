@@ -187,3 +187,17 @@ def test_every_guest_of_a_topology_opens_the_disks_shared(tmp_path: Path) -> Non
             for name in DISKS] == drives  # fmt: skip
     assert [f"virtio-blk-pci,drive={name},share-rw=on" for name in DISKS] == devices
     assert ["node-0", "node-1", "node-2"] == [node_name(i) for i in range(3)]
+
+
+def test_a_topology_that_cannot_start_leaves_no_server_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """When logsvc does not come up, entering the topology fails and the Redis it started is gone too."""
+    from harness.topology import TopologyError
+
+    def refuse(self: Topology, replica: int = 0, timeout: float = 30) -> None:
+        raise TopologyError("logsvc exited with 2")
+
+    monkeypatch.setattr(Topology, "start_logsvc", refuse)
+    topo = Topology(tmp_path / "topo")
+    with pytest.raises(TopologyError), topo:
+        pass
+    assert topo.redis.proc is not None and topo.redis.proc.poll() is not None
