@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import struct
 import sys
 import tempfile
 import time
@@ -121,7 +120,7 @@ def replay_blocking(kernel: KernelEnd, trace: Sequence[bytes], mirrors: int, tag
     # Every datagram is built before the clock starts: mirror m's i-th request has seq m*n + i + 1.
     plan = [[frame(rewrite(raw, uuid=f"bench-{m}-{tag}", luid=0xFFFF888000000000 + m * 0x1000, seq=m * n + i + 1))
              for i, raw in enumerate(trace)] for m in range(mirrors)]  # fmt: skip
-    names = [wire.RequestType(struct.unpack_from("=I", raw, 188)[0]).name for raw in trace]
+    names = [wire.decode_request(raw).type_name for raw in trace]
     samples: dict[str, list[float]] = defaultdict(list)
     errors, sent_at = 0, [0.0] * mirrors
     clock = time.perf_counter
