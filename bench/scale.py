@@ -169,11 +169,12 @@ def stall_report(workdir: Path) -> None:
     r = RedisProcess(workdir / "redis").start()
     logsvc = start_logsvc(workdir / "logsvc.log", redis_url=r.url)
     try:
-        stalls = stall.measure(logsvc.target, workdir)
+        stalls = stall.measure(logsvc.target, workdir, r.url)
     finally:
         logsvc.stop()
         r.kill()
-    print("\nheavy requests at 2^28 regions: the worst (and p99) latency of another log's IN_SYNC meanwhile")
+    print("\nheavy requests at 2^28 regions: the worst (and p99) latency of another log's IN_SYNC meanwhile,")
+    print("and the longest single Redis command meanwhile, in units of one plain pass over a 2^28-bit bitmap")
     print(stall.Stall.header())
     for s in stalls.values():
         print(s.line())

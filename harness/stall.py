@@ -8,6 +8,16 @@ over and over through logsvc (a process of its own) and records each
 latency, while a *heavy* process runs one heavy request on another log. The
 stall of the heavy request is the probe's worst latency while it ran.
 
+That latency is wall-clock time on a shared machine: an AOF fsync or a busy
+core can add hundreds of milliseconds to any one sample. So the bound the tests
+hold is measured inside Redis and as a ratio: the longest single command Redis
+ran while the heavy request ran (SLOWLOG records every command's own run time,
+fsync excluded) against the *unit*, the longest of a few plain whole-bitmap
+passes over a 2^28-region bitmap measured the same way in the same run. A
+Function call is allowed about one such pass (lua/dmulog.lua, "Bounded
+work"), so its ratio stays near 1; before bulk work was cut into steps, a CTR
+of 2^28 regions was one call of about 50 units.
+
 The heavy process runs at nice 19: on a machine of two cores its own work
 (building and parsing requests of tens of MiB) would otherwise take CPU from
 Redis and logsvc and count as their stall, which it is not in production,
@@ -31,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import redis
 
 from dmulog.log_state import read_log_state
 from dmulog.v1 import dmulog_pb2 as pb
@@ -38,7 +49,7 @@ from dmulog.v1 import dmulog_pb2_grpc as pb_grpc
 from harness.log_handle import LogHandle
 
 __all__ = ["BIG_REGIONS", "HEAVY", "MARKS", "PROBE_LOG", "REGION_SECTORS", "Probe", "Stall", "heavy_node", "measure",
-           "prepare", "probe"]
+           "prepare", "probe", "unit_pass"]
 
 PROBE_LOG = "stall-probe"
 """UUID of the small log the probe asks about (created by the probe)."""
@@ -71,25 +82,75 @@ class Stall:
     worst: float  # the probe's worst latency in that time
     p99: float
     samples: int  # probe requests answered in that time
+    longest_call: float  # the longest single command Redis ran meanwhile (its SLOWLOG)
+    unit: float  # the longest plain whole-bitmap pass of the same run (see unit_pass)
+
+    @property
+    def ratio(self) -> float:
+        """``longest_call`` in units."""
+        return self.longest_call / self.unit
 
     def line(self) -> str:
         """One row of a report."""
         return (f"{self.what:<48} {self.seconds * 1e3:>9.0f} ms {self.worst * 1e3:>8.1f} ms "
-                f"{self.p99 * 1e3:>8.1f} ms {self.samples:>7}")  # fmt: skip
+                f"{self.p99 * 1e3:>8.1f} ms {self.samples:>7} {self.longest_call * 1e3:>8.1f} ms "
+                f"{self.ratio:>6.2f}")  # fmt: skip
 
     @staticmethod
     def header() -> str:
         """Column titles of :meth:`line`."""
-        return f"{'heavy request':<48} {'it took':>12} {'worst':>11} {'p99':>11} {'probes':>7}"
+        return (f"{'heavy request':<48} {'it took':>12} {'worst':>11} {'p99':>11} {'probes':>7} "
+                f"{'longest call':>11} {'units':>6}")  # fmt: skip
+
+
+class Slowlog:
+    """Every command's own run time in one Redis, read from its SLOWLOG."""
+
+    def __init__(self, url: str):
+        self._redis = redis.Redis.from_url(url)
+        self._redis.config_set("slowlog-log-slower-than", 0)
+        self._redis.config_set("slowlog-max-len", 1_000_000)
+
+    def reset(self) -> None:
+        """Forget what ran so far."""
+        self._redis.slowlog_reset()
+
+    def longest(self) -> float:
+        """Seconds of the longest command since :meth:`reset` (SLOWLOG's own commands aside)."""
+        entries = self._redis.slowlog_get(-1)
+        return max((e["duration"] for e in entries if not bytes(e["command"]).upper().startswith(b"SLOWLOG")),
+                   default=0) / 1e6  # fmt: skip
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._redis.close()
+
+
+def unit_pass(slowlog: Slowlog, reps: int = 3) -> float:
+    """The longest of ``reps`` plain passes over a fresh bitmap of BIG_REGIONS bits: the unit of a bounded call.
+
+    Each pass is what a bulk step does at most once: allocate a zeroed bitmap
+    (SETBIT at its last bit) and invert it (BITOP NOT).
+    """
+    r, key, worst = slowlog._redis, "stall-unit", 0.0
+    for _ in range(reps):
+        slowlog.reset()
+        r.setbit(key, BIG_REGIONS - 1, 0)
+        r.bitop("NOT", key, key)
+        worst = max(worst, slowlog.longest())
+        r.delete(key)
+    return worst
 
 
 class Probe:
     """A running probe process."""
 
-    def __init__(self, target: str, proc: subprocess.Popen[bytes], out: Path):
+    def __init__(self, target: str, proc: subprocess.Popen[bytes], out: Path, slowlog: Slowlog):
         self.target = target
         self._proc = proc
         self._out = out
+        self._slowlog = slowlog
+        self.unit = unit_pass(slowlog)
 
     def _samples(self) -> list[tuple[float, float]]:
         rows = []
@@ -106,17 +167,20 @@ class Probe:
         it began counts too: its latency is what the heavy request made it wait.
         """
         time.sleep(0.2)  # a few quiet samples first, so the window starts on a live probe
+        self._slowlog.reset()
         t0 = time.monotonic()
         run = subprocess.run(["nice", "-n", "19", sys.executable, "-m", "harness.stall", "heavy", self.target, op, uuid,
                               str(count)], capture_output=True, text=True, timeout=600, check=False)  # fmt: skip
         t1 = time.monotonic()
+        longest = self._slowlog.longest()
         if run.returncode != 0:
             raise RuntimeError(f"heavy {op} {uuid} failed ({run.returncode}): {run.stderr[-2000:]}")
         time.sleep(0.3)  # the probe request caught behind the end of the heavy one lands
         seen = sorted(d for s, d in self._samples() if s + d >= t0 and s <= t1)
         if not seen:
             raise RuntimeError(f"the probe answered nothing while {what} ran; see {self._out}")
-        return Stall(what, t1 - t0, seen[-1], seen[min(len(seen) - 1, int(len(seen) * 0.99))], len(seen))
+        p99 = seen[min(len(seen) - 1, int(len(seen) * 0.99))]
+        return Stall(what, t1 - t0, seen[-1], p99, len(seen), longest, self.unit)
 
     def stop(self) -> None:
         """End the probe process."""
@@ -130,13 +194,14 @@ class Probe:
 
 
 @contextlib.contextmanager
-def probe(target: str, workdir: Path) -> Iterator[Probe]:
-    """Run the probe against the logsvc at ``target`` (it creates its own small log)."""
+def probe(target: str, workdir: Path, redis_url: str) -> Iterator[Probe]:
+    """Run the probe against the logsvc at ``target`` (it creates its own small log), on the Redis at ``redis_url``."""
     out = workdir / "probe.txt"
     out.write_text("")
     proc = subprocess.Popen([sys.executable, "-m", "harness.stall", "probe", target, str(out)],
                             stdin=subprocess.DEVNULL)  # fmt: skip
-    p = Probe(target, proc, out)
+    slowlog = Slowlog(redis_url)
+    p = Probe(target, proc, out, slowlog)
     try:
         deadline = time.monotonic() + 60
         while out.read_text().count("\n") < 20:
@@ -146,6 +211,7 @@ def probe(target: str, workdir: Path) -> Iterator[Probe]:
         yield p
     finally:
         p.stop()
+        slowlog.close()
 
 
 def heavy_node(boot: str = "boot-1") -> pb.Node:
@@ -174,10 +240,10 @@ async def prepare(target: str) -> None:
         await half.other(luid=1).ctr(BIG_REGIONS * REGION_SECTORS, "dmulog", str(REGION_SECTORS))
 
 
-def measure(target: str, workdir: Path) -> dict[str, Stall]:
-    """Prepare, start the probe, run every HEAVY request once with the probe watching."""
+def measure(target: str, workdir: Path, redis_url: str) -> dict[str, Stall]:
+    """Prepare, start the probe, run every HEAVY request once with the probe (and Redis's SLOWLOG) watching."""
     asyncio.run(prepare(target))
-    with probe(target, workdir) as p:
+    with probe(target, workdir, redis_url) as p:
         return {key: p.heavy(what, op, uuid, count) for key, (what, op, uuid, count) in HEAVY.items()}
 
 

@@ -3,10 +3,14 @@
 A real redis-server (AOF, appendfsync always) and a real ``dmulog logsvc`` process;
 a probe process asks IN_SYNC of a small log through that logsvc every few
 milliseconds while another process makes one heavy request on a 2^28-region log
-(harness/stall.py). Each test bounds the probe's worst latency meanwhile: what every
-other mirror would have waited for. Before bulk work was cut into bounded Function
-calls, a CTR of 2^28 regions stalled the probe for about a second and a reap of
-262,144 marks for 1.7 s; eight GetLogStates of such a log for 4 s.
+(harness/stall.py). What every other mirror waits for is the longest single
+command Redis runs meanwhile; each test bounds it in units of one plain pass over a
+2^28-bit bitmap measured in the same run (both from Redis's SLOWLOG, so neither an
+fsync nor a busy core of this machine counts). Before bulk work was cut into bounded
+Function calls, a CTR of 2^28 regions was one call of about 50 units (the probe
+waited about a second), a reap of 262,144 marks 1.7 s, eight GetLogStates 4 s. The
+probe's own latencies are printed with each run, not asserted: they are wall-clock
+time on a shared machine.
 """
 
 from __future__ import annotations
@@ -23,8 +27,10 @@ from harness.log_handle import LogHandle
 from harness.servers import RedisProcess, start_logsvc
 from harness.stall import HEAVY, REGION_SECTORS, Stall, measure
 
-BOUND = 0.100
-"""Worst latency another log may see during any one heavy request (seconds)."""
+UNITS = 3.0
+"""The longest command any heavy request may make Redis run, in unit passes (a step is about one)."""
+SLACK = 0.002
+"""Seconds added to the bound: a command of the size of nothing still takes a few µs."""
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +40,7 @@ def stalls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Stall
     redis = RedisProcess(workdir / "redis").start()
     logsvc = start_logsvc(workdir / "logsvc.log", redis_url=redis.url)
     try:
-        results = measure(logsvc.target, workdir)
+        results = measure(logsvc.target, workdir, redis.url)
         print("\n" + Stall.header() + "\n" + "\n".join(s.line() for s in results.values()))
         yield results
     finally:
@@ -44,9 +50,9 @@ def stalls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Stall
 
 @pytest.mark.parametrize("what", list(HEAVY))
 def test_a_heavy_request_never_stalls_another_log(stalls: dict[str, Stall], what: str) -> None:
-    """While one heavy request of a 2^28-region log runs, no request of another log waits 100 ms or more."""
+    """While one heavy request of a 2^28-region log runs, Redis never runs one command longer than 3 unit passes."""
     stall = stalls[what]
-    assert stall.worst < BOUND, stall.line()
+    assert stall.longest_call <= UNITS * stall.unit + SLACK, Stall.header() + "\n" + stall.line()
 
 
 async def test_get_log_state_of_a_huge_log_points_to_read_log_state(stub: pb_grpc.DirtyLogStub, uuid: str) -> None:
