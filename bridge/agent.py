@@ -41,6 +41,8 @@ from bridge.answer import Answerer
 from bridge.client import ClientConfig, LogsvcClient
 from bridge.journal import Journal, Replayed
 from bridge.latch import InSyncLatches
+from bridge.lease import LeaseKeeper, LogWatcher
+from bridge.mirrors import Mirrors
 from bridge.netlink import Transport
 from bridge.startup import stop_on_signals, take_kernel_socket, wait_for_turn
 from dmulog.logs import bind, event, unbind
@@ -80,10 +82,12 @@ class Bridge:
         *,
         send_nowait: Callable[[bytes], bool] | None = None,
         latches: InSyncLatches | None = None,
+        lease_ready: asyncio.Event | None = None,
     ):
         self._kernel_timeout = kernel_timeout
         self._send = send
-        self._answerer = Answerer(client, node, latches if latches is not None else InSyncLatches(), send_nowait)
+        self._answerer = Answerer(client, node, latches if latches is not None else InSyncLatches(), send_nowait,
+                                  lease_ready=lease_ready)  # fmt: skip
         self.journal = journal or Journal(None)
         self.tasks: set[asyncio.Task[None]] = set()
         self._replayed = Replayed(kernel_timeout)
@@ -263,19 +267,23 @@ async def run(config: BridgeConfig) -> None:
     sock = claimed.sock
     node = pb.Node(name=host.node_name(config.node), boot_id=host.boot_id())
     client = LogsvcClient(config.logsvc, ClientConfig(config.attempt_timeout, config.budget))
+    keeper = LeaseKeeper(client.stub, node)
     bridge = Bridge(client, node, sock.send, journal=_journal(config.journal_dir), send_nowait=sock.send_nowait,
-                    latches=InSyncLatches(config.latch_ttl))  # fmt: skip
+                    latches=InSyncLatches(config.latch_ttl), lease_ready=keeper.ready)  # fmt: skip
     client.warm()
+    helpers: list[asyncio.Future[None]] = []
+    stop = asyncio.Event()
     try:
         if not await wait_for_turn():
             return
+        stop_on_signals(stop, bridge.log_counts)
+        watcher = LogWatcher(client.stub, bridge.latches, Mirrors())
+        helpers.append(asyncio.ensure_future(keeper.keep(stop, watcher)))
         event(log, logging.INFO, "bridge_listening", netlink="NETLINK_CONNECTOR", group=wire.CN_IDX_DM,
               connector=f"{wire.CN_IDX_DM}:{wire.CN_VAL_DM_USERSPACE_LOG}", port_id=sock.port_id,
               inherited=claimed.inherited, journal=str(config.journal_dir or ""),
               logsvc=config.logsvc, transport=client.transport,
-              node=node.name, boot_id=node.boot_id)  # fmt: skip
-        stop = asyncio.Event()
-        stop_on_signals(stop, bridge.log_counts)
+              node=node.name, boot_id=node.boot_id, epoch=node.epoch, lease_ttl=keeper.ttl)  # fmt: skip
         await bridge.replay_journal()
         await bridge.serve(sock, stop)
         if sock.owned:
@@ -285,6 +293,8 @@ async def run(config: BridgeConfig) -> None:
         if bridge.tasks:
             await asyncio.wait(bridge.tasks, timeout=config.grace)
     finally:
+        stop.set()
+        await asyncio.gather(*helpers, return_exceptions=True)
         claimed.release()
         await client.close()
         bridge.journal.close()

@@ -22,6 +22,7 @@ a second reply).
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
 from collections.abc import Callable, Mapping
@@ -31,6 +32,7 @@ from typing import Final
 from bridge import wire
 from bridge.client import CallFailed, LogsvcClient
 from bridge.dispatch import DECODERS, ROUTES, Decode
+from bridge.errors import UNREACHABLE_ERRNO
 from bridge.latch import InSyncLatches
 from dmulog.logs import event
 from dmulog.requests import REQUESTS, AnswerHere
@@ -57,11 +59,13 @@ class Answerer:
     """Answers decoded requests through a logsvc client; answers the few that need no call itself."""
 
     def __init__(self, client: LogsvcClient, node: pb.Node, latches: InSyncLatches,
-                 send_nowait: Callable[[bytes], bool] | None = None):  # fmt: skip
+                 send_nowait: Callable[[bytes], bool] | None = None, *,
+                 lease_ready: asyncio.Event | None = None):  # fmt: skip
         self._client = client
         self._node = node
         self.latches = latches
         self._send_nowait = send_nowait
+        self._lease_ready = lease_ready
 
     def answer_here(self, datagram: bytes) -> str | None:
         """Answer ``datagram`` without logsvc if its row allows it now; the request type's name if it did.
@@ -100,6 +104,15 @@ class Answerer:
         if route is None:
             event(log, logging.WARNING, "request_unknown_type", request_type=req.request_type)
             return wire.error_reply(req, errno.EINVAL)
+        if self._lease_ready is not None and not self._lease_ready.is_set():
+            # The node's epoch goes into the request: wait for the lease as for
+            # logsvc itself, and fail the same way when it does not come.
+            try:
+                await asyncio.wait_for(self._lease_ready.wait(), self._client.budget)
+            except TimeoutError:
+                code = errno.EAGAIN if route.critical else UNREACHABLE_ERRNO
+                event(log, logging.WARNING, "request_without_lease", errno=errno.errorcode.get(code, code))
+                return wire.error_reply(req, code)
         try:
             message = route.build(req, pb.LogRef(uuid=req.uuid, luid=req.luid), self._node)
         except wire.WireError as e:

@@ -213,6 +213,16 @@ class LogsvcClient:
         self._ids = itertools.count(1)
 
     @property
+    def budget(self) -> float:
+        """Seconds a request is retried for before it fails."""
+        return self._config.budget
+
+    @property
+    def stub(self) -> pb_grpc.DirtyLogStub:
+        """The channel's stub, for the calls that are not kernel requests (leases, events)."""
+        return self._stub
+
+    @property
     def transport(self) -> str:
         """``stream`` or ``unary``: what requests travel over now."""
         return "stream" if self._use_stream else "unary"

@@ -15,8 +15,17 @@ until that instance is suspended, resumed, constructed again or destroyed.
 Those are requests of this node's kernel about this instance, and they all
 pass through this bridge. So when logsvc says an instance is latched
 (``InSyncResponse.latched``) the bridge may answer its IN_SYNCs itself until
-it forwards one of those requests, with no invalidation to wait for from
-anyone else.
+it forwards one of those requests.
+
+One thing from elsewhere ends a latch too: another node's incarnation
+expiring (its lease ran out, logsvc/leases.py). Its marked regions turn out of
+sync, and this node must stop reading them from every leg. logsvc announces
+each such log on the WatchLogs stream (bridge/lease.py watches it) and the
+latches of that log are forgotten (:meth:`InSyncLatches.forget_log`). With
+leases on, a latch is trusted only while that stream is open and said READY
+before the IN_SYNC that taught it was asked (:meth:`InSyncLatches.watching`);
+when the stream breaks every latch is forgotten and none is learnt until it
+is READY again. The bound this gives is in docs/multi-node.md.
 
 Races, all closed by one rule: an answer only sets the latch if nothing that
 could end it was in flight or started while it was asked. Each instance has
@@ -83,6 +92,33 @@ class InSyncLatches:
         self._clock = clock
         self._instances: dict[Key, _Instance] = {}
         self._generations = itertools.count(1)
+        # Whether latches may be learnt: always without leases; with them, only
+        # while the event stream is READY (watching).
+        self._trusted = True
+
+    def require_watch(self) -> None:
+        """Leases are on: from now on a latch is learnt only while :meth:`watching` says the stream is READY."""
+        self.watching(False)
+
+    def watching(self, ready: bool) -> None:
+        """The event stream became READY (True) or broke (False: every latch is forgotten)."""
+        if not ready:
+            for key in list(self._instances):
+                self._forget(key)
+        self._trusted = ready
+
+    def forget_log(self, uuid: str) -> int:
+        """Another node's incarnation expired in log ``uuid``: its latches end now; how many there were."""
+        keys = [key for key in self._instances if key[0] == uuid]
+        for key in keys:
+            self._forget(key)
+        return len(keys)
+
+    def _forget(self, key: Key) -> None:
+        # A new generation: an IN_SYNC in flight now teaches nothing when it returns.
+        inst = self._instances[key]
+        inst.generation = next(self._generations)
+        inst.until = 0.0
 
     def __len__(self) -> int:
         return len(self._instances)
@@ -90,11 +126,11 @@ class InSyncLatches:
     def latched(self, key: Key) -> bool:
         """Whether an IN_SYNC of ``key`` arriving now may be answered 1 here."""
         inst = self._instances.get(key)
-        return inst is not None and inst.until > self._clock()
+        return self._trusted and inst is not None and inst.until > self._clock()
 
     def asking(self, key: Key) -> int:
         """An IN_SYNC of ``key`` goes to logsvc: the ticket to hand to :meth:`answered`."""
-        if self.ttl <= 0:
+        if self.ttl <= 0 or not self._trusted:
             return 0
         inst = self._instances.get(key)
         if inst is None:

@@ -44,6 +44,7 @@ from bridge.agent import KERNEL_TIMEOUT, Bridge
 from bridge.client import ClientConfig, LogsvcClient
 from bridge.journal import Journal
 from bridge.latch import InSyncLatches
+from bridge.lease import LeaseKeeper, LogWatcher
 from bridge.netlink import MAX_DATAGRAM, Transport
 from dmulog.v1 import dmulog_pb2 as pb
 
@@ -284,17 +285,26 @@ class KernelStandIn(AsyncKernelEnd):
 
     def __init__(self, logsvc: str, *, budget: float = 9.0, attempt_timeout: float = 3.0,
                  kernel_timeout: float = KERNEL_TIMEOUT, journal: Journal | None = None,
-                 latches: InSyncLatches | None = None, node: pb.Node | None = None):  # fmt: skip
+                 latches: InSyncLatches | None = None, node: pb.Node | None = None, leased: bool = False,
+                 watcher: type[LogWatcher] = LogWatcher):  # fmt: skip
         kernel, self.socket = socket_pair()
         super().__init__(kernel)
         self.client = LogsvcClient(logsvc, ClientConfig(attempt_timeout=attempt_timeout, budget=budget))
-        self.bridge = Bridge(self.client, node or pb.Node(name="node-a", boot_id="boot-1"), self.socket.send,
-                             kernel_timeout, journal, send_nowait=self.socket.send_nowait,
-                             latches=latches)  # fmt: skip
+        node = node or pb.Node(name="node-a", boot_id="boot-1")
+        #: With ``leased``, the bridge holds a lease and watches log events, as ``dmulog bridge`` does.
+        self.keeper = LeaseKeeper(self.client.stub, node) if leased else None
+        self.bridge = Bridge(self.client, node, self.socket.send, kernel_timeout, journal,
+                             send_nowait=self.socket.send_nowait, latches=latches,
+                             lease_ready=self.keeper.ready if self.keeper else None)  # fmt: skip
+        self.watcher = watcher(self.client.stub, self.bridge.latches) if leased else None
         self.replayed = 0
         self._serving: contextlib.AbstractAsyncContextManager[int] | None = None
+        self._stop = asyncio.Event()
+        self._keeping: asyncio.Future[None] | None = None
 
     async def __aenter__(self) -> KernelStandIn:
+        if self.keeper is not None:
+            self._keeping = asyncio.ensure_future(self.keeper.keep(self._stop, self.watcher))
         self.start()
         self._serving = serving(self.bridge, self.socket)
         try:
@@ -310,6 +320,9 @@ class KernelStandIn(AsyncKernelEnd):
             if self._serving is not None:
                 await self._serving.__aexit__(None, None, None)
         finally:
+            self._stop.set()
+            if self._keeping is not None:
+                await self._keeping
             await self.client.close()
             self.bridge.journal.close()
             self.close()

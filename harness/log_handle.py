@@ -8,6 +8,9 @@ compare.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 from dmulog.v1 import dmulog_pb2 as pb
@@ -20,15 +23,46 @@ class LogHandle:
     """One table instance, driven through the real gRPC API."""
 
     def __init__(self, stub: pb_grpc.DirtyLogStub, uuid: str, luid: int = 0xFFFF8880_0000_1000,
-                 node: str = "node-a", boot: str = "boot-1"):  # fmt: skip
+                 node: str = "node-a", boot: str = "boot-1", epoch: int = 0):  # fmt: skip
         self.stub = stub
         self.log = pb.LogRef(uuid=uuid, luid=luid)
-        self.node = pb.Node(name=node, boot_id=boot)
+        self.node = pb.Node(name=node, boot_id=boot, epoch=epoch)
 
-    def other(self, *, luid: int | None = None, node: str | None = None, boot: str | None = None) -> LogHandle:
-        """Another instance of the same log."""
+    def other(self, *, luid: int | None = None, node: str | None = None, boot: str | None = None,
+              epoch: int | None = None) -> LogHandle:  # fmt: skip
+        """Another instance of the same log (the same epoch unless given, or another node's: 0)."""
+        if epoch is None:
+            epoch = self.node.epoch if (node or self.node.name) == self.node.name else 0
         return LogHandle(self.stub, self.log.uuid, self.log.luid if luid is None else luid,
-                         node or self.node.name, boot or self.node.boot_id)  # fmt: skip
+                         node or self.node.name, boot or self.node.boot_id, epoch)  # fmt: skip
+
+    async def acquire_lease(self) -> int:
+        """AcquireLease for this handle's node and boot; the handle takes the epoch, which is returned."""
+        got = await self.stub.AcquireLease(pb.AcquireLeaseRequest(node=self.node))
+        self.node.epoch = got.epoch
+        return int(got.epoch)
+
+    async def renew_lease(self) -> int:
+        """RenewLease of this handle's incarnation; its time to live in ms."""
+        return int((await self.stub.RenewLease(pb.RenewLeaseRequest(node=self.node))).ttl_ms)
+
+    @contextlib.asynccontextmanager
+    async def alive(self, period: float) -> AsyncIterator[None]:
+        """The node renews its lease every ``period`` seconds during the block, then dies (renews no more)."""
+        stop = asyncio.Event()
+
+        async def renew() -> None:
+            while not stop.is_set():
+                await self.renew_lease()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), period)
+
+        renewing = asyncio.ensure_future(renew())
+        try:
+            yield
+        finally:
+            stop.set()
+            await renewing
 
     def _k(self) -> dict[str, Any]:
         return {"log": self.log, "node": self.node}

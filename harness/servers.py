@@ -8,6 +8,7 @@ here talks to anything but this machine.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import shutil
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from logsvc.leases import DEFAULT_TTL, Reaper
 from logsvc.server import build_server
 from logsvc.store import Store
 
@@ -218,8 +220,9 @@ class LogsvcProcess(ServiceProcess):
 
 
 def start_logsvc(log: Path, *, listen: str | None = None, redis_url: str | None = None,
-                 state_dir: Path | None = None, wait: bool = True, timeout: float = 30.0) -> LogsvcProcess:  # fmt: skip
-    """Start ``dmulog logsvc`` on ``redis_url``, or on a redis-server of its own in ``state_dir``.
+                 state_dir: Path | None = None, wait: bool = True, timeout: float = 30.0,
+                 extra: Sequence[str] = ()) -> LogsvcProcess:  # fmt: skip
+    """Start ``dmulog logsvc`` on ``redis_url``, or on a redis-server of its own in ``state_dir``, with ``extra`` flags.
 
     ``listen`` is ``unix:PATH`` (by default the log's path with ``.sock`` for
     ``.log``) or ``127.0.0.1:PORT``, where port 0 is a free one. With ``wait``
@@ -235,7 +238,7 @@ def start_logsvc(log: Path, *, listen: str | None = None, redis_url: str | None 
     listen = listen or f"unix:{log.with_suffix('.sock')}"
     store = ["--redis", redis_url] if redis_url is not None else ["--state-dir", str(state_dir)]
     before = len(log_events(log, "logsvc_listening"))
-    svc = LogsvcProcess(_dmulog(log, ["logsvc", "--listen", listen, *store]), log, listen)
+    svc = LogsvcProcess(_dmulog(log, ["logsvc", "--listen", listen, *store, *extra]), log, listen)
     if wait:
         try:
             svc.wait_for("logsvc_listening", before + 1, timeout)
@@ -256,14 +259,20 @@ def start_bridge(log: Path, logsvc: str, *args: str, new_session: bool = False) 
 
 
 @contextlib.asynccontextmanager
-async def logsvc_server(redis_url: str, listen: str = "127.0.0.1:0", prefix: str = "dmulog") -> AsyncIterator[str]:
-    """A real logsvc gRPC server in this process on a free port; yields its target address."""
+async def logsvc_server(redis_url: str, listen: str = "127.0.0.1:0", prefix: str = "dmulog", *,
+                        lease_ttl: float = DEFAULT_TTL, reaper_interval: float | None = None) -> AsyncIterator[str]:
+    """A real logsvc gRPC server in this process on a free port, with its reaper; yields its target address."""
     store = Store.from_url(redis_url, prefix=prefix)
     await store.load_library()
-    server, port, _health, _service = await build_server(store, listen)
+    server, port, _health, service = await build_server(store, listen, lease_ttl=lease_ttl)
     await server.start()
+    stop = asyncio.Event()
+    reaper = asyncio.ensure_future(Reaper(service.leases, interval=reaper_interval).run(stop))
     try:
         yield listen if listen.startswith("unix:") else f"127.0.0.1:{port}"
     finally:
+        stop.set()
+        await reaper
+        await service.feed.close()
         await server.stop(0)
         await store.close()

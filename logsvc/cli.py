@@ -28,6 +28,8 @@ def _add(p: argparse.ArgumentParser, option: Option) -> None:
     option("--key-prefix", "dmulog", "prefix of every Redis key")
     option("--redis-connections", "64", "Redis connections, so commands in flight, of this process; more requests "
            "wait for one", type=int)  # fmt: skip
+    option("--lease-ttl", "10", "seconds a node's lease lasts unless its bridge renews it; when it expires, the "
+           "node's marked regions are resynced by the others; 0 turns leases off", type=float)  # fmt: skip
 
 
 def _run(args: argparse.Namespace, argv: Sequence[str], out: TextIO) -> ExitStatus:
@@ -36,7 +38,8 @@ def _run(args: argparse.Namespace, argv: Sequence[str], out: TextIO) -> ExitStat
     from logsvc.server import LogsvcConfig, serve
 
     config = LogsvcConfig(listen=args.listen, redis_url=args.redis, state_dir=Path(args.state_dir),
-                          redis_connections=args.redis_connections, key_prefix=args.key_prefix)  # fmt: skip
+                          redis_connections=args.redis_connections, key_prefix=args.key_prefix,
+                          lease_ttl=args.lease_ttl)  # fmt: skip
     try:
         asyncio.run(serve(config))
     except RedisNotInstalled as e:

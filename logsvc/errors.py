@@ -20,6 +20,7 @@ __all__ = [
     "InvalidArgument",
     "LogError",
     "NotFound",
+    "Overtaken",
     "PendingWork",
     "StoreUnavailable",
     "TooLarge",
@@ -75,6 +76,10 @@ class Unreadable(LogError):
     """The log's stored state does not parse (e.g. written by an older version); nothing was changed."""
 
 
+class Overtaken(LogError):
+    """A stream's watcher fell behind (or its source was lost) and was ended: watch again."""
+
+
 WORD_TO_ERROR: dict[str, type[LogError]] = {
     "EINVAL": InvalidArgument,
     "ENOENT": NotFound,
@@ -94,6 +99,7 @@ STATUS_OF: dict[type[LogError], grpc.StatusCode] = {
     PendingWork: grpc.StatusCode.UNAVAILABLE,
     TooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Unreadable: grpc.StatusCode.DATA_LOSS,
+    Overtaken: grpc.StatusCode.UNAVAILABLE,
 }
 
 

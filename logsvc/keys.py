@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-__all__ = ["LogKeys", "hash_tag", "log_key_pattern", "log_keys", "uuid_from_log_key"]
+__all__ = ["LeaseKeys", "LogKeys", "events_key", "hash_tag", "lease_keys", "lease_logs_key", "log_key_pattern",
+           "log_keys", "uuid_from_log_key"]
 
 DEFAULT_PREFIX = "dmulog"
 
@@ -26,6 +27,36 @@ class LogKeys(NamedTuple):
     prio: str
     nodemarks: str
     scratch: str
+
+
+class LeaseKeys(NamedTuple):
+    """The keys of the lease table, in the order lua/leases.lua expects them (its header says what each holds)."""
+
+    nodes: str
+    expiry: str
+    pending: str
+    counter: str
+
+
+LEASES_TAG = "{leases}"
+"""The one hash tag of the lease table and the event stream, so they live in one Cluster slot. A log
+named ``leases`` shares that slot, not a key: a log's keys end in its LogKeys names."""
+
+
+def lease_keys(prefix: str = DEFAULT_PREFIX) -> LeaseKeys:
+    """The keys of the lease table."""
+    base = f"{prefix}:{LEASES_TAG}:lease:"
+    return LeaseKeys(*(base + name for name in LeaseKeys._fields))
+
+
+def lease_logs_key(node: str, prefix: str = DEFAULT_PREFIX) -> str:
+    """The set of logs the node has joined (node names are [A-Za-z0-9._-]: no escaping needed)."""
+    return f"{prefix}:{LEASES_TAG}:lease:logs:{node}"
+
+
+def events_key(prefix: str = DEFAULT_PREFIX) -> str:
+    """The stream of log events WatchLogs serves."""
+    return f"{prefix}:{LEASES_TAG}:events"
 
 
 def hash_tag(uuid: str) -> str:

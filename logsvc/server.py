@@ -18,7 +18,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from dmulog.logs import event
 from dmulog.v1 import dmulog_pb2_grpc as pb_grpc
 from logsvc.embedded_redis import EmbeddedRedis
+from logsvc.events import EventFeed
 from logsvc.interceptor import RequestInterceptor
+from logsvc.leases import DEFAULT_TTL, Leases, Reaper
 from logsvc.service import DirtyLogService
 from logsvc.store import MAX_CONNECTIONS, Store
 
@@ -39,12 +41,13 @@ class LogsvcConfig:
     key_prefix: str = "dmulog"
     grace: float = 5.0
     redis_connections: int = MAX_CONNECTIONS
+    lease_ttl: float = DEFAULT_TTL
 
 
 async def build_server(
-    store: Store, listen: str
+    store: Store, listen: str, *, lease_ttl: float = DEFAULT_TTL
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer, DirtyLogService]:
-    """A ready-to-start server on ``listen`` (``host:port`` or ``unix:/path``)."""
+    """A ready-to-start server on ``listen`` (``host:port`` or ``unix:/path``); its reaper is not running."""
     server = grpc.aio.server(
         interceptors=[RequestInterceptor()],
         options=[
@@ -53,7 +56,7 @@ async def build_server(
             ("grpc.max_receive_message_length", 4 * 1024 * 1024),
         ],
     )
-    service = DirtyLogService(store)
+    service = DirtyLogService(store, Leases(store, lease_ttl), EventFeed(store))
     pb_grpc.add_DirtyLogServicer_to_server(service, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -97,11 +100,13 @@ async def serve(config: LogsvcConfig) -> None:
     try:
         await store.load_library()
         await _check_durability(store)
-        server, port, health_servicer, service = await build_server(store, config.listen)
+        server, port, health_servicer, service = await build_server(store, config.listen,
+                                                                    lease_ttl=config.lease_ttl)  # fmt: skip
         await server.start()
         event(log, logging.INFO, "logsvc_listening", listen=config.listen, port=port, redis=url,
-              embedded_redis=embedded is not None)  # fmt: skip
+              embedded_redis=embedded is not None, lease_ttl=config.lease_ttl)  # fmt: skip
         stop = asyncio.Event()
+        reaper = asyncio.ensure_future(Reaper(service.leases).run(stop))
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
@@ -111,7 +116,9 @@ async def serve(config: LogsvcConfig) -> None:
         # Streams never end on their own: ask them to, so that stop() sees
         # them finish within the grace period instead of cancelling them.
         service.drain()
+        await service.feed.close()
         await server.stop(config.grace)
+        await reaper
     finally:
         await store.close()
         if embedded:

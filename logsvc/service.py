@@ -20,12 +20,14 @@ from dmulog.requests import REQUESTS
 from dmulog.v1 import dmulog_pb2 as pb
 from dmulog.v1 import dmulog_pb2_grpc as pb_grpc
 from logsvc import validate
+from logsvc.events import EventFeed
 from logsvc.exchange import Exchanges
+from logsvc.leases import LeaseRecord, Leases
 from logsvc.logtypes import LogSpec, log_device, parse_log_args, status_info, status_table
 from logsvc.snapshot import log_state, log_summary, region_marks
 from logsvc.store import Store
 
-__all__ = ["DirtyLogService", "ctr_fields"]
+__all__ = ["DirtyLogService", "ctr_fields", "node_lease"]
 
 Ctx: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
@@ -38,9 +40,21 @@ _FUNCTION_OF: Final[dict[type, tuple[str, bool]]] = {
 class DirtyLogService(pb_grpc.DirtyLogServicer):
     """gRPC face of the Store; holds no state of its own."""
 
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, leases: Leases | None = None, feed: EventFeed | None = None):
         self._store = store
+        self._leases = leases or Leases(store)
+        self._feed = feed or EventFeed(store)
         self._exchanges = Exchanges(self)
+
+    @property
+    def leases(self) -> Leases:
+        """The lease table (the server's reaper shares it)."""
+        return self._leases
+
+    @property
+    def feed(self) -> EventFeed:
+        """The event feed WatchLogs serves."""
+        return self._feed
 
     @property
     def open_streams(self) -> int:
@@ -64,9 +78,11 @@ class DirtyLogService(pb_grpc.DirtyLogServicer):
         return parse_log_args(int(inst["target_sectors"]), log_type, args), inst.get("device", "")
 
     async def Ctr(self, request: pb.CtrRequest, context: Ctx) -> pb.CtrResponse:
-        validate.caller(request)
+        node, boot, _, epoch = validate.caller(request)
         s = parse_log_args(request.target_sectors, request.log_type, list(request.args))
         spec = ctr_fields(s, log_device(s, request.block_devices), request.log.uuid)
+        # Joined before constructed: the reaper of this incarnation then finds the log (logsvc/leases.py).
+        await self._leases.join(node, boot, epoch, request.log.uuid)
         device = await self._op(request, json.dumps(spec))
         return pb.CtrResponse(device=device.decode() if isinstance(device, bytes) else "")
 
@@ -145,6 +161,23 @@ class DirtyLogService(pb_grpc.DirtyLogServicer):
     async def GetLogState(self, request: pb.GetLogStateRequest, context: Ctx) -> pb.GetLogStateResponse:
         return log_state(request.uuid, await self._store.state(validate.uuid(request.uuid)))
 
+    async def AcquireLease(self, request: pb.AcquireLeaseRequest, context: Ctx) -> pb.AcquireLeaseResponse:
+        node = validate.node(request.node)
+        lease = await self._leases.acquire(node.name, node.boot_id)
+        return pb.AcquireLeaseResponse(epoch=lease.epoch, ttl_ms=lease.ttl_ms)
+
+    async def RenewLease(self, request: pb.RenewLeaseRequest, context: Ctx) -> pb.RenewLeaseResponse:
+        node = validate.node(request.node, with_epoch=self._leases.enabled)
+        lease = await self._leases.renew(node.name, node.boot_id, node.epoch)
+        return pb.RenewLeaseResponse(epoch=lease.epoch, ttl_ms=lease.ttl_ms)
+
+    async def WatchLogs(self, request: pb.WatchLogsRequest, context: Ctx) -> AsyncIterator[pb.WatchLogsResponse]:
+        async for item in self._feed.watch():
+            yield item
+
+    async def ListNodes(self, request: pb.ListNodesRequest, context: Ctx) -> pb.ListNodesResponse:
+        return pb.ListNodesResponse(nodes=[node_lease(r) for r in await self._leases.records()])
+
     async def ReadLogState(
         self, request: pb.ReadLogStateRequest, context: Ctx
     ) -> AsyncIterator[pb.ReadLogStateResponse]:
@@ -160,6 +193,18 @@ class DirtyLogService(pb_grpc.DirtyLogServicer):
             yield pb.ReadLogStateResponse(dirty_bitmap=pb.BitmapChunk(offset=offset, data=data))
         async for page in self._store.marks(uuid):
             yield pb.ReadLogStateResponse(marks=pb.RegionMarksPage(marks=region_marks(page)))
+
+
+_LEASE_STATES: Final = {"live": pb.LEASE_STATE_LIVE, "expiring": pb.LEASE_STATE_EXPIRING,
+                        "dead": pb.LEASE_STATE_DEAD}  # fmt: skip
+
+
+def node_lease(r: LeaseRecord) -> pb.NodeLease:
+    """The API's view of a stored lease."""
+    return pb.NodeLease(name=r.name, boot_id=r.boot, epoch=r.epoch,
+                        state=_LEASE_STATES.get(r.state, pb.LEASE_STATE_UNSPECIFIED),
+                        renewed_ms_ago=max(0, r.now_ms - r.renewed_ms), expires_in_ms=max(0, r.expires_ms - r.now_ms),
+                        expiring_incarnations=r.expiring)  # fmt: skip
 
 
 def ctr_fields(spec: LogSpec, device: str, uuid: str) -> dict[str, object]:

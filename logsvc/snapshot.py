@@ -66,6 +66,7 @@ def _instance(raw: bytes) -> pb.Instance:
             # Records stored before full field names said ts and rc.
             target_sectors=_int(d["target_sectors"] if "target_sectors" in d else d["ts"], "instance target length"),
             region_count=_int(d["region_count"] if "region_count" in d else d["rc"], "instance region count"),
+            epoch=_int(d.get("epoch", 0), "instance epoch"),  # 0 in records stored before leases
         )
     except _BadField:
         raise

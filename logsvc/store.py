@@ -13,7 +13,7 @@ Three things travel with every call besides the request:
   log (the library's header says how), so one mirror's 2^28-region CTR or a
   node's 262,144 marks never stall every other mirror. A call that finds its
   log with bulk work pending answers ESTEP; the store then runs
-  ``dmulog_v2_step`` on that log until nothing is pending and asks again.
+  ``dmulog_v3_step`` on that log until nothing is pending and asks again.
 * **The deadline.** A request abandoned by its caller (``serve_one`` sets
   :data:`REQUEST_DEADLINE`) must never be carried out after logsvc answered it
   DEADLINE_EXCEEDED: a late CLEAR would drop a newer mark. Cancelling the
@@ -60,9 +60,9 @@ __all__ = [
 ]
 
 LIBRARY_NAME: Final = "dmulog_v1"
-FUNCTION_PREFIX: Final = "dmulog_v2_"
-CALLER_ARGS: Final = 4
-"""Arguments before a kernel request's own: node, boot id, luid, deadline."""
+FUNCTION_PREFIX: Final = "dmulog_v3_"
+CALLER_ARGS: Final = 5
+"""Arguments before a kernel request's own: node, boot id, luid, deadline, epoch."""
 MAX_CONNECTIONS: Final = 64
 """Redis connections (so commands in flight) per logsvc process, by default."""
 DEADLINE_MARGIN: Final = 0.05
@@ -77,15 +77,19 @@ REQUEST_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
                                                                                default=None)  # fmt: skip
 """``time.monotonic()`` by which the current request is answered, if it has a deadline."""
 
-Caller = tuple[str, str, str]
-"""(node name, boot id, luid as a decimal string): who sends a kernel request."""
+Caller = tuple[str, str, str, int]
+"""(node name, boot id, luid as a decimal string, lease epoch): who sends a kernel request."""
 
 log = logging.getLogger("dmulog.logsvc.store")
 
 
-def library_code() -> str:
-    """Source of the Redis Function library shipped with this package."""
-    return resources.files("logsvc").joinpath("lua/dmulog.lua").read_text(encoding="utf-8")
+def library_code(name: str = "dmulog") -> str:
+    """Source of a Redis Function library shipped with this package: ``dmulog`` (logs) or ``leases``."""
+    return resources.files("logsvc").joinpath(f"lua/{name}.lua").read_text(encoding="utf-8")
+
+
+LIBRARIES: Final = ("dmulog", "leases")
+"""Every Function library logsvc loads."""
 
 
 _UNREACHABLE = (rexc.ConnectionError, rexc.TimeoutError, ConnectionError, TimeoutError)
@@ -139,6 +143,11 @@ class Store:
         return cls(aioredis.Redis(connection_pool=pool), prefix=prefix, retry=retry)
 
     @property
+    def prefix(self) -> str:
+        """The prefix of every key."""
+        return self._prefix
+
+    @property
     def redis(self) -> aioredis.Redis:
         """The underlying client (admin helpers and tests)."""
         return self._redis
@@ -146,12 +155,14 @@ class Store:
     async def load_library(self) -> None:
         """Install or upgrade the Function library; idempotent. Also reads Redis's clock."""
         try:
-            await self._retry.run(
-                lambda: self._redis.function_load(library_code(), replace=True), is_retryable=_retryable
-            )
+            await self._retry.run(self._load_libraries, is_retryable=_retryable)
             await self._retry.run(self.measure_clock, is_retryable=_retryable)
         except (*_UNREACHABLE, *_NOT_NOW) as e:
             raise _unavailable(e) from e
+
+    async def _load_libraries(self) -> None:
+        for name in LIBRARIES:
+            await self._redis.function_load(library_code(name), replace=True)
 
     async def close(self) -> None:
         """Close the connection pool."""
@@ -187,20 +198,21 @@ class Store:
 
     async def call(self, op: str, uuid: str, caller: Caller, args: Sequence[str | int | bytes] = (), *,
                    readonly: bool = False) -> Any:  # fmt: skip
-        """Run the kernel-request function ``dmulog_v2_<op>`` on the log ``uuid`` for ``caller``.
+        """Run the kernel-request function ``dmulog_v3_<op>`` on the log ``uuid`` for ``caller``.
 
         Raises the LogError the function's error word names, or
         StoreUnavailable when Redis stayed unreachable for the whole budget.
         """
+        node, boot, luid, epoch = caller
         while True:
-            argv = [*caller, self._redis_deadline(), *args]
+            argv = [node, boot, luid, self._redis_deadline(), epoch, *args]
             try:
                 return await self._fcall(op, uuid, argv, readonly)
             except PendingWork:
                 await self.finish_jobs(uuid)
 
     async def admin(self, op: str, uuid: str, args: Sequence[str | int | bytes] = ()) -> Any:
-        """Run the read-only admin function ``dmulog_v2_<op>`` (no caller, no deadline) on the log ``uuid``."""
+        """Run the read-only admin function ``dmulog_v3_<op>`` (no caller, no deadline) on the log ``uuid``."""
         return await self._fcall(op, uuid, args, True)
 
     async def finish_jobs(self, uuid: str) -> int:
@@ -216,10 +228,20 @@ class Store:
             await asyncio.sleep(STEP_PAUSE)
         return steps
 
+    async def expire_node(self, uuid: str, node: str, epoch: int) -> int:
+        """Hand over the log ``uuid`` from an expired incarnation (lua/dmulog.lua expire_node); instances removed."""
+        gone, pending = await self._fcall("expire_node", uuid, (node, epoch), False)
+        if pending:
+            await self.finish_jobs(uuid)
+        return int(gone)
+
     async def _fcall(self, op: str, uuid: str, argv: Sequence[str | int | bytes], readonly: bool) -> Any:
-        keys = log_keys(uuid, self._prefix)
+        return await self.fcall(FUNCTION_PREFIX + op, log_keys(uuid, self._prefix), argv, readonly=readonly)
+
+    async def fcall(self, name: str, keys: Sequence[str], argv: Sequence[str | int | bytes], *,
+                    readonly: bool = False) -> Any:  # fmt: skip
+        """Call the Function ``name``, with retries; its error word becomes a LogError (any library)."""
         command = "FCALL_RO" if readonly else "FCALL"
-        name = FUNCTION_PREFIX + op
 
         async def once() -> Any:
             try:
@@ -227,7 +249,7 @@ class Store:
             except rexc.ResponseError as e:
                 if "Function not found" in str(e):
                     event(log, logging.WARNING, "function_library_missing", function=name)
-                    await self._redis.function_load(library_code(), replace=True)
+                    await self._load_libraries()
                     return await self._redis.execute_command(command, name, len(keys), *keys, *argv)
                 raise
 
@@ -274,6 +296,10 @@ class Store:
                 yield [item for pair in page.items() for item in pair]
             if int(cursor) == 0:
                 return
+
+    async def plain(self, command: Any) -> Any:
+        """Run ``command()`` (a plain Redis command) with the store's retries and errors."""
+        return await self._plain(command)
 
     async def _plain(self, command: Any) -> Any:
         try:

@@ -73,8 +73,8 @@ def constructor(request: pb.CtrRequest) -> None:
         _bounded(f"block_devices[{quoted(path)}]", number, MAX_DEVICE_NUMBER)
 
 
-def caller(request: _Addressed) -> tuple[str, str, str]:
-    """``(node, boot_id, luid)``: who sends a kernel request, as the library functions take it.
+def caller(request: _Addressed) -> tuple[str, str, str, int]:
+    """``(node, boot_id, luid, epoch)``: who sends a kernel request, as the library functions take it.
 
     Being the first check of every request, it also bounds CtrRequest's
     free-form fields (``constructor``).
@@ -84,12 +84,28 @@ def caller(request: _Addressed) -> tuple[str, str, str]:
     if not request.HasField("node"):
         raise InvalidArgument("node is required")
     uuid(request.log.uuid)
-    for field, value in (("node.name", request.node.name), ("node.boot_id", request.node.boot_id)):
-        if not _NAME.fullmatch(value):
-            raise InvalidArgument(f"{field} must be 1 to 64 characters of [A-Za-z0-9._-], got {quoted(value)}")
+    node(request.node)
     if isinstance(request, pb.CtrRequest):
         constructor(request)
-    return request.node.name, request.node.boot_id, str(request.log.luid)
+    return request.node.name, request.node.boot_id, str(request.log.luid), int(request.node.epoch)
+
+
+def node(value: pb.Node, *, with_epoch: bool = False) -> pb.Node:
+    """A valid Node: name and boot id, an epoch below 2^53, and not 0 when ``with_epoch``."""
+    for field, text in (("node.name", value.name), ("node.boot_id", value.boot_id)):
+        if not _NAME.fullmatch(text):
+            raise InvalidArgument(f"{field} must be 1 to 64 characters of [A-Za-z0-9._-], got {quoted(text)}")
+    if with_epoch and value.epoch == 0:
+        raise InvalidArgument("node.epoch is required (the epoch AcquireLease gave)")
+    epoch(value)
+    return value
+
+
+def epoch(value: pb.Node) -> int:
+    """The node's epoch; Lua counts in doubles, so it must stay below 2^53."""
+    if value.epoch >= 1 << 53:
+        raise InvalidArgument(f"node.epoch must be below 2^53, got {value.epoch}")
+    return int(value.epoch)
 
 
 def regions(values: Sequence[int], *, allow_empty: bool = False) -> list[int]:

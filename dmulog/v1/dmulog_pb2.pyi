@@ -14,11 +14,31 @@ class InstanceState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     INSTANCE_STATE_RESUMED: _ClassVar[InstanceState]
     INSTANCE_STATE_PRESUSPENDED: _ClassVar[InstanceState]
     INSTANCE_STATE_SUSPENDED: _ClassVar[InstanceState]
+
+class LogEventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    LOG_EVENT_KIND_UNSPECIFIED: _ClassVar[LogEventKind]
+    LOG_EVENT_KIND_READY: _ClassVar[LogEventKind]
+    LOG_EVENT_KIND_NODE_EXPIRED: _ClassVar[LogEventKind]
+
+class LeaseState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    LEASE_STATE_UNSPECIFIED: _ClassVar[LeaseState]
+    LEASE_STATE_LIVE: _ClassVar[LeaseState]
+    LEASE_STATE_EXPIRING: _ClassVar[LeaseState]
+    LEASE_STATE_DEAD: _ClassVar[LeaseState]
 INSTANCE_STATE_UNSPECIFIED: InstanceState
 INSTANCE_STATE_CONSTRUCTED: InstanceState
 INSTANCE_STATE_RESUMED: InstanceState
 INSTANCE_STATE_PRESUSPENDED: InstanceState
 INSTANCE_STATE_SUSPENDED: InstanceState
+LOG_EVENT_KIND_UNSPECIFIED: LogEventKind
+LOG_EVENT_KIND_READY: LogEventKind
+LOG_EVENT_KIND_NODE_EXPIRED: LogEventKind
+LEASE_STATE_UNSPECIFIED: LeaseState
+LEASE_STATE_LIVE: LeaseState
+LEASE_STATE_EXPIRING: LeaseState
+LEASE_STATE_DEAD: LeaseState
 
 class LogRef(_message.Message):
     __slots__ = ("uuid", "luid")
@@ -29,12 +49,14 @@ class LogRef(_message.Message):
     def __init__(self, uuid: _Optional[str] = ..., luid: _Optional[int] = ...) -> None: ...
 
 class Node(_message.Message):
-    __slots__ = ("name", "boot_id")
+    __slots__ = ("name", "boot_id", "epoch")
     NAME_FIELD_NUMBER: _ClassVar[int]
     BOOT_ID_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
     name: str
     boot_id: str
-    def __init__(self, name: _Optional[str] = ..., boot_id: _Optional[str] = ...) -> None: ...
+    epoch: int
+    def __init__(self, name: _Optional[str] = ..., boot_id: _Optional[str] = ..., epoch: _Optional[int] = ...) -> None: ...
 
 class CtrRequest(_message.Message):
     __slots__ = ("log", "node", "target_sectors", "log_type", "args", "block_devices")
@@ -410,20 +432,22 @@ class GetLogStateRequest(_message.Message):
     def __init__(self, uuid: _Optional[str] = ...) -> None: ...
 
 class Instance(_message.Message):
-    __slots__ = ("node", "boot_id", "luid", "state", "target_sectors", "region_count")
+    __slots__ = ("node", "boot_id", "luid", "state", "target_sectors", "region_count", "epoch")
     NODE_FIELD_NUMBER: _ClassVar[int]
     BOOT_ID_FIELD_NUMBER: _ClassVar[int]
     LUID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     TARGET_SECTORS_FIELD_NUMBER: _ClassVar[int]
     REGION_COUNT_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
     node: str
     boot_id: str
     luid: int
     state: InstanceState
     target_sectors: int
     region_count: int
-    def __init__(self, node: _Optional[str] = ..., boot_id: _Optional[str] = ..., luid: _Optional[int] = ..., state: _Optional[_Union[InstanceState, str]] = ..., target_sectors: _Optional[int] = ..., region_count: _Optional[int] = ...) -> None: ...
+    epoch: int
+    def __init__(self, node: _Optional[str] = ..., boot_id: _Optional[str] = ..., luid: _Optional[int] = ..., state: _Optional[_Union[InstanceState, str]] = ..., target_sectors: _Optional[int] = ..., region_count: _Optional[int] = ..., epoch: _Optional[int] = ...) -> None: ...
 
 class LogSummary(_message.Message):
     __slots__ = ("uuid", "log_type", "region_size", "region_count", "sync_count", "dirty_count", "instance_count", "active_count", "problem")
@@ -514,3 +538,75 @@ class RegionMarksPage(_message.Message):
     MARKS_FIELD_NUMBER: _ClassVar[int]
     marks: _containers.RepeatedCompositeFieldContainer[RegionMarks]
     def __init__(self, marks: _Optional[_Iterable[_Union[RegionMarks, _Mapping]]] = ...) -> None: ...
+
+class AcquireLeaseRequest(_message.Message):
+    __slots__ = ("node",)
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    node: Node
+    def __init__(self, node: _Optional[_Union[Node, _Mapping]] = ...) -> None: ...
+
+class RenewLeaseRequest(_message.Message):
+    __slots__ = ("node",)
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    node: Node
+    def __init__(self, node: _Optional[_Union[Node, _Mapping]] = ...) -> None: ...
+
+class AcquireLeaseResponse(_message.Message):
+    __slots__ = ("epoch", "ttl_ms")
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    TTL_MS_FIELD_NUMBER: _ClassVar[int]
+    epoch: int
+    ttl_ms: int
+    def __init__(self, epoch: _Optional[int] = ..., ttl_ms: _Optional[int] = ...) -> None: ...
+
+class RenewLeaseResponse(_message.Message):
+    __slots__ = ("epoch", "ttl_ms")
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    TTL_MS_FIELD_NUMBER: _ClassVar[int]
+    epoch: int
+    ttl_ms: int
+    def __init__(self, epoch: _Optional[int] = ..., ttl_ms: _Optional[int] = ...) -> None: ...
+
+class WatchLogsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class WatchLogsResponse(_message.Message):
+    __slots__ = ("kind", "uuid", "node", "epoch")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    UUID_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    kind: LogEventKind
+    uuid: str
+    node: str
+    epoch: int
+    def __init__(self, kind: _Optional[_Union[LogEventKind, str]] = ..., uuid: _Optional[str] = ..., node: _Optional[str] = ..., epoch: _Optional[int] = ...) -> None: ...
+
+class ListNodesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class NodeLease(_message.Message):
+    __slots__ = ("name", "boot_id", "epoch", "state", "renewed_ms_ago", "expires_in_ms", "expiring_incarnations")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    BOOT_ID_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    RENEWED_MS_AGO_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_IN_MS_FIELD_NUMBER: _ClassVar[int]
+    EXPIRING_INCARNATIONS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    boot_id: str
+    epoch: int
+    state: LeaseState
+    renewed_ms_ago: int
+    expires_in_ms: int
+    expiring_incarnations: int
+    def __init__(self, name: _Optional[str] = ..., boot_id: _Optional[str] = ..., epoch: _Optional[int] = ..., state: _Optional[_Union[LeaseState, str]] = ..., renewed_ms_ago: _Optional[int] = ..., expires_in_ms: _Optional[int] = ..., expiring_incarnations: _Optional[int] = ...) -> None: ...
+
+class ListNodesResponse(_message.Message):
+    __slots__ = ("nodes",)
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    nodes: _containers.RepeatedCompositeFieldContainer[NodeLease]
+    def __init__(self, nodes: _Optional[_Iterable[_Union[NodeLease, _Mapping]]] = ...) -> None: ...

@@ -141,6 +141,26 @@ class DirtyLogStub:
                 request_serializer=dmulog_dot_v1_dot_dmulog__pb2.ReadLogStateRequest.SerializeToString,
                 response_deserializer=dmulog_dot_v1_dot_dmulog__pb2.ReadLogStateResponse.FromString,
                 _registered_method=True)
+        self.AcquireLease = channel.unary_unary(
+                '/dmulog.v1.DirtyLog/AcquireLease',
+                request_serializer=dmulog_dot_v1_dot_dmulog__pb2.AcquireLeaseRequest.SerializeToString,
+                response_deserializer=dmulog_dot_v1_dot_dmulog__pb2.AcquireLeaseResponse.FromString,
+                _registered_method=True)
+        self.RenewLease = channel.unary_unary(
+                '/dmulog.v1.DirtyLog/RenewLease',
+                request_serializer=dmulog_dot_v1_dot_dmulog__pb2.RenewLeaseRequest.SerializeToString,
+                response_deserializer=dmulog_dot_v1_dot_dmulog__pb2.RenewLeaseResponse.FromString,
+                _registered_method=True)
+        self.WatchLogs = channel.unary_stream(
+                '/dmulog.v1.DirtyLog/WatchLogs',
+                request_serializer=dmulog_dot_v1_dot_dmulog__pb2.WatchLogsRequest.SerializeToString,
+                response_deserializer=dmulog_dot_v1_dot_dmulog__pb2.WatchLogsResponse.FromString,
+                _registered_method=True)
+        self.ListNodes = channel.unary_unary(
+                '/dmulog.v1.DirtyLog/ListNodes',
+                request_serializer=dmulog_dot_v1_dot_dmulog__pb2.ListNodesRequest.SerializeToString,
+                response_deserializer=dmulog_dot_v1_dot_dmulog__pb2.ListNodesResponse.FromString,
+                _registered_method=True)
 
 
 class DirtyLogServicer:
@@ -340,6 +360,51 @@ class DirtyLogServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AcquireLease(self, request, context):
+        """AcquireLease gives the node (name and boot id) a lease and the epoch of
+        its incarnation, to send in Node.epoch of every kernel request. Asked
+        again for the same boot while its lease is live, it renews it and keeps
+        the epoch (a restarted client on the same boot keeps its instances).
+        Otherwise (another boot, or the lease expired) it starts a new
+        incarnation with a larger epoch; the old one's instances are then
+        expired: their marked regions turn out of sync. epoch 0 means the service
+        runs without leases: send 0 and never renew.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RenewLease(self, request, context):
+        """RenewLease extends the lease of Node (name, boot id and epoch) by its
+        time to live. NOT_FOUND "lease lost" when that incarnation's lease
+        expired or a newer one exists: it is fenced, every request of it fails
+        NOT_FOUND, and the client must take a new lease (AcquireLease) and
+        construct its instances again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchLogs(self, request, context):
+        """WatchLogs streams what a client that answers IN_SYNC from an in-sync
+        latch (InSyncResponse.latched) must learn from others: first one READY
+        event, once every later change is sure to be streamed, then an event for
+        each log whose latches ended because an incarnation expired. A client
+        may trust a latch only while its stream is open and was READY before it
+        asked. Read-only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListNodes(self, request, context):
+        """ListNodes lists every node that ever took a lease, with its state.
+        Read-only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DirtyLogServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -447,6 +512,26 @@ def add_DirtyLogServicer_to_server(servicer, server):
                     servicer.ReadLogState,
                     request_deserializer=dmulog_dot_v1_dot_dmulog__pb2.ReadLogStateRequest.FromString,
                     response_serializer=dmulog_dot_v1_dot_dmulog__pb2.ReadLogStateResponse.SerializeToString,
+            ),
+            'AcquireLease': grpc.unary_unary_rpc_method_handler(
+                    servicer.AcquireLease,
+                    request_deserializer=dmulog_dot_v1_dot_dmulog__pb2.AcquireLeaseRequest.FromString,
+                    response_serializer=dmulog_dot_v1_dot_dmulog__pb2.AcquireLeaseResponse.SerializeToString,
+            ),
+            'RenewLease': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenewLease,
+                    request_deserializer=dmulog_dot_v1_dot_dmulog__pb2.RenewLeaseRequest.FromString,
+                    response_serializer=dmulog_dot_v1_dot_dmulog__pb2.RenewLeaseResponse.SerializeToString,
+            ),
+            'WatchLogs': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchLogs,
+                    request_deserializer=dmulog_dot_v1_dot_dmulog__pb2.WatchLogsRequest.FromString,
+                    response_serializer=dmulog_dot_v1_dot_dmulog__pb2.WatchLogsResponse.SerializeToString,
+            ),
+            'ListNodes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListNodes,
+                    request_deserializer=dmulog_dot_v1_dot_dmulog__pb2.ListNodesRequest.FromString,
+                    response_serializer=dmulog_dot_v1_dot_dmulog__pb2.ListNodesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1018,6 +1103,114 @@ class DirtyLog:
             '/dmulog.v1.DirtyLog/ReadLogState',
             dmulog_dot_v1_dot_dmulog__pb2.ReadLogStateRequest.SerializeToString,
             dmulog_dot_v1_dot_dmulog__pb2.ReadLogStateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AcquireLease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dmulog.v1.DirtyLog/AcquireLease',
+            dmulog_dot_v1_dot_dmulog__pb2.AcquireLeaseRequest.SerializeToString,
+            dmulog_dot_v1_dot_dmulog__pb2.AcquireLeaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RenewLease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dmulog.v1.DirtyLog/RenewLease',
+            dmulog_dot_v1_dot_dmulog__pb2.RenewLeaseRequest.SerializeToString,
+            dmulog_dot_v1_dot_dmulog__pb2.RenewLeaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchLogs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/dmulog.v1.DirtyLog/WatchLogs',
+            dmulog_dot_v1_dot_dmulog__pb2.WatchLogsRequest.SerializeToString,
+            dmulog_dot_v1_dot_dmulog__pb2.WatchLogsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListNodes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dmulog.v1.DirtyLog/ListNodes',
+            dmulog_dot_v1_dot_dmulog__pb2.ListNodesRequest.SerializeToString,
+            dmulog_dot_v1_dot_dmulog__pb2.ListNodesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -14,14 +14,25 @@ one Redis Cluster slot and every call stays atomic on one shard:
   nodemarks  zset    "<node>|<region>", score 0: the same marks by node
   scratch    string  work space of a bulk job; absent between jobs
 
-Arguments of the kernel-request functions (dmulog_v2_<name>): ARGV[1] node
+Arguments of the kernel-request functions (dmulog_v3_<name>): ARGV[1] node
 name, ARGV[2] its boot id, ARGV[3] luid (a decimal string: a kernel pointer
 does not fit a Lua double), ARGV[4] the request's deadline on the Redis
-clock in microseconds since the epoch (0: none), then the request's own
-arguments; CTR's own argument is one JSON object (new_instance names its
-fields). The same functions are also registered as dmulog_v1_<name> with
-the arguments of services that predate deadlines (no ARGV[4], CTR's fields
+clock in microseconds since the epoch (0: none), ARGV[5] the node's lease
+epoch (0: a node without a lease), then the request's own arguments; CTR's
+own argument is one JSON object (new_instance names its fields). The same
+functions are also registered as dmulog_v2_<name> with the arguments of
+services that predate leases (no ARGV[5]) and as dmulog_v1_<name> with those
+of services that predate deadlines (no ARGV[4] either, CTR's fields
 positional), so older replicas keep working during a rolling upgrade.
+
+Incarnations. A node's lease (lua/leases.lua, its own slot) gives each of its
+incarnations an epoch from one counter, so a later incarnation always has a
+larger one; its instances carry it. Order between incarnations is decided
+here by epoch, never by arrival: an instance is never replaced by an older
+incarnation's CTR, and when a node's lease expires, expire_node removes that
+incarnation's instances, turns every region it had marked out of sync, and
+records a fence (field fence:<node> of the log) that refuses the fenced
+epoch and every older one from then on.
 
 Errors start with a fixed word that logsvc/errors.py maps to a gRPC status:
 EINVAL (bad argument), ENOENT (unknown instance), EEXIST (same instance,
@@ -178,7 +189,11 @@ end
 local function set_out_of_sync(k, regions)
   set_dirty(k, regions)
   local n = set_bits(k.sync, regions, 0)
-  if n > 0 then redis.call('HINCRBY', k.log, 'sync_count', -n) end
+  if n > 0 then
+    redis.call('HINCRBY', k.log, 'sync_count', -n)
+    local low, floor = math.min(unpack(regions)), tonumber(redis.call('HGET', k.log, 'sync_floor')) or 0
+    if low < floor then redis.call('HSET', k.log, 'sync_floor', low) end
+  end
 end
 
 -- The clean direction: only for regions no node has marked and whose legs
@@ -296,6 +311,7 @@ phases.fill = {
       clear_padding(k[job.key], job.bits)
     end
     redis.call('HSET', k.log, job.key .. '_count', job.one and job.bits or 0)
+    if job.key == 'sync' then redis.call('HSET', k.log, 'sync_floor', 0) end
   end},
 }
 
@@ -305,7 +321,7 @@ phases.invert = {
     redis.call('BITOP', 'NOT', k.sync, k.dirty)
     clear_padding(k.sync, job.bits)
     local dirty = tonumber(redis.call('HGET', k.log, 'dirty_count')) or 0
-    redis.call('HSET', k.log, 'sync_count', job.bits - dirty)
+    redis.call('HSET', k.log, 'sync_count', job.bits - dirty, 'sync_floor', 0)
   end},
 }
 
@@ -352,7 +368,15 @@ phases.unmark = {
       if #regions == 0 then return true end
       budget.regions = budget.regions - #regions
       drop_marks(k, job.node, regions)
-      if job.desync then set_out_of_sync(k, regions) end
+      if job.desync then
+        set_out_of_sync(k, regions)
+        -- The recovery cursor may have passed them: it goes back, so they are
+        -- handed out again without waiting for the next resume.
+        local low = math.min(unpack(regions))
+        if low < (tonumber(redis.call('HGET', k.log, 'sync_search')) or 0) then
+          redis.call('HSET', k.log, 'sync_search', low)
+        end
+      end
     end
     return #marked_by(k, job.node, 1) == 0
   end},
@@ -472,6 +496,14 @@ local function require_inst(k, c)
   if inst.boot ~= c.boot then
     return nil, err('ENOENT', 'instance ' .. c.id .. ' belongs to an earlier boot of its node')
   end
+  local epoch = inst.epoch or 0
+  if epoch > c.epoch then
+    return nil, err('ENOENT', 'instance ' .. c.id .. ' belongs to a newer incarnation (epoch ' .. epoch ..
+      ') of its node than epoch ' .. c.epoch)
+  elseif epoch < c.epoch then
+    return nil, err('ENOENT', 'instance ' .. c.id .. ' belongs to an earlier incarnation (epoch ' .. epoch ..
+      ') of its node: construct it again')
+  end
   return inst, nil
 end
 
@@ -550,19 +582,64 @@ local function forget_instance(k, id)
   if redis.call('HGET', k.log, 'rec_inst') == id then abandon_recovery(k) end
 end
 
--- A node whose boot id changed crashed or rebooted: its old instances are
--- gone, and every region it had marked may differ between the legs. Returns
--- whether there was such an instance (then an unmark job is queued).
-local function reap_old_boots(k, c)
-  local dead = false
+-- The highest epoch of `node` this log refuses (0: none).
+local function fence_of(k, node)
+  return tonumber(redis.call('HGET', k.log, 'fence:' .. node)) or 0
+end
+
+local function raise_fence(k, node, epoch)
+  if epoch > fence_of(k, node) then redis.call('HSET', k.log, 'fence:' .. node, epoch) end
+end
+
+-- Every in-sync latch of the log ends now (see latched): the regions a dead
+-- incarnation had marked are out of sync, and every node must learn it.
+local function end_latches(k)
+  redis.call('HSET', k.log, 'latch_floor', redis.call('HINCRBY', k.log, 'clock', 1))
+end
+
+-- Removes the instances for which `dead(inst)` holds, all of one node; their
+-- regions may differ between the legs, so an unmark job turns them out of
+-- sync. Returns how many there were.
+local function reap(k, node, dead)
+  local gone = 0
   for _, e in ipairs(all_instances(k)) do
-    if e.inst.node == c.node and e.inst.boot ~= c.boot then
+    if e.inst.node == node and dead(e.inst) then
       forget_instance(k, e.id)
-      dead = true
+      raise_fence(k, node, e.inst.epoch or 0)
+      gone = gone + 1
     end
   end
-  if dead then add_jobs(k, {{kind = 'unmark', node = c.node, desync = true}}) end
-  return dead
+  if gone > 0 then
+    add_jobs(k, {{kind = 'unmark', node = node, desync = true}})
+    end_latches(k)
+  end
+  return gone
+end
+
+-- The caller is a later incarnation of its node than some instances here:
+-- another boot (the old one crashed or rebooted) or, on the same boot, a
+-- smaller epoch (its lease expired: a partition, a paused VM, a bridge that
+-- was down too long). Those instances are dead. Returns whether there were any.
+local function reap_old_incarnations(k, c)
+  return reap(k, c.node, function(inst) return inst.boot ~= c.boot or (inst.epoch or 0) < c.epoch end) > 0
+end
+
+-- Nil when the caller's incarnation may construct an instance here, else the
+-- error: an incarnation whose lease expired is refused (fenced), and so is
+-- one older than an instance of its node already here (order is decided by
+-- epoch, not by arrival).
+local function incarnation_error(k, c)
+  if c.epoch > 0 and c.epoch <= fence_of(k, c.node) then
+    return err('ENOENT', 'node ' .. c.node .. ' epoch ' .. c.epoch .. ' is fenced (its lease expired): ' ..
+      'it must take a new lease')
+  end
+  for _, e in ipairs(all_instances(k)) do
+    if e.inst.node == c.node and (e.inst.epoch or 0) > c.epoch then
+      return err('ENOENT', 'a newer incarnation (epoch ' .. e.inst.epoch .. ') of node ' .. c.node ..
+        ' holds this log than epoch ' .. c.epoch)
+    end
+  end
+  return nil
 end
 
 -- Functions ----------------------------------------------------------------------
@@ -570,7 +647,7 @@ end
 -- The instance a CTR describes. Its JSON carries exactly these fields.
 local function new_instance(c, spec)
   return {
-    node = c.node, boot = c.boot, luid = c.luid, state = 'constructed',
+    node = c.node, boot = c.boot, epoch = c.epoch, luid = c.luid, state = 'constructed',
     target_sectors = spec.target_sectors, log_type = spec.log_type,
     region_size = spec.region_size, region_count = spec.region_count,
     sync = spec.sync, args = spec.args, device = spec.device,
@@ -588,12 +665,14 @@ end
 local function ctr(k, c, _, args)
   local spec = cjson.decode(args[1])
   local inst = new_instance(c, spec)
+  local refused = incarnation_error(k, c)
+  if refused then return refused end
   local old = load_inst(k, c.id)
-  if old and old.boot == c.boot then
+  if old and old.boot == c.boot and (old.epoch or 0) == c.epoch then
     if old.args == inst.args and old.target_sectors == inst.target_sectors then return inst.device end
     return err('EEXIST', 'instance ' .. c.id .. ' exists with arguments "' .. old.args .. '"')
   end
-  if reap_old_boots(k, c) and not run_jobs(k) then return ESTEP end
+  if reap_old_incarnations(k, c) and not run_jobs(k) then return ESTEP end
   if redis.call('EXISTS', k.log) == 1 then
     local g = log_geometry(k)
     if not same_geometry(g, inst) then
@@ -631,7 +710,8 @@ end
 
 local function dtr(k, c)
   local inst = load_inst(k, c.id)
-  if not inst then return 0 end
+  -- Nothing of the caller's: none, another boot's, or a newer incarnation's.
+  if not inst or inst.boot ~= c.boot or (inst.epoch or 0) > c.epoch then return 0 end
   forget_instance(k, c.id)
   if log_unused(k, inst) then
     delete_log(k)
@@ -701,7 +781,7 @@ local function master_resume(k, inst)
 end
 
 local function resume(k, c, inst)
-  if reap_old_boots(k, c) and not run_jobs(k) then return ESTEP end
+  if reap_old_incarnations(k, c) and not run_jobs(k) then return ESTEP end
   if not is_active(inst) then
     local other = other_active(k, c.id)
     if not other then
@@ -737,7 +817,8 @@ end
 -- after a leg failure keeps being written to every leg here.
 local function latched(k, inst)
   if not is_active(inst) then return false end
-  return tonumber(redis.call('HGET', k.log, 'completed_at')) > inst.resumed_at
+  local log = redis.call('HMGET', k.log, 'completed_at', 'latch_floor')
+  return tonumber(log[1]) > math.max(inst.resumed_at, tonumber(log[2]) or 0)
 end
 
 -- {answer, latched} for IN_SYNC, or nil plus an error reply.
@@ -754,9 +835,10 @@ local function in_sync(k, _, inst, args)
   return answer[1]
 end
 
--- IN_SYNC with the latch said out loud: {answer, latched}. Only the
--- instance's own node's requests end a latch (completed_at never goes back),
--- which lets a bridge answer IN_SYNC from it without asking (bridge/latch.py).
+-- IN_SYNC with the latch said out loud: {answer, latched}. A latch ends only
+-- by the instance's own node's lifecycle requests or by an incarnation's
+-- expiry (end_latches), which logsvc announces to every bridge (WatchLogs):
+-- that lets a bridge answer IN_SYNC from it without asking (bridge/latch.py).
 -- The plain in_sync stays for services that predate this one.
 local function in_sync_latch(k, _, inst, args)
   local answer, e = in_sync_answer(k, inst, args)
@@ -821,13 +903,30 @@ local function next_unsynced_region(k, rc, search)
   return found
 end
 
+-- After an incarnation expired, no region goes out as resync work until every
+-- other active instance resumed since (end_latches set latch_floor): a kernel
+-- told earlier that every region below some hint was in sync writes those
+-- regions without asking whether another node recovers them, and only its
+-- resume makes it forget the hint (docs/protocol.md §4.4). The recoverer
+-- itself needs no such reset: its own region hash holds back its writes to the
+-- region it recovers. A survivor's bridge resumes its mirror when it hears of
+-- the expiry (bridge/mirrors.py).
+local function survivors_not_resumed(k, c, floor)
+  if floor == 0 then return false end
+  for _, e in ipairs(all_instances(k)) do
+    if e.id ~= c.id and is_active(e.inst) and e.inst.resumed_at < floor then return true end
+  end
+  return false
+end
+
 local function get_resync_work(k, c, inst)
   if inst.state ~= 'resumed' then return {0, 0} end
-  local raw = redis.call('HMGET', k.log, 'region_count', 'sync_search', 'rec_region', 'rec_inst')
+  local raw = redis.call('HMGET', k.log, 'region_count', 'sync_search', 'rec_region', 'rec_inst', 'latch_floor')
   local log = {region_count = tonumber(raw[1]), sync_search = tonumber(raw[2]), rec_region = raw[3],
     rec_inst = raw[4]}
   local assigned = assigned_recovery(log, c.id)
   if assigned then return assigned end
+  if survivors_not_resumed(k, c, tonumber(raw[5]) or 0) then return {0, 0} end
   local r = next_priority_region(k, log.region_count) or next_unsynced_region(k, log.region_count, log.sync_search)
   if not r then return {0, 0} end
   redis.call('HSET', k.log, 'rec_region', r, 'rec_inst', c.id)
@@ -856,22 +955,24 @@ end
 local function is_remote_recovering(k, _, inst, args)
   local r, e = check_region(inst, args[1])
   if e then return e end
-  local log = redis.call('HMGET', k.log, 'region_count', 'sync_search', 'sync_count', 'rec_region')
-  local rc, search, count = tonumber(log[1]), tonumber(log[2]), tonumber(log[3])
+  local log = redis.call('HMGET', k.log, 'region_count', 'sync_count', 'rec_region')
+  local rc, count = tonumber(log[1]), tonumber(log[2])
   if inst.state ~= 'resumed' then
     -- Recovery is halted on this instance until it resumes.
     return {0, inst.region_count}
   end
-  local hint
-  if count >= rc then
-    hint = rc
-  else
-    -- Below the cursor every region was visited; the hint may say "all" only
-    -- when all really are in sync.
-    hint = math.min(math.max(search - 1, 0), rc - 1)
+  -- The hint says every region below it is in sync (the kernel then writes
+  -- them without asking): the first out-of-sync region, found from
+  -- sync_floor, below which every region is known in sync (set_out_of_sync
+  -- lowers it, a bulk job resets it), so the scan is paid once per region.
+  local hint = rc
+  if count < rc then
+    hint = redis.call('BITPOS', k.sync, 0, tonumber(redis.call('HGET', k.log, 'sync_floor')) or 0, rc - 1, 'BIT')
+    if hint < 0 then hint = rc end
+    redis.call('HSET', k.log, 'sync_floor', hint)
   end
   if r >= rc or getbit(k.sync, r) == 1 then return {0, hint} end
-  if log[4] == '' or tonumber(log[4]) ~= r then
+  if log[3] == '' or tonumber(log[3]) ~= r then
     redis.call('LREM', k.prio, 0, r)
     redis.call('LPUSH', k.prio, r)
     redis.call('LTRIM', k.prio, 0, 1023)
@@ -930,8 +1031,10 @@ local function named(K)
 end
 
 local function caller(A)
-  return {node = A[1], boot = A[2], luid = A[3], id = A[1] .. '/' .. A[3], deadline = tonumber(A[4]) or 0}
+  return {node = A[1], boot = A[2], luid = A[3], id = A[1] .. '/' .. A[3], deadline = tonumber(A[4]) or 0,
+    epoch = tonumber(A[5]) or 0}
 end
+local CALLER_ARGS = 5
 
 local function past_deadline(c)
   if c.deadline <= 0 then return false end
@@ -966,16 +1069,21 @@ local function kernel_request(fn, writes, needs)
       if e then return e end
     end
     local args = {}
-    for i = 5, #A do args[#args + 1] = A[i] end
+    for i = CALLER_ARGS + 1, #A do args[#args + 1] = A[i] end
     local reply = fn(k, c, inst, args)
     if reply == ESTEP then return estep(k) end
     return reply
   end
 end
 
--- The same call with the arguments of services that predate deadlines.
+-- The same call with the arguments of services that predate leases (epoch 0).
+local function v2_arguments(A)
+  return {A[1], A[2], A[3], A[4], '0', unpack(A, 5)}
+end
+
+-- ... and of services that predate deadlines.
 local function v1_arguments(A)
-  return {A[1], A[2], A[3], '0', unpack(A, 4)}
+  return v2_arguments({A[1], A[2], A[3], '0', unpack(A, 4)})
 end
 
 -- v1 CTR: ARGV[4] target sectors, [5] type, [6] region size, [7] region count,
@@ -984,7 +1092,7 @@ local function v1_ctr_arguments(A)
   local spec = {target_sectors = A[4], log_type = A[5], region_size = tonumber(A[6]),
     region_count = tonumber(A[7]), sync = A[8], args = A[9], device = A[10], persistent = A[11] == '1',
     uuid = A[12]}
-  return {A[1], A[2], A[3], '0', cjson.encode(spec)}
+  return v2_arguments({A[1], A[2], A[3], '0', cjson.encode(spec)})
 end
 
 -- Services that predate deadlines pass the first six keys only; the others are
@@ -997,7 +1105,12 @@ end
 
 local function register(name, callback, writes, adapt)
   local flags = writes and {} or {'no-writes'}
-  redis.register_function{function_name = 'dmulog_v2_' .. name, callback = callback, flags = flags}
+  redis.register_function{function_name = 'dmulog_v3_' .. name, callback = callback, flags = flags}
+  redis.register_function{
+    function_name = 'dmulog_v2_' .. name,
+    callback = function(K, A) return callback(K, v2_arguments(A)) end,
+    flags = flags,
+  }
   redis.register_function{
     function_name = 'dmulog_v1_' .. name,
     callback = function(K, A) return callback(v1_keys(K), (adapt or v1_arguments)(A), true) end,
@@ -1039,6 +1152,7 @@ local function plain(name, fn, writes)
   end
   local flags = writes and {} or {'no-writes'}
   -- (Only the redis table is there while a library loads: no ipairs.)
+  redis.register_function{function_name = 'dmulog_v3_' .. name, callback = callback, flags = flags}
   redis.register_function{function_name = 'dmulog_v2_' .. name, callback = callback, flags = flags}
   redis.register_function{
     function_name = 'dmulog_v1_' .. name,
@@ -1047,12 +1161,32 @@ local function plain(name, fn, writes)
   }
 end
 
+-- An incarnation of a node (ARGV[1] name, ARGV[2] epoch) whose lease expired:
+-- its instances here are dead (a recovery it had goes back to the queue),
+-- every region it had marked turns out of sync and dirty (an unmark job), every
+-- latch ends, and the fence refuses that epoch and older ones from now on.
+-- Idempotent: a second call for the same or an older epoch does nothing. A
+-- later incarnation's instances are never touched. Returns {instances
+-- removed, 1 if bulk work is left (run step)}.
+local function expire_node(k, A)
+  if redis.call('EXISTS', k.log) == 0 then return {0, 0} end
+  upgrade(k)
+  if not run_jobs(k) then return {0, 1} end
+  local node, epoch = A[1], tonumber(A[2])
+  if not epoch or epoch <= 0 then return err('EINVAL', 'epoch must be a positive integer') end
+  if epoch <= fence_of(k, node) then return {0, 0} end
+  raise_fence(k, node, epoch)
+  local gone = reap(k, node, function(inst) return (inst.epoch or 0) > 0 and inst.epoch <= epoch end)
+  return {gone, run_jobs(k) and 0 or 1}
+end
+
 -- One budget's worth of the log's jobs: 1 while some are left, 0 when none is.
 plain('step', function(k)
   if redis.call('EXISTS', k.log) == 0 then return 0 end
   upgrade(k)
   return run_jobs(k) and 0 or 1
 end, true)
+plain('expire_node', expire_node, true)
 plain('state', state)
 plain('summary', summary)
 plain('version', function() return SCHEMA end)

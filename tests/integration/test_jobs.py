@@ -121,7 +121,7 @@ async def test_a_request_meeting_pending_work_waits_for_it(redis: RedisProcess, 
     """A read of a log with work pending is never answered from the middle of it: the store finishes it first."""
     await log.ctr(BIG * 8, "dmulog", "8", "nosync")  # a new log: its bitmaps are filled a pass per call
     store = Store.from_url(redis.url)
-    caller = (log.node.name, log.node.boot_id, str(log.log.luid))
+    caller = (log.node.name, log.node.boot_id, str(log.log.luid), 0)
     try:
         keys = log_keys(log.log.uuid)
         await store.redis.hset(keys.log, "jobs", json.dumps([{"kind": "fill", "key": "sync", "bits": BIG,

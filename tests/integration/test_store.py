@@ -19,9 +19,12 @@ from logsvc.logtypes import parse_log_args
 from logsvc.service import ctr_fields
 from logsvc.store import FUNCTION_PREFIX, LIBRARY_NAME, Store, library_code
 
-ADMIN_FUNCTIONS = {"step": True, "state": False, "summary": False, "version": False}
+ADMIN_FUNCTIONS = {"step": True, "expire_node": True, "state": False, "summary": False, "version": False}
 """The library's functions that serve no kernel request, and whether each writes: bulk work
-(``Store.finish_jobs``), the state and summary of the admin RPCs, the schema version."""
+(``Store.finish_jobs``), an expired incarnation's hand-over, the state and summary of the admin RPCs,
+the schema version."""
+PREFIXES = ("dmulog_v1_", "dmulog_v2_", FUNCTION_PREFIX)
+"""Every name prefix: the current one and those of older services (a rolling upgrade)."""
 
 
 async def registered_functions(redis: RedisProcess) -> dict[str, list[bytes]]:
@@ -41,9 +44,9 @@ async def registered_functions(redis: RedisProcess) -> dict[str, list[bytes]]:
 async def test_library_loads_and_lists_its_functions(redis: RedisProcess) -> None:
     """The Lua library loads into a real Redis and registers read-only functions as no-writes."""
     functions = await registered_functions(redis)
-    # 17 kernel-request functions and 4 admin ones, each as dmulog_v2_ and as dmulog_v1_ for older services.
-    assert len(functions) == 42
-    for prefix in ("dmulog_v1_", "dmulog_v2_"):
+    # 17 kernel-request functions and 5 admin ones, each as dmulog_v3_ and as v2 and v1 for older services.
+    assert len(functions) == 66
+    for prefix in PREFIXES:
         assert functions[prefix + "in_sync"] == [b"no-writes"]
         assert functions[prefix + "in_sync_latch"] == [b"no-writes"]
         assert functions[prefix + "mark_region"] == []
@@ -61,7 +64,7 @@ async def test_the_library_registers_exactly_the_functions_of_the_table(redis: R
     for spec in REQUESTS:
         writes |= dict.fromkeys((spec.function, *spec.older_functions), spec.writes)
     functions = await registered_functions(redis)
-    for prefix in (FUNCTION_PREFIX, "dmulog_v1_"):
+    for prefix in PREFIXES:
         expected = {prefix + name: [] if w else [b"no-writes"] for name, w in writes.items()}
         assert expected == {name: flags for name, flags in functions.items() if name.startswith(prefix)}
 
@@ -95,7 +98,7 @@ async def test_the_plain_in_sync_function_still_answers_for_older_services(redis
         await log.resume()
         await log.set_sync(0)
     store = Store.from_url(redis.url)
-    caller = (log.node.name, log.node.boot_id, str(log.log.luid))
+    caller = (log.node.name, log.node.boot_id, str(log.log.luid), 0)
     try:
         for region, expected in ((0, 1), (1, 0)):
             plain = await store.call("in_sync", log.log.uuid, caller, [region], readonly=True)
@@ -155,7 +158,7 @@ async def test_unreachable_redis_is_a_bounded_unavailable(tmp_path: Path) -> Non
         r.kill()
         start = time.monotonic()
         with pytest.raises(StoreUnavailable):
-            await store.call("get_sync_count", "x", ("n", "b", "1"), readonly=True)
+            await store.call("get_sync_count", "x", ("n", "b", "1", 0), readonly=True)
         elapsed = time.monotonic() - start
         await store.close()
     assert 0.3 < elapsed < 3.0
@@ -205,6 +208,6 @@ async def test_a_write_to_a_demoted_primary_is_retried_not_refused(tmp_path: Pat
         store = Store.from_url(replica.url, retry=RetryPolicy(budget=0.5))
         try:
             with pytest.raises(StoreUnavailable, match="read only replica"):
-                await store.call("mark_region", "x", ("n", "b", "1"), [1])
+                await store.call("mark_region", "x", ("n", "b", "1", 0), [1])
         finally:
             await store.close()

@@ -17,6 +17,7 @@ from logsvc.errors import (
     InvalidArgument,
     LogError,
     NotFound,
+    Overtaken,
     PendingWork,
     StoreUnavailable,
     TooLarge,
@@ -84,6 +85,7 @@ def test_status_of_table():
         PendingWork: grpc.StatusCode.UNAVAILABLE,
         TooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
         Unreadable: grpc.StatusCode.DATA_LOSS,
+        Overtaken: grpc.StatusCode.UNAVAILABLE,
     }
     assert expected == STATUS_OF
 
