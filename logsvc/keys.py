@@ -36,6 +36,7 @@ class LeaseKeys(NamedTuple):
     expiry: str
     pending: str
     counter: str
+    reaped: str
 
 
 LEASES_TAG = "{leases}"

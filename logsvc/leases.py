@@ -102,7 +102,7 @@ class Leases:
 
     async def _call(self, name: str, argv: list[str | int], node: str | None = None, *,
                     readonly: bool = False) -> Any:  # fmt: skip
-        # The fifth key is the node's log index where the function uses it; any key of the slot elsewhere.
+        # The last key is the node's log index where the function uses it; any key of the slot elsewhere.
         fifth = lease_logs_key(node, self._store.prefix) if node else self._keys[0]
         return await self._store.fcall(f"dmulog_leases_{name}", [*self._keys, fifth], argv, readonly=readonly)
 
@@ -129,7 +129,7 @@ class Leases:
 
     async def claim(self, limit: int, hold: float) -> list[tuple[str, int]]:
         """Expired incarnations to hand over, each claimed for ``hold`` seconds."""
-        flat = await self._call("claim", [limit, max(1, round(hold * 1000))])
+        flat = await self._call("claim", [limit, max(1, round(hold * 1000)), self.ttl_ms])
         return [(_text(flat[i]), int(flat[i + 1])) for i in range(0, len(flat), 2)]
 
     async def logs_of(self, node: str) -> list[str]:

@@ -17,12 +17,20 @@ KEYS, in this order, for every function:
                    handed over yet (a reaper that dies mid-way is replaced
                    when its claim times out)
   counter  string  the last epoch given out: epochs only grow, across nodes
+  reaped   string  when a reaper last looked for expired leases
   logs     set     (leases_join and leases_done only; else any key of the
                    slot) UUIDs of the logs the node has joined: where its
                    instances can be, so an expiry visits those logs only
 
 A lease record's state: live (renewed in time), expiring (expired, its logs
-being handed over), dead (handed over). An incarnation is fenced from the
+being handed over), dead (handed over).
+
+A lease never expires because the lease table itself was out of reach.
+Every logsvc replica looks for expired leases at least once a second; when no
+one did for OUTAGE_MS (Redis was down or every logsvc was), nobody could renew
+either, so the next look first gives every live lease its full time to live
+again (and renewals meanwhile are taken as in time). Otherwise a Redis restart
+after a longer outage would expire every node at once. An incarnation is fenced from the
 instant its lease expires: it can be renewed no more, it may join no log, and
 expire_node (lua/dmulog.lua) refuses it in each log it is handed over in.
 
@@ -39,8 +47,15 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+local OUTAGE_MS = 3000
+
 local function named(K)
-  return {nodes = K[1], expiry = K[2], pending = K[3], counter = K[4], logs = K[5]}
+  return {nodes = K[1], expiry = K[2], pending = K[3], counter = K[4], reaped = K[5], logs = K[6]}
+end
+
+-- Whether no reaper looked for OUTAGE_MS: the table was out of reach for everyone.
+local function after_outage(k, now)
+  return now - (tonumber(redis.call('GET', k.reaped)) or 0) > OUTAGE_MS
 end
 
 local function load(k, node)
@@ -60,8 +75,9 @@ end
 
 -- Whether `lease` is live at `now` (an expired one not yet claimed counts as
 -- expired: the reaper's claim only notices what already happened).
-local function live(lease, now)
-  return lease and lease.state == 'live' and lease.expires >= now
+local function live(lease, now, k)
+  if not (lease and lease.state == 'live') then return false end
+  return lease.expires >= now or (k ~= nil and after_outage(k, now))
 end
 
 -- The incarnation of `lease` is over: queue it for handing over.
@@ -77,7 +93,7 @@ local function acquire(K, A)
   local ttl, e = positive(A[3], 'ttl')
   if e then return e end
   local now, lease = now_ms(), load(k, A[1])
-  if live(lease, now) and lease.boot == boot then
+  if live(lease, now, k) and lease.boot == boot then
     lease.expires, lease.renewed = now + ttl, now
     save(k, node, lease)
     redis.call('ZADD', k.expiry, lease.expires, node)
@@ -103,7 +119,7 @@ local function renew(K, A)
   if not (lease and lease.epoch == epoch and lease.boot == boot) then
     return err('ENOENT', 'lease lost: node ' .. node .. ' epoch ' .. epoch .. ' is not its current incarnation')
   end
-  if not live(lease, now) then
+  if not live(lease, now, k) then
     return err('ENOENT', 'lease lost: node ' .. node .. ' epoch ' .. epoch .. ' expired ' ..
       (now - lease.expires) .. ' ms ago')
   end
@@ -121,7 +137,7 @@ local function join(K, A)
   local epoch, e = positive(A[3], 'epoch')
   if e then return e end
   local lease = load(k, node)
-  if not (lease and lease.epoch == epoch and lease.boot == boot and live(lease, now_ms())) then
+  if not (lease and lease.epoch == epoch and lease.boot == boot and live(lease, now_ms(), k)) then
     return err('ENOENT', 'node ' .. node .. ' epoch ' .. epoch .. ' is fenced (its lease expired or was ' ..
       'replaced): it must take a new lease')
   end
@@ -129,17 +145,33 @@ local function join(K, A)
   return 0
 end
 
--- ARGV: limit, claim (ms). Retires every lease that expired, then claims up
--- to `limit` incarnations to hand over, each for `claim` ms. Returns a flat
--- list {node, epoch, ...}.
+-- ARGV: limit, claim (ms), ttl (ms). Retires every lease that expired, then
+-- claims up to `limit` incarnations to hand over, each for `claim` ms. Returns
+-- a flat list {node, epoch, ...}. After an outage it only gives every live
+-- lease `ttl` again.
 local function claim(K, A)
   local k = named(K)
   local limit, e = positive(A[1], 'limit')
   if e then return e end
-  local hold
+  local hold, ttl
   hold, e = positive(A[2], 'claim')
   if e then return e end
+  ttl, e = positive(A[3], 'ttl')
+  if e then return e end
   local now = now_ms()
+  local outage = after_outage(k, now)
+  redis.call('SET', k.reaped, now)
+  if outage then
+    for _, node in ipairs(redis.call('ZRANGE', k.expiry, 0, -1)) do
+      local lease = load(k, node)
+      if lease and lease.state == 'live' and lease.expires < now + ttl then
+        lease.expires = now + ttl
+        save(k, node, lease)
+        redis.call('ZADD', k.expiry, lease.expires, node)
+      end
+    end
+    return {}
+  end
   for _, node in ipairs(redis.call('ZRANGEBYSCORE', k.expiry, '-inf', now - 1, 'LIMIT', 0, limit)) do
     local lease = load(k, node)
     if lease and lease.state == 'live' then

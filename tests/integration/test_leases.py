@@ -8,8 +8,10 @@ does (bridge/lease.py), except where a test stops one renewing: that node died.
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import grpc
 import pytest
@@ -287,3 +289,34 @@ async def test_a_dead_nodes_regions_wait_for_every_survivor_to_resume(lstub: pb_
         await c.suspend()  # C writes nothing now, and its next resume resets its hint
         assert [12] == await b.resync_all()
         await c.resume()
+
+
+async def test_an_outage_of_the_lease_table_expires_no_one(tmp_path: Path, uuid: str) -> None:
+    """Redis frozen for longer than the TTL (and than OUTAGE_MS): when it wakes, the renewing node is still live.
+
+    Nobody could renew while Redis was away; without the grace every node would
+    be expired at once when it comes back.
+    """
+    own = RedisProcess(tmp_path / "redis").start()
+    try:
+        async with logsvc_server(own.url, lease_ttl=TTL, reaper_interval=REAPER) as target, \
+                grpc.aio.insecure_channel(target) as channel:  # fmt: skip
+            stub = pb_grpc.DirtyLogStub(channel)
+            a = LogHandle(stub, uuid, node="outage-a", boot="boot-a")
+            epoch = await a.acquire_lease()
+            async with a.alive(TTL / 3):
+                await a.ctr(SECTORS, "clustered-core", "16", "nosync")
+                await a.resume()
+                await a.mark(1)
+                assert own.proc is not None
+                own.proc.send_signal(signal.SIGSTOP)
+                await asyncio.sleep(3.5)
+                own.proc.send_signal(signal.SIGCONT)
+                await asyncio.sleep(TTL * 2)  # renewals and reaper passes after the outage
+                n = await node_state(stub, "outage-a")
+                assert n is not None and (n.state, n.epoch) == (pb.LEASE_STATE_LIVE, epoch), n
+                await a.mark(2)
+            state = await a.state()
+            assert ([1, 2], []) == (sorted(m.region for m in state.marks), out_of_sync(state))
+    finally:
+        own.kill()
