@@ -233,11 +233,13 @@ class Topology:
         replicas: logsvc processes, all on the same Redis.
         trace: record every Redis command (``redis-cli monitor``) for diagnosing a
             failure; MONITOR slows Redis down, so a benchmark turns it off.
+        lease_ttl: every logsvc's ``--lease-ttl`` (its default when None).
     """
 
     def __init__(self, workdir: Path, *, leg_bytes: int = 32 << 20, memory: str = "1G", replicas: int = 1,
-                 trace: bool = True):  # fmt: skip
+                 trace: bool = True, lease_ttl: float | None = None):  # fmt: skip
         self.workdir = Path(workdir).resolve()
+        self.lease_ttl = lease_ttl
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.leg_bytes = leg_bytes
         self.memory = memory
@@ -314,9 +316,13 @@ class Topology:
             raise TopologyError(f"logsvc {replica} already running")
         try:
             self.logsvcs[replica] = start_logsvc(self._logsvc_logs[replica], listen=f"unix:{self.sockets[replica]}",
-                                                 redis_url=self.redis.url, timeout=timeout)  # fmt: skip
+                                                 redis_url=self.redis.url, timeout=timeout,
+                                                 extra=self._logsvc_flags())  # fmt: skip
         except ServerError as e:
             raise TopologyError(f"logsvc {replica}: {e}") from e
+
+    def _logsvc_flags(self) -> list[str]:
+        return [] if self.lease_ttl is None else ["--lease-ttl", str(self.lease_ttl)]
 
     def kill_logsvc(self, replica: int = 0) -> None:
         """SIGKILL replica ``replica`` (a crash, not a shutdown)."""

@@ -23,7 +23,7 @@ The record is written by :func:`run_writer`, the guest's random-offset ``O_DIREC
 writer (``python -m tests.kernel.crash.checker write ...``). Its format, one record per
 line, appended with a single ``write()`` each::
 
-    seed <seed> block <block_bytes> span <bytes>   header
+    seed <seed> block <block_bytes> span <bytes> [stride <k> phase <p>]   header
     S <id> <offset> <length>                     about to write (before pwrite)
     D <id>                                       pwrite returned: the write completed
     E <id> <errno>                               pwrite failed
@@ -32,6 +32,9 @@ The bytes of write ``id`` are :func:`payload` ``(seed, id, length)``, so the rec
 needs no copy of the data. Two writes to the same block are never in flight at once
 (the writer keeps a set of busy blocks), so per block the order of the ``S`` lines is
 the order of the writes. A torn last line (the node died mid-record) is ignored.
+With a stride (several nodes writing one mirror), a writer writes only the blocks
+``b`` with ``b % stride == phase``, one block at a time, and its record speaks only
+for those blocks: the others are another writer's.
 
 This module imports nothing heavy (no grpc): the guest, where every import is slow
 under emulation, runs the writer from it. The log's state comes in as
@@ -163,6 +166,12 @@ class WriteLog:
     block: int
     span: int
     writes: list[WriteRecord]
+    stride: int = 1
+    phase: int = 0
+
+    def owns(self, b: int) -> bool:
+        """Whether block ``b`` is this writer's (every block without a stride)."""
+        return b % self.stride == self.phase
 
     @property
     def completed(self) -> list[WriteRecord]:
@@ -187,6 +196,7 @@ def read_write_log(path: Path) -> WriteLog:
     if not text.endswith("\n"):
         lines = lines[:-1]  # the node died while the last line was being written
     seed = block = span = None
+    stride, phase = 1, 0
     writes: dict[int, WriteRecord] = {}
     for line in lines:
         f = line.split()
@@ -194,6 +204,8 @@ def read_write_log(path: Path) -> WriteLog:
             continue
         if f[0] == "seed" and len(f) >= 6:
             seed, block, span = int(f[1]), int(f[3]), int(f[5])
+            if len(f) >= 10 and f[6] == "stride" and f[8] == "phase":
+                stride, phase = int(f[7]), int(f[9])
         elif f[0] == "S" and len(f) == 4:
             w = WriteRecord(int(f[1]), int(f[2]), int(f[3]))
             writes[w.id] = w
@@ -203,7 +215,7 @@ def read_write_log(path: Path) -> WriteLog:
             writes[int(f[1])].error = int(f[2])
     if seed is None or block is None or span is None:
         raise ValueError(f"{path}: no header line")
-    return WriteLog(seed=seed, block=block, span=span, writes=list(writes.values()))
+    return WriteLog(seed=seed, block=block, span=span, writes=list(writes.values()), stride=stride, phase=phase)
 
 
 def payload(seed: int, write_id: int, length: int) -> bytes:
@@ -476,6 +488,8 @@ def check_completed_writes(legs: Sequence[Path], wlog: WriteLog, *, span: int | 
     with Path(legs[0]).open("rb") as f:
         for b in range(span // block):
             found = f.read(block)
+            if not wlog.owns(b):
+                continue  # another writer's block
             checked += 1
             old = done.get(b)
             expected = data_of(old, b) if old else zero
@@ -528,6 +542,8 @@ def run_writer(
     duration: float | None = None,
     count: int | None = None,
     sequential: float = 0.5,
+    stride: int = 1,
+    phase: int = 0,
 ) -> int:
     """Write random data at block-aligned offsets with ``O_DIRECT``, recording each write.
 
@@ -536,12 +552,16 @@ def run_writer(
     1 to ``max_blocks`` blocks of ``span`` bytes of ``device``; no two writes in flight
     overlap. With probability ``sequential`` a thread continues where its last write
     ended (a stream, often in the same region: what the kernel decided about a region
-    shows in the next write), else it picks a random offset. Returns the number of
-    completed writes; a failed pwrite stops its thread.
+    shows in the next write), else it picks a random offset. With ``stride`` above 1
+    it writes one block at a time, only blocks ``b % stride == phase``, so writers of
+    several nodes share every region of one mirror without sharing a block. Returns the
+    number of completed writes; a failed pwrite stops its thread.
     """
     rng = random.Random(seed)
     rec = _Record(record)
-    rec.line(f"seed {seed} block {block} span {span}")
+    rec.line(f"seed {seed} block {block} span {span}" + (f" stride {stride} phase {phase}" if stride > 1 else ""))
+    if stride > 1:
+        max_blocks = 1
     nblocks = span // block
     busy: set[int] = set()
     lock = threading.Lock()
@@ -560,7 +580,11 @@ def run_writer(
             go_on = after is not None and rng.random() < sequential
             for _ in range(100):
                 n = rng.randint(1, max_blocks)
-                first = after if go_on and after is not None else rng.randrange(0, nblocks - n + 1)
+                if stride > 1:  # one block of this writer's: the next one of its stream, or any
+                    first = after - 1 + stride if go_on and after is not None else rng.randrange(0, nblocks)
+                    first += (phase - first) % stride
+                else:
+                    first = after if go_on and after is not None else rng.randrange(0, nblocks - n + 1)
                 go_on = False
                 if first + n <= nblocks and busy.isdisjoint(range(first, first + n)):
                     busy.update(range(first, first + n))
@@ -624,6 +648,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     w.add_argument("--max-blocks", type=int, default=16)
     w.add_argument("--duration", type=float)
     w.add_argument("--count", type=int)
+    w.add_argument("--stride", type=int, default=1, help="write only blocks b with b %% stride == phase")
+    w.add_argument("--phase", type=int, default=0)
     d = sub.add_parser("data", help="check leg images against a writer's record")
     d.add_argument("record", type=Path)
     d.add_argument("legs", type=Path, nargs="+")
@@ -631,7 +657,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "write":
         done = run_writer(
             args.device, args.record, seed=args.seed, span=args.span, threads=args.threads, block=args.block,
-            max_blocks=args.max_blocks, duration=args.duration, count=args.count,
+            max_blocks=args.max_blocks, duration=args.duration, count=args.count, stride=args.stride,
+            phase=args.phase,
         )  # fmt: skip
         print(f"completed {done} writes")
         return 0

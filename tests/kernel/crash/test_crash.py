@@ -141,6 +141,26 @@ def test_writer_records_what_the_checker_verifies(tmp_path: Path) -> None:
     assert checker.check_completed_writes([target], wlog).ok
 
 
+def test_writers_of_two_nodes_share_every_region_but_no_block(tmp_path: Path) -> None:
+    """With a stride of 2, two writers on one target write alternate blocks; each record checks its own blocks only."""
+    target = tmp_path / "disk"
+    target.write_bytes(bytes(1 << 20))
+    for phase in (0, 1):
+        checker.run_writer(target, tmp_path / f"w{phase}.log", seed=5 + phase, span=1 << 20, threads=2, count=80,
+                           stride=2, phase=phase)  # fmt: skip
+    logs = [checker.read_write_log(tmp_path / f"w{phase}.log") for phase in (0, 1)]
+    for phase, wlog in enumerate(logs):
+        assert (wlog.stride, wlog.phase) == (2, phase)
+        assert {w.offset // wlog.block % 2 for w in wlog.writes} == {phase}
+        assert checker.check_completed_writes([target], wlog).ok
+    # A lost write of writer 1 is its failure, not writer 0's.
+    lost = logs[1].completed[-1]
+    with target.open("r+b") as f:
+        f.seek(lost.offset)
+        f.write(bytes(lost.length))
+    assert (True, False) == tuple(checker.check_completed_writes([target], w).ok for w in logs)
+
+
 # ------------------------------------------------------------------ the real kernel
 
 
