@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 from collections.abc import Sequence
-from typing import TextIO
+from typing import Any, TextIO
 
 from dmulog.cli import Command, ExitStatus, Option
 
@@ -32,13 +32,29 @@ async def _status(args: argparse.Namespace, out: TextIO) -> ExitStatus:
 
     async with grpc.aio.insecure_channel(args.logsvc) as channel:
         stub = pb_grpc.DirtyLogStub(channel)
+        nodes = await _nodes(stub)
         if args.uuid:
             state = await read_log_state(stub, args.uuid, timeout=60)
-            out.write(status_view.render_log(state, width=max(8, args.width)) + "\n")
+            out.write(status_view.render_log(state, width=max(8, args.width), nodes=nodes) + "\n")
         else:
             listing = await stub.ListLogs(pb.ListLogsRequest(), timeout=30)
             out.write(status_view.render_list(list(listing.logs)) + "\n")
+            out.write(status_view.render_nodes(nodes) + "\n")
     return ExitStatus.OK
+
+
+async def _nodes(stub: Any) -> list[Any]:
+    """Every node's lease; none from a logsvc that predates leases."""
+    import grpc
+
+    from dmulog.v1 import dmulog_pb2 as pb
+
+    try:
+        return list((await stub.ListNodes(pb.ListNodesRequest(), timeout=30)).nodes)
+    except grpc.aio.AioRpcError as e:
+        if e.code() == grpc.StatusCode.UNIMPLEMENTED:
+            return []
+        raise
 
 
 def _run(args: argparse.Namespace, argv: Sequence[str], out: TextIO) -> ExitStatus:

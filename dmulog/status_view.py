@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dmulog.v1 import dmulog_pb2 as pb
 
-__all__ = ["LEGEND", "cells", "render_list", "render_log"]
+__all__ = ["LEGEND", "cells", "render_list", "render_log", "render_nodes"]
 
 LEGEND = "R recovering   X all out of sync   x some out of sync   d dirty   . clean and in sync"
 _STATE = {
@@ -18,7 +18,20 @@ _STATE = {
     pb.INSTANCE_STATE_PRESUSPENDED: "presuspended",
     pb.INSTANCE_STATE_SUSPENDED: "suspended",
 }
+_LEASE = {
+    pb.LEASE_STATE_LIVE: "live",
+    pb.LEASE_STATE_EXPIRING: "expired, being handed over",
+    pb.LEASE_STATE_DEAD: "dead, handed over",
+}
 SECTOR = 512
+
+
+def _lease(n: pb.NodeLease) -> str:
+    """A node's lease in a few words."""
+    state = _LEASE.get(n.state, "?")
+    more = f", expires in {n.expires_in_ms / 1000:.1f} s" if n.state == pb.LEASE_STATE_LIVE else ""
+    older = f", {n.expiring_incarnations} older incarnation(s) being handed over" if n.expiring_incarnations else ""
+    return f"epoch {n.epoch} {state}, renewed {n.renewed_ms_ago / 1000:.1f} s ago{more}{older}"
 
 
 def _size(sectors: int) -> str:
@@ -68,8 +81,9 @@ def cells(state: pb.GetLogStateResponse, ncells: int) -> list[str]:
     return out
 
 
-def render_log(state: pb.GetLogStateResponse, *, width: int = 64, rows: int = 16) -> str:
-    """Headline, bitmap picture, marks, recovery and instances of one log."""
+def render_log(state: pb.GetLogStateResponse, *, width: int = 64, rows: int = 16,
+               nodes: list[pb.NodeLease] | None = None) -> str:  # fmt: skip
+    """Headline, bitmap picture, marks, recovery, and the nodes with their instances, leases and marks."""
     s = state.summary
     pct = 100.0 * s.sync_count / s.region_count if s.region_count else 100.0
     lines = [
@@ -100,13 +114,44 @@ def render_log(state: pb.GetLogStateResponse, *, width: int = 64, rows: int = 16
         lines.append("  marked regions: none")
     if state.priority_regions:
         lines.append(f"  waiting writers for regions {', '.join(map(str, state.priority_regions[:16]))}")
-    lines.append("  instances:")
-    for inst in state.instances:
-        lines.append(f"    {inst.node} luid {inst.luid:#x} boot {inst.boot_id[:8]} {_STATE.get(inst.state, '?')} "
-                     f"{inst.region_count} regions")  # fmt: skip
-    if not state.instances:
-        lines.append("    none (persistent state only)")
+    lines += _log_nodes(state, {n.name: n for n in nodes or []})
     return "\n".join(lines)
+
+
+def _log_nodes(state: pb.GetLogStateResponse, leases: dict[str, pb.NodeLease]) -> list[str]:
+    """Per node of the log: its lease, its instances, what it has marked; then the incarnations handed over."""
+    marked: dict[str, list[int]] = {}
+    for m in state.marks:
+        for node in m.nodes:
+            marked.setdefault(node, []).append(m.region)
+    names = sorted({i.node for i in state.instances} | set(marked))
+    lines = ["  nodes:"]
+    for name in names:
+        lease = leases.get(name)
+        lines.append(f"    {name}: " + (_lease(lease) if lease else "no lease"))
+        for inst in (i for i in state.instances if i.node == name):
+            lines.append(f"      luid {inst.luid:#x} boot {inst.boot_id[:8]} epoch {inst.epoch} "
+                         f"{_STATE.get(inst.state, '?')} {inst.region_count} regions")  # fmt: skip
+        regions = marked.get(name, [])
+        shown = ", ".join(map(str, regions[:16])) + (f" (+{len(regions) - 16} more)" if len(regions) > 16 else "")
+        lines.append(f"      marked: {len(regions)} region{'s' if len(regions) != 1 else ''}" +
+                     (f" ({shown})" if regions else ""))  # fmt: skip
+    if not names:
+        lines.append("    none (persistent state only)")
+    out_of_sync = state.summary.region_count - state.summary.sync_count
+    for f in state.fences:
+        lease = leases.get(f.node)
+        now = f", now {_lease(lease)}" if lease else ""
+        lines.append(f"  handed over: {f.node} epoch {f.epoch} (its marked regions turned out of sync; "
+                     f"{out_of_sync} out of sync in the log now){now}")  # fmt: skip
+    return lines
+
+
+def render_nodes(nodes: list[pb.NodeLease]) -> str:
+    """One line per node that ever took a lease."""
+    if not nodes:
+        return "no node leases"
+    return "\n".join(["nodes:"] + [f"  {n.name:<24} boot {n.boot_id[:8]}  {_lease(n)}" for n in nodes])
 
 
 def render_list(logs: list[pb.LogSummary]) -> str:

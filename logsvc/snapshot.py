@@ -142,4 +142,6 @@ def _state(uuid: str, raw: list[Any]) -> pb.GetLogStateResponse:
         priority_regions=[_int(p, "priority region") for p in prio],
         instances=instances,
         args=args[1:],
+        fences=[pb.NodeFence(node=k.removeprefix("fence:"), epoch=_int(v, "fence epoch"))
+                for k, v in sorted(meta.items()) if k.startswith("fence:")],
     )

@@ -480,7 +480,7 @@ class RegionMarks(_message.Message):
     def __init__(self, region: _Optional[int] = ..., nodes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetLogStateResponse(_message.Message):
-    __slots__ = ("summary", "in_sync_bitmap", "dirty_bitmap", "marks", "recovering", "recovering_region", "recoverer_node", "recoverer_luid", "sync_search", "priority_regions", "instances", "args")
+    __slots__ = ("summary", "in_sync_bitmap", "dirty_bitmap", "marks", "recovering", "recovering_region", "recoverer_node", "recoverer_luid", "sync_search", "priority_regions", "instances", "args", "fences")
     SUMMARY_FIELD_NUMBER: _ClassVar[int]
     IN_SYNC_BITMAP_FIELD_NUMBER: _ClassVar[int]
     DIRTY_BITMAP_FIELD_NUMBER: _ClassVar[int]
@@ -493,6 +493,7 @@ class GetLogStateResponse(_message.Message):
     PRIORITY_REGIONS_FIELD_NUMBER: _ClassVar[int]
     INSTANCES_FIELD_NUMBER: _ClassVar[int]
     ARGS_FIELD_NUMBER: _ClassVar[int]
+    FENCES_FIELD_NUMBER: _ClassVar[int]
     summary: LogSummary
     in_sync_bitmap: bytes
     dirty_bitmap: bytes
@@ -505,7 +506,16 @@ class GetLogStateResponse(_message.Message):
     priority_regions: _containers.RepeatedScalarFieldContainer[int]
     instances: _containers.RepeatedCompositeFieldContainer[Instance]
     args: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, summary: _Optional[_Union[LogSummary, _Mapping]] = ..., in_sync_bitmap: _Optional[bytes] = ..., dirty_bitmap: _Optional[bytes] = ..., marks: _Optional[_Iterable[_Union[RegionMarks, _Mapping]]] = ..., recovering: _Optional[bool] = ..., recovering_region: _Optional[int] = ..., recoverer_node: _Optional[str] = ..., recoverer_luid: _Optional[int] = ..., sync_search: _Optional[int] = ..., priority_regions: _Optional[_Iterable[int]] = ..., instances: _Optional[_Iterable[_Union[Instance, _Mapping]]] = ..., args: _Optional[_Iterable[str]] = ...) -> None: ...
+    fences: _containers.RepeatedCompositeFieldContainer[NodeFence]
+    def __init__(self, summary: _Optional[_Union[LogSummary, _Mapping]] = ..., in_sync_bitmap: _Optional[bytes] = ..., dirty_bitmap: _Optional[bytes] = ..., marks: _Optional[_Iterable[_Union[RegionMarks, _Mapping]]] = ..., recovering: _Optional[bool] = ..., recovering_region: _Optional[int] = ..., recoverer_node: _Optional[str] = ..., recoverer_luid: _Optional[int] = ..., sync_search: _Optional[int] = ..., priority_regions: _Optional[_Iterable[int]] = ..., instances: _Optional[_Iterable[_Union[Instance, _Mapping]]] = ..., args: _Optional[_Iterable[str]] = ..., fences: _Optional[_Iterable[_Union[NodeFence, _Mapping]]] = ...) -> None: ...
+
+class NodeFence(_message.Message):
+    __slots__ = ("node", "epoch")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    epoch: int
+    def __init__(self, node: _Optional[str] = ..., epoch: _Optional[int] = ...) -> None: ...
 
 class ReadLogStateRequest(_message.Message):
     __slots__ = ("uuid",)

@@ -23,16 +23,16 @@ KEYS, in this order, for every function:
                    instances can be, so an expiry visits those logs only
 
 A lease record's state: live (renewed in time), expiring (expired, its logs
-being handed over), dead (handed over).
+being handed over), dead (handed over). An incarnation is fenced from the
+instant its lease expires: it can be renewed no more, it may join no log, and
+expire_node (lua/dmulog.lua) refuses it in each log it is handed over in.
 
 A lease never expires because the lease table itself was out of reach.
 Every logsvc replica looks for expired leases at least once a second; when no
 one did for OUTAGE_MS (Redis was down or every logsvc was), nobody could renew
 either, so the next look first gives every live lease its full time to live
 again (and renewals meanwhile are taken as in time). Otherwise a Redis restart
-after a longer outage would expire every node at once. An incarnation is fenced from the
-instant its lease expires: it can be renewed no more, it may join no log, and
-expire_node (lua/dmulog.lua) refuses it in each log it is handed over in.
+after a longer outage would expire every node at once.
 
 Errors: EINVAL (bad argument), ENOENT (no such live lease: the caller must
 take a new one).

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from dmulog.status_view import LEGEND, cells, render_list, render_log
+from dmulog.status_view import LEGEND, cells, render_list, render_log, render_nodes
 from dmulog.v1 import dmulog_pb2 as pb
 
 
@@ -199,7 +199,7 @@ def test_render_log_million():
         "recovering nothing",
         "map: 1024 cells of 977 regions each",
         "999999:node-a+node-b",
-        "node-a luid 0xabc boot 01234567 resumed 1000000 regions",
+        "luid 0xabc boot 01234567 epoch 0 resumed 1000000 regions",
         LEGEND,
     ]:
         assert expected in text
@@ -208,6 +208,29 @@ def test_render_log_million():
     assert expected_rows == len(rows)
     assert "x" in "".join(rows)
     assert "d" in rows[-1]
+
+
+def test_render_log_shows_each_nodes_lease_marks_and_hand_over():
+    """Per node: its lease, its instances, its marked regions; then the incarnations handed over in the log."""
+    st = million_state(out_of_sync=654_321, dirty=999_999)
+    st.fences.append(pb.NodeFence(node="node-c", epoch=4))
+    nodes = [
+        pb.NodeLease(name="node-a", boot_id="01234567", epoch=9, state=pb.LEASE_STATE_LIVE, renewed_ms_ago=1200,
+                     expires_in_ms=8800),
+        pb.NodeLease(name="node-c", boot_id="ffff", epoch=4, state=pb.LEASE_STATE_DEAD, renewed_ms_ago=30000),
+    ]  # fmt: skip
+    text = render_log(st, nodes=nodes)
+    for expected in [
+        "node-a: epoch 9 live, renewed 1.2 s ago, expires in 8.8 s",
+        "node-b: no lease",
+        "marked: 1 region (999999)",
+        "handed over: node-c epoch 4 (its marked regions turned out of sync; 1 out of sync in the log now), "
+        "now epoch 4 dead, handed over, renewed 30.0 s ago",
+    ]:
+        assert expected in text, text
+    listing = render_nodes(nodes)
+    assert "node-c" in listing and "dead, handed over" in listing
+    assert "no node leases" == render_nodes([])
 
 
 def test_render_log_recovering_and_no_instances():
