@@ -15,6 +15,10 @@ noisy):
 * one log of ``--regions`` regions: CTR and RESUME time, Redis memory, the
   same request latencies against a small log, and how long ``dmulog status``
   (one ReadLogState plus the bitmap picture) takes on it;
+* the cost of a node's expiry: the hand-over (``expire_node``, its unmark job
+  included) of a log in which the node had ``--marks`` regions marked, in µs per
+  marked region, and of a node that joined ``--expire-logs`` logs with a few
+  marks each, in ms per log;
 * every heavy request at the largest size (2^28 regions: a CTR, a master
   RESUME, a grown table's RESUME, eight ReadLogStates, a reap and a last DTR
   of 262,144 marks) and the worst latency another log saw meanwhile
@@ -45,6 +49,7 @@ from harness import stall
 from harness.log_handle import LogHandle
 from harness.report import add_out_option, tee
 from harness.servers import RedisProcess, start_logsvc
+from logsvc.store import Store
 
 __all__ = ["main"]
 
@@ -139,11 +144,56 @@ async def run(args: argparse.Namespace, redis_url: str, target: str) -> None:
             print(f"{name:<14} {t * 1e6:>20.0f} {large[name] * 1e6:>24.0f} {large[name] / t:>6.2f}")
 
 
+async def expiry(args: argparse.Namespace, redis_url: str, target: str) -> None:
+    """What handing a dead node over costs: per marked region, and per log."""
+    async with grpc.aio.insecure_channel(target) as ch:
+        stub = pb_grpc.DirtyLogStub(ch)
+        store = Store.from_url(redis_url)
+        try:
+            log = LogHandle(stub, "expire-big", node="expire-a", boot="b1")
+            epoch = await log.acquire_lease()
+            regions = max(args.marks * 2, 1024)
+            await log.ctr(regions * REGION_SECTORS, "dmulog", str(REGION_SECTORS), "nosync")
+            await log.resume()
+            sem = asyncio.Semaphore(16)
+
+            async def mark(start: int) -> None:
+                async with sem:
+                    await log.mark(*range(start, min(args.marks, start + 32)))
+
+            await asyncio.gather(*(mark(i) for i in range(0, args.marks, 32)))
+            t0 = time.perf_counter()
+            await store.expire_node("expire-big", "expire-a", epoch)
+            big = time.perf_counter() - t0
+            node = LogHandle(stub, "expire-0", node="expire-b", boot="b1")
+            epoch = await node.acquire_lease()
+
+            async def join(i: int) -> None:
+                async with sem:
+                    h = LogHandle(stub, f"expire-{i}", node="expire-b", boot="b1", epoch=epoch)
+                    await h.ctr(128 * REGION_SECTORS, "dmulog", str(REGION_SECTORS), "nosync")
+                    await h.resume()
+                    await h.mark(1, 2, 3, 4)
+
+            await asyncio.gather(*(join(i) for i in range(args.expire_logs)))
+            t0 = time.perf_counter()
+            for i in range(args.expire_logs):
+                await store.expire_node(f"expire-{i}", "expire-b", epoch)
+            many = time.perf_counter() - t0
+        finally:
+            await store.close()
+    print(f"\nexpiry: a log with {args.marks} marked regions handed over in {big * 1e3:.0f} ms "
+          f"({big / args.marks * 1e6:.1f} µs a marked region, in steps of 1,024); {args.expire_logs} logs of "
+          f"4 marks each in {many:.2f} s ({many / args.expire_logs * 1e3:.2f} ms a log, one after another)")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Start Redis (AOF, appendfsync always) and logsvc, measure, clean up."""
     parser = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__.splitlines()[0])
     parser.add_argument("--logs", type=int, default=10000, help="logs to create (default 10000)")
     parser.add_argument("--regions", type=int, default=16 << 20, help="regions of the large log (default 16 Mi)")
+    parser.add_argument("--marks", type=int, default=65536, help="marked regions of the expired node's log")
+    parser.add_argument("--expire-logs", type=int, default=1000, help="logs the expired node joined")
     parser.add_argument("--no-stall", action="store_true", help="skip the heavy requests at 2^28 regions")
     add_out_option(parser, "bench-scale")
     args = parser.parse_args(argv)
@@ -154,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         logsvc = start_logsvc(workdir / "logsvc.log", redis_url=r.url)
         try:
             asyncio.run(run(args, r.url, logsvc.target))
+            asyncio.run(expiry(args, r.url, logsvc.target))
         finally:
             logsvc.stop()
             r.kill()

@@ -34,9 +34,11 @@ def test_scale_bench_runs(tmp_path: Path) -> None:
     """`python -m bench.scale` with a few logs and a modest large log: exit 0 and both tables."""
     out = tmp_path / "bench-scale.txt"
     run = subprocess.run([sys.executable, "-m", "bench.scale", "--logs", "50", "--regions", "65536", "--no-stall",
-                          "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)  # fmt: skip
+                          "--marks", "2048", "--expire-logs", "20", "--out", str(out)], cwd=REPO,
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
 
     assert 0 == run.returncode, run.stdout + run.stderr
     assert "50 logs of 128 regions" in run.stdout and "one log of 65536 regions" in run.stdout
     assert "(exit 0," in run.stdout
+    assert "expiry: a log with 2048 marked regions handed over" in run.stdout
     assert run.stdout == out.read_text()
