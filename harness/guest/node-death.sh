@@ -8,7 +8,8 @@
 #
 # Environment (set by harness/topology.py and the test):
 #   DMULOG_LOGSVC DMULOG_NODE DMULOG_NODE_INDEX   this node
-#   NODES         how many nodes write the mirror (the writer's stride)
+#   NODES         how many nodes write the mirror (the writer's stride, unless STRIDE)
+#   STRIDE PHASE  the writer's blocks, b % STRIDE == PHASE (default NODES, DMULOG_NODE_INDEX)
 #   UUID SECTORS REGION SPAN SEED   the mirror table and the writer
 # Host commands (wait_host): go-write, then pause / go-on (the writer stops and
 # restarts, so the host can compare the legs with the log while nothing is in
@@ -46,7 +47,7 @@ note status "$(dmsetup status m)"
 
 wait_host go-write 600
 python -m tests.kernel.crash.checker write /dev/mapper/m $R/writes.log --seed "$SEED" --span "$SPAN" \
-  --threads 2 --stride "$NODES" --phase "$DMULOG_NODE_INDEX" > $R/writer.out 2>&1 &
+  --threads 2 --stride "${STRIDE:-$NODES}" --phase "${PHASE:-$DMULOG_NODE_INDEX}" > $R/writer.out 2>&1 &
 WRITER=$!
 reader &
 READER=$!

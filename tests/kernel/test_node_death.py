@@ -20,8 +20,14 @@ qemu. Then, per round:
   dirty in the log (the data-loss checker); after it stopped, both legs are
   identical and hold every write either node saw complete.
 
-``DMULOG_NODE_ROUNDS`` (default 1) sets the rounds; the per-round times are printed
-and kept in the module's results.
+In the *rejoin* rounds node 0 then comes back: a new boot (a new boot id and a
+new lease's epoch) activates the mirror again beside node 1, which never stopped
+writing, and writes too (blocks of its own: the writers' stride is 3 then); at
+the end both legs are identical with every write of both of node 0's boots and
+of node 1.
+
+``DMULOG_NODE_ROUNDS`` (default 1) sets the rounds of each; the per-round times
+are printed and kept in the module's results.
 """
 
 from __future__ import annotations
@@ -74,6 +80,8 @@ class Round:
     restarts_b: int = 0
     problems: list[str] = dataclasses.field(default_factory=list)
     rc_b: int | None = None
+    rejoined: pb.GetLogStateResponse | None = None  # the log with node 0's second boot active (rejoin rounds)
+    outcome_a2: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def line(self) -> str:
         """The round's times, for the report."""
@@ -81,9 +89,9 @@ class Round:
                 f"{self.handed:.1f} s after the kill, its regions resynced by node 1 {self.resynced:.1f} s after it")
 
 
-def _env(seed: int) -> dict[str, str]:
+def _env(seed: int, **more: str) -> dict[str, str]:
     return {"NODES": str(NODES), "UUID": UUID, "SECTORS": str(SECTORS), "REGION": str(REGION),
-            "SPAN": str(LEG_BYTES), "SEED": str(seed)}  # fmt: skip
+            "SPAN": str(LEG_BYTES), "SEED": str(seed), **more}  # fmt: skip
 
 
 def _completed(boot: Boot) -> int:
@@ -121,11 +129,14 @@ def _trace_calls(trace: Path, since: float) -> list[tuple[float, str, list[str]]
     return out
 
 
-def _round(topo: Topology, n: int, seed: int) -> Round:
+def _round(topo: Topology, n: int, seed: int, *, rejoin: bool = False) -> Round:
     rng = random.Random(seed)
     res = Round(seed)
     topo.make_images()
-    a, b = (topo.boot(f"r{n}-node-{i}", SCRIPT, env=_env(seed), timeout=BOOT_TIMEOUT, node=i) for i in range(NODES))
+    name = f"{'rejoin' if rejoin else 'death'}-r{n}"
+    stride = {"STRIDE": "3"} if rejoin else {}  # the second boot of node 0 writes blocks of its own
+    a, b = (topo.boot(f"{name}-node-{i}", SCRIPT, env=_env(seed, **stride), timeout=BOOT_TIMEOUT, node=i)
+            for i in range(NODES))  # fmt: skip
     for boot in (a, b):
         boot.wait_for(lambda boot=boot: "settled" in boot.outcome(), BOOT_TIMEOUT - 120, "the mirror in sync")
     for boot in (a, b):
@@ -156,16 +167,34 @@ def _round(topo: Topology, n: int, seed: int) -> Round:
     paused = topo.log_state(UUID)
     res.leg_report = checker.check_legs_against_log(topo.image("leg0"), topo.image("leg1"),
                                                     checker.LogBits.from_state(paused))  # fmt: skip
+    legs = [topo.image("leg0"), topo.image("leg1")]
+    writers = [a, b]
     b.tell("go-on")
+    if rejoin:
+        # Node 0's next boot: a new incarnation joins the mirror while node 1 writes, and writes too.
+        a = topo.reboot(a, f"{name}-node-0-again", SCRIPT, env=_env(seed + 7919, STRIDE="3", PHASE="2"),
+                        timeout=BOOT_TIMEOUT)  # fmt: skip
+        a.wait_for(lambda: "settled" in a.outcome(), BOOT_TIMEOUT - 120, "node 0 back and in sync")
+        a.tell("go-write")
+        a.wait_for(lambda: _completed(a) >= 40, 240, "node 0's second boot writing")
+        res.rejoined = topo.log_state(UUID)
+        for step in ("pause", "go-on", "stop"):
+            a.tell(step)
+        a.wait_for(lambda: "synced_again" in a.outcome(), 600, "node 0's second boot stopped and in sync")
+        writers = [writers[0], a, b]
     b.tell("stop")
     b.wait_for(lambda: "synced_again" in b.outcome(), 600, "node 1 stopped and in sync")
-    legs = [topo.image("leg0"), topo.image("leg1")]
-    records = [checker.read_write_log(boot.path("writes.log")) for boot in (a, b)]
-    res.data = [checker.check_completed_writes(legs, wlog) for wlog in records]
+    records = [checker.read_write_log(boot.path("writes.log")) for boot in writers]
+    res.data += [checker.check_completed_writes(legs, wlog) for wlog in records]
     res.after = topo.log_state(UUID)
+    if rejoin:
+        a.tell("go-remove")
+        res.outcome_a2 = a.outcome()
     b.tell("go-remove")
     run_b = b.join(300)
-    a.join(120)
+    a.join(180)
+    if rejoin:
+        res.outcome_a2 = a.outcome()
     res.rc_b = run_b.rc
     res.outcome_b = b.outcome()
     res.restarts_b = b.text("bridge.log").count('"recovery_restarted"')
@@ -175,13 +204,15 @@ def _round(topo: Topology, n: int, seed: int) -> Round:
 
 @pytest.fixture(scope="module")
 def rounds(tmp_path_factory: pytest.TempPathFactory) -> list[Round]:
-    """Every round, in one host topology."""
+    """Every round of both kinds, in one host topology: node 0 never returns, then node 0 rejoins."""
     workdir: Path = tmp_path_factory.mktemp("node-death")
     base = int(os.environ.get("DMULOG_CRASH_SEED") or random.SystemRandom().randrange(1, 1 << 31))
     results = []
     with Topology(workdir, leg_bytes=LEG_BYTES, lease_ttl=TTL) as topo:
         for n in range(ROUNDS):
             results.append(_round(topo, n, base + n))
+        for n in range(ROUNDS):
+            results.append(_round(topo, n, base + 100 + n, rejoin=True))
     report = "\n".join(r.line() for r in results)
     (workdir / "report.txt").write_text(report + "\n")
     print("\n" + report)
@@ -200,7 +231,7 @@ def test_the_survivor_resyncs_them_without_reactivation(rounds: list[Round]) -> 
     for r in rounds:
         assert r.before is not None and r.after is not None
         b_before = [i for i in _instances(r.before) if i[0] == "node-1"]
-        assert b_before == _instances(r.after), r.line()
+        assert b_before == [i for i in _instances(r.after) if i[0] == "node-1"], r.line()
         assert r.restarts_b >= 1, r.line()
         assert [] == r.unsynced, f"node 1 never resynced these regions of node 0's: {r.unsynced}; {r.line()}"
         assert r.outcome_b.get("synced_again") == "0", r.outcome_b
@@ -224,3 +255,18 @@ def test_the_survivor_ran_to_the_end_with_a_clean_kernel_log(rounds: list[Round]
     for r in rounds:
         assert (r.rc_b, r.outcome_b.get("done"), r.outcome_b.get("read_errors")) == (0, "yes", "0"), r.outcome_b
         assert r.problems == [], r.problems
+
+
+def test_a_rebooted_node_rejoins_as_a_new_incarnation_beside_the_writer(rounds: list[Round]) -> None:
+    """Node 0's second boot joins the mirror beside node 1: a new boot id, a larger epoch; it writes and removes it."""
+    rejoins = [r for r in rounds if r.rejoined is not None]
+    assert rejoins, "no rejoin round ran"
+    for r in rejoins:
+        assert r.before is not None and r.rejoined is not None
+        first = {i.node: i for i in r.before.instances}
+        again = {i.node: i for i in r.rejoined.instances}
+        assert sorted(again) == ["node-0", "node-1"], r.rejoined.instances
+        assert again["node-0"].boot_id != first["node-0"].boot_id
+        assert again["node-0"].epoch > first["node-0"].epoch
+        assert again["node-1"].luid == first["node-1"].luid  # node 1 was never reactivated
+        assert (r.outcome_a2.get("remove_rc"), r.outcome_a2.get("done")) == ("0", "yes"), r.outcome_a2
