@@ -277,7 +277,7 @@ async def run(config: BridgeConfig) -> None:
         if not await wait_for_turn():
             return
         stop_on_signals(stop, bridge.log_counts)
-        watcher = LogWatcher(client.stub, bridge.latches, Mirrors())
+        watcher = LogWatcher(client.stub, bridge.latches, Mirrors(), node.name)
         helpers.append(asyncio.ensure_future(keeper.keep(stop, watcher)))
         event(log, logging.INFO, "bridge_listening", netlink="NETLINK_CONNECTOR", group=wire.CN_IDX_DM,
               connector=f"{wire.CN_IDX_DM}:{wire.CN_VAL_DM_USERSPACE_LOG}", port_id=sock.port_id,

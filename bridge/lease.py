@@ -170,10 +170,12 @@ class LogWatcher:
     recovery of it (bridge/mirrors.py).
     """
 
-    def __init__(self, stub: pb_grpc.DirtyLogStub, latches: InSyncLatches, mirrors: Mirrors | None = None):
+    def __init__(self, stub: pb_grpc.DirtyLogStub, latches: InSyncLatches, mirrors: Mirrors | None = None,
+                 node: str = ""):  # fmt: skip
         self._stub = stub
         self._latches = latches
         self._mirrors = mirrors
+        self._node = node
         self.ready = asyncio.Event()
         self.events = 0
 
@@ -200,7 +202,9 @@ class LogWatcher:
                         forgot = self._latches.forget_log(item.uuid)
                         event(log, logging.INFO, "node_expired_elsewhere", uuid=item.uuid, node=item.node,
                               epoch=item.epoch, latches_forgotten=forgot)  # fmt: skip
-                        if self._mirrors is not None:
+                        # An old incarnation of this very node: its new one's own
+                        # resume already reset its kernel's hint.
+                        if self._mirrors is not None and item.node != self._node:
                             self._mirrors.restart_recovery(item.uuid)
             except grpc.aio.AioRpcError as e:
                 if not stop.is_set():

@@ -83,8 +83,15 @@ class DirtyLogService(pb_grpc.DirtyLogServicer):
         spec = ctr_fields(s, log_device(s, request.block_devices), request.log.uuid)
         # Joined before constructed: the reaper of this incarnation then finds the log (logsvc/leases.py).
         await self._leases.join(node, boot, epoch, request.log.uuid)
-        device = await self._op(request, json.dumps(spec))
+        device, announce = await self._op(request, json.dumps(spec))
+        await self._announce(request.log.uuid, node, announce)
         return pb.CtrResponse(device=device.decode() if isinstance(device, bytes) else "")
+
+    async def _announce(self, uuid: str, node: str, announce: int) -> None:
+        """A CTR or RESUME replaced an older incarnation of ``node``: tell every watcher, as after an expiry."""
+        if announce:
+            await self._leases.announce(uuid, node, 0)
+            await self._store.announced(uuid, announce)
 
     async def Dtr(self, request: pb.DtrRequest, context: Ctx) -> pb.DtrResponse:
         await self._op(request)
@@ -99,7 +106,7 @@ class DirtyLogService(pb_grpc.DirtyLogServicer):
         return pb.PostsuspendResponse()
 
     async def Resume(self, request: pb.ResumeRequest, context: Ctx) -> pb.ResumeResponse:
-        await self._op(request)
+        await self._announce(request.log.uuid, request.node.name, int(await self._op(request)))
         return pb.ResumeResponse()
 
     async def GetRegionSize(self, request: pb.GetRegionSizeRequest, context: Ctx) -> pb.GetRegionSizeResponse:

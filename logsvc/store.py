@@ -235,6 +235,10 @@ class Store:
             await self.finish_jobs(uuid)
         return int(gone)
 
+    async def announced(self, uuid: str, announce: int) -> None:
+        """The log's pending announcement ``announce`` was made (lua/dmulog.lua, ANNOUNCING)."""
+        await self._fcall("announced", uuid, (announce,), False)
+
     async def _fcall(self, op: str, uuid: str, argv: Sequence[str | int | bytes], readonly: bool) -> Any:
         return await self.fcall(FUNCTION_PREFIX + op, log_keys(uuid, self._prefix), argv, readonly=readonly)
 

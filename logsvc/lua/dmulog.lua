@@ -621,7 +621,14 @@ end
 -- smaller epoch (its lease expired: a partition, a paused VM, a bridge that
 -- was down too long). Those instances are dead. Returns whether there were any.
 local function reap_old_incarnations(k, c)
-  return reap(k, c.node, function(inst) return inst.boot ~= c.boot or (inst.epoch or 0) < c.epoch end) > 0
+  if reap(k, c.node, function(inst) return inst.boot ~= c.boot or (inst.epoch or 0) < c.epoch end) == 0 then
+    return false
+  end
+  -- The other nodes must hear of it as of an expiry (their latches end, their
+  -- kernels must resume to take the regions): the CTR or RESUME that did this
+  -- says so in its reply (see register) until logsvc announced it.
+  redis.call('HSET', k.log, 'announce', redis.call('HGET', k.log, 'latch_floor'))
+  return true
 end
 
 -- Nil when the caller's incarnation may construct an instance here, else the
@@ -1103,9 +1110,27 @@ local function v1_keys(K)
   return k
 end
 
+-- The v3 replies of CTR and RESUME add the log's pending announcement (the
+-- latch floor of an old incarnation those requests replaced, 0 for none):
+-- logsvc announces it on the event stream, then calls `announced`. Older
+-- services get the replies they know.
+local ANNOUNCING = {
+  ctr = function(K, reply) return {reply, tonumber(redis.call('HGET', K[1], 'announce')) or 0} end,
+  resume = function(K) return tonumber(redis.call('HGET', K[1], 'announce')) or 0 end,
+}
+
 local function register(name, callback, writes, adapt)
   local flags = writes and {} or {'no-writes'}
-  redis.register_function{function_name = 'dmulog_v3_' .. name, callback = callback, flags = flags}
+  local announcing = ANNOUNCING[name]
+  local v3 = callback
+  if announcing then
+    v3 = function(K, A)
+      local reply = callback(K, A)
+      if type(reply) == 'table' and reply.err then return reply end
+      return announcing(K, reply)
+    end
+  end
+  redis.register_function{function_name = 'dmulog_v3_' .. name, callback = v3, flags = flags}
   redis.register_function{
     function_name = 'dmulog_v2_' .. name,
     callback = function(K, A) return callback(K, v2_arguments(A)) end,
@@ -1187,6 +1212,11 @@ plain('step', function(k)
   return run_jobs(k) and 0 or 1
 end, true)
 plain('expire_node', expire_node, true)
+-- ARGV[1]: the announcement logsvc made (see ANNOUNCING); it is done unless a newer one came meanwhile.
+plain('announced', function(k, A)
+  if redis.call('HGET', k.log, 'announce') == A[1] then redis.call('HDEL', k.log, 'announce') end
+  return 0
+end, true)
 plain('state', state)
 plain('summary', summary)
 plain('version', function() return SCHEMA end)

@@ -320,3 +320,36 @@ async def test_an_outage_of_the_lease_table_expires_no_one(tmp_path: Path, uuid:
             assert ([1, 2], []) == (sorted(m.region for m in state.marks), out_of_sync(state))
     finally:
         own.kill()
+
+
+async def test_a_quick_reboot_is_announced_like_an_expiry(lstub: pb_grpc.DirtyLogStub, uuid: str) -> None:
+    """A node's new boot that replaces its old instance itself (before the lease expired) is announced too.
+
+    Else the other nodes would keep their latches of the log, and the resync of
+    the old boot's regions would wait for a resume nobody asks them for.
+    """
+    events = lstub.WatchLogs(pb.WatchLogsRequest())
+    it = events.__aiter__()
+    assert (await it.__anext__()).kind == pb.LOG_EVENT_KIND_READY
+    a = LogHandle(lstub, uuid, node="quick-a", boot="boot-1")
+    b = a.other(node="quick-b", boot="boot-b", luid=2)
+    for h in (a, b):
+        await h.acquire_lease()
+    async with a.alive(TTL / 3), b.alive(TTL / 3):
+        for h in (a, b):
+            await h.ctr(SECTORS, "clustered-core", "16", "nosync")
+            await h.resume()
+        await a.mark(9)
+        again = a.other(boot="boot-2", luid=3)
+        await again.acquire_lease()
+        async with again.alive(TTL / 3):
+            await again.ctr(SECTORS, "clustered-core", "16", "nosync")
+            await again.resume()
+            got = await asyncio.wait_for(it.__anext__(), 10)
+            assert (got.kind, got.uuid, got.node) == (pb.LOG_EVENT_KIND_NODE_EXPIRED, uuid, "quick-a")
+            assert [9] == out_of_sync(await b.state())
+            assert await again.resync_work() is None  # B has not resumed since
+            await b.suspend()
+            await b.resume()
+            assert [9] == await again.resync_all()
+    events.cancel()
