@@ -115,6 +115,25 @@ net_up() {
   ip addr add 10.0.2.15/24 dev eth0 || die "eth0 address"
 }
 
+# shared_mirror SECONDS: one node of a host topology with several nodes on one mirror:
+# its kernel log streamed to $R/kmsg.txt (a killed node saves no dmesg), disks and
+# network up, its bridge, and the dmulog mirror m of $UUID ($SECTORS sectors, $REGION
+# per region) on the shared legs, created and given SECONDS to be in sync. Notes
+# node_index, boot_id, create_rc, settled and status.
+shared_mirror() {
+  dmesg -w > $R/kmsg.txt 2>&1 &
+  disks_up
+  net_up
+  note node_index "$DMULOG_NODE_INDEX"
+  note boot_id "$(cat /proc/sys/kernel/random/boot_id)"
+  start_bridge
+  $T dmsetup create m --table "$(mirror_table $SECTORS "$(log_words $UUID dmulog $REGION)" "$L0 0 $L1 0")"
+  note create_rc $?
+  dmsetup mknodes m
+  settle m "$1"; note settled $?
+  note status "$(dmsetup status m)"
+}
+
 # leg FILE SIZE [random]: a sparse file (random content if asked) behind a loop device; prints the device.
 leg() {
   rm -f "$1"; truncate -s "$2" "$1"

@@ -33,17 +33,7 @@ reader() {
   echo "$errors" > /tmp/read-errors
 }
 
-dmesg -w > $R/kmsg.txt 2>&1 &
-disks_up
-net_up
-note node_index "$DMULOG_NODE_INDEX"
-note boot_id "$(cat /proc/sys/kernel/random/boot_id)"
-start_bridge
-$T dmsetup create m --table "$(mirror_table $SECTORS "$(log_words $UUID dmulog $REGION)" "$L0 0 $L1 0")"
-note create_rc $?
-dmsetup mknodes m
-settle m 300; note settled $?
-note status "$(dmsetup status m)"
+shared_mirror 300
 
 wait_host go-write 600
 python -m tests.kernel.crash.checker write /dev/mapper/m $R/writes.log --seed "$SEED" --span "$SPAN" \

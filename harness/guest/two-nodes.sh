@@ -20,17 +20,7 @@ STEP_TIMEOUT=120
 # under pipefail, the SIGPIPE that ends yes would fail every pipeline this is in.)
 block_of() { head -c "$BLOCK" < <(yes "written by node-$1"); }
 
-dmesg -w > $R/kmsg.txt 2>&1 &
-disks_up
-net_up
-note node_index "$DMULOG_NODE_INDEX"
-note boot_id "$(cat /proc/sys/kernel/random/boot_id)"
-start_bridge
-$T dmsetup create m --table "$(mirror_table $SECTORS "$(log_words $UUID dmulog $REGION)" "$L0 0 $L1 0")"
-note create_rc $?
-dmsetup mknodes m
-settle m 180; note settled $?
-note status "$(dmsetup status m)"
+shared_mirror 180
 block_of "$DMULOG_NODE_INDEX" | $T dd of=/dev/mapper/m bs="$BLOCK" seek="$DMULOG_NODE_INDEX" iflag=fullblock \
   oflag=direct status=none
 note write_rc $?

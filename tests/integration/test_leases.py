@@ -67,6 +67,12 @@ async def dead(stub: pb_grpc.DirtyLogStub, name: str) -> bool:
     return n is not None and n.state == pb.LEASE_STATE_DEAD
 
 
+async def activate(h: LogHandle) -> None:
+    """CTR and RESUME of a ``nosync`` table of SECTORS: every region in sync."""
+    await h.ctr(SECTORS, "clustered-core", "16", "nosync")
+    await h.resume()
+
+
 async def code_of(call: Awaitable[object]) -> tuple[grpc.StatusCode, str]:
     """The status a call fails with."""
     with pytest.raises(grpc.aio.AioRpcError) as e:
@@ -129,8 +135,7 @@ async def test_a_fenced_incarnation_is_refused_until_it_takes_a_new_lease(lstub:
     a = LogHandle(lstub, uuid, node="fence-a", boot="boot-a")
     old = await a.acquire_lease()
     async with a.alive(TTL / 3):
-        await a.ctr(SECTORS, "clustered-core", "16", "nosync")
-        await a.resume()
+        await activate(a)
         await a.mark(7)
     await eventually(lambda: dead(lstub, "fence-a"))
     code, detail = await code_of(a.mark(8))
@@ -141,8 +146,7 @@ async def test_a_fenced_incarnation_is_refused_until_it_takes_a_new_lease(lstub:
     new = await a.acquire_lease()
     assert new > old
     async with a.alive(TTL / 3):
-        await a.ctr(SECTORS, "clustered-core", "16", "nosync")
-        await a.resume()
+        await activate(a)
         await a.mark(8)
         state = await a.state()
     assert [(i.node, i.epoch) for i in state.instances] == [("fence-a", new)]
@@ -159,8 +163,7 @@ async def test_an_older_incarnation_never_evicts_a_newer_one(lstub: pb_grpc.Dirt
     await new.acquire_lease()
     assert new.node.epoch > old.node.epoch
     async with new.alive(TTL / 3):
-        await new.ctr(SECTORS, "clustered-core", "16", "nosync")
-        await new.resume()
+        await activate(new)
         await new.mark(4)
         code, detail = await code_of(old.ctr(SECTORS, "clustered-core", "16", "nosync"))
         assert code == grpc.StatusCode.NOT_FOUND, detail
@@ -179,8 +182,7 @@ async def test_a_late_hand_over_of_an_old_epoch_leaves_the_new_incarnation_alone
     await asyncio.sleep(TTL + 0.1)  # expired (the reaper may or may not have handed it over yet)
     await a.acquire_lease()
     async with a.alive(TTL / 3):
-        await a.ctr(SECTORS, "clustered-core", "16", "nosync")
-        await a.resume()
+        await activate(a)
         await a.mark(11)
         store = Store.from_url(redis.url)
         try:
@@ -226,8 +228,7 @@ async def test_watch_logs_is_ready_then_names_each_log_an_expiry_touched(lstub: 
     it = events.__aiter__()
     assert (await it.__anext__()).kind == pb.LOG_EVENT_KIND_READY
     async with a.alive(TTL / 3):
-        await a.ctr(SECTORS, "clustered-core", "16", "nosync")
-        await a.resume()
+        await activate(a)
     while True:
         got = await asyncio.wait_for(it.__anext__(), 10)
         if got.uuid == uuid:
@@ -280,8 +281,7 @@ async def test_a_dead_nodes_regions_wait_for_every_survivor_to_resume(lstub: pb_
     async with b.alive(TTL / 3), c.alive(TTL / 3):
         async with a.alive(TTL / 3):
             for h in (a, b, c):
-                await h.ctr(SECTORS, "clustered-core", "16", "nosync")
-                await h.resume()
+                await activate(h)
             await a.mark(12)
         await eventually(lambda: dead(lstub, "gate-a"))
         assert [12] == out_of_sync(await b.state())
@@ -305,8 +305,7 @@ async def test_an_outage_of_the_lease_table_expires_no_one(tmp_path: Path, uuid:
             a = LogHandle(stub, uuid, node="outage-a", boot="boot-a")
             epoch = await a.acquire_lease()
             async with a.alive(TTL / 3):
-                await a.ctr(SECTORS, "clustered-core", "16", "nosync")
-                await a.resume()
+                await activate(a)
                 await a.mark(1)
                 assert own.proc is not None
                 own.proc.send_signal(signal.SIGSTOP)
@@ -337,14 +336,12 @@ async def test_a_quick_reboot_is_announced_like_an_expiry(lstub: pb_grpc.DirtyLo
         await h.acquire_lease()
     async with a.alive(TTL / 3), b.alive(TTL / 3):
         for h in (a, b):
-            await h.ctr(SECTORS, "clustered-core", "16", "nosync")
-            await h.resume()
+            await activate(h)
         await a.mark(9)
         again = a.other(boot="boot-2", luid=3)
         await again.acquire_lease()
         async with again.alive(TTL / 3):
-            await again.ctr(SECTORS, "clustered-core", "16", "nosync")
-            await again.resume()
+            await activate(again)
             got = await asyncio.wait_for(it.__anext__(), 10)
             assert (got.kind, got.uuid, got.node) == (pb.LOG_EVENT_KIND_NODE_EXPIRED, uuid, "quick-a")
             assert [9] == out_of_sync(await b.state())
