@@ -63,7 +63,7 @@ class LeaseKeeper:
         self.ttl = 0.0  # seconds; 0 while leases are off (or not yet acquired)
         self.renewed_at = float("-inf")  # when the last successful grant or renewal was *sent*
         self.incarnations = 0
-        self._kick = asyncio.Event()
+        self._failures = 0  # renewals failed in a row
         self.ready = asyncio.Event()
         """Set once the node has a lease (or knows it runs without one): kernel requests wait for it."""
 
@@ -126,23 +126,20 @@ class LeaseKeeper:
             if watching is not None:
                 await watching
 
-    def kick(self) -> None:
-        """Renew now (e.g. a request was refused as fenced)."""
-        self._kick.set()
-
     async def run(self, stop: asyncio.Event) -> None:
         """Renew until ``stop``; take a new incarnation when the lease was lost."""
         if not self.enabled:
             return
         while not stop.is_set():
-            self._kick.clear()
-            wait = max(0.05, self.ttl * RENEW_FRACTION - (self._clock() - self.renewed_at))
-            waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._kick.wait())]
-            await asyncio.wait(waits, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
-            for w in waits:
-                w.cancel()
-            if stop.is_set():
+            # Due a third of the TTL after the last success; after a failure, again
+            # soon but backing off, so an outage of logsvc is not a busy loop.
+            due = self.ttl * RENEW_FRACTION - (self._clock() - self.renewed_at)
+            wait = max(due, _pause(self._failures)) if self._failures else max(0.05, due)
+            try:
+                await asyncio.wait_for(stop.wait(), wait)
                 return
+            except TimeoutError:
+                pass
             await self.renew(stop)
 
     async def renew(self, stop: asyncio.Event | None = None) -> None:
@@ -152,14 +149,17 @@ class LeaseKeeper:
             got = await self._stub.RenewLease(pb.RenewLeaseRequest(node=self.node), timeout=CALL_TIMEOUT)
         except grpc.aio.AioRpcError as e:
             if e.code() != grpc.StatusCode.NOT_FOUND:
+                self._failures += 1
                 left = self.safe_until - self._clock()
                 event(log, logging.WARNING, "lease_renewal_failed", status=e.code().name, detail=e.details(),
                       lease_left=round(left, 3))  # fmt: skip
                 return
             event(log, logging.ERROR, "lease_lost", node=self.node.name, epoch=self.node.epoch, detail=e.details(),
                   consequence="logsvc refuses this incarnation; the kernel constructs its logs again")  # fmt: skip
+            self._failures = 0
             await self.acquire(stop)
             return
+        self._failures = 0
         self.ttl, self.renewed_at = got.ttl_ms / 1000, sent
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from bridge.lease import LeaseKeeper
 from dmulog.v1 import dmulog_pb2 as pb
 from dmulog.v1 import dmulog_pb2_grpc as pb_grpc
 from harness.log_handle import LogHandle, dirty, out_of_sync
@@ -350,3 +351,21 @@ async def test_a_quick_reboot_is_announced_like_an_expiry(lstub: pb_grpc.DirtyLo
             await b.resume()
             assert [9] == await again.resync_all()
     events.cancel()
+
+
+async def test_a_bridge_backs_off_while_logsvc_is_away(redis: RedisProcess, uuid: str, tmp_path: Path) -> None:
+    """The lease keeper renews a third of the TTL apart, and after failures backs off instead of spinning."""
+    listen = f"unix:{tmp_path / 'logsvc.sock'}"
+    async with grpc.aio.insecure_channel(listen) as channel:
+        keeper = LeaseKeeper(pb_grpc.DirtyLogStub(channel), pb.Node(name=f"away-{uuid[-8:]}", boot_id="b"))
+        stop = asyncio.Event()
+        async with logsvc_server(redis.url, listen, lease_ttl=TTL, reaper_interval=REAPER):
+            assert await keeper.acquire(stop)
+            keeping = asyncio.ensure_future(keeper.run(stop))
+            await asyncio.sleep(TTL)
+            assert keeper._failures == 0
+        # logsvc is gone; the keeper keeps trying, slowly (without the back-off: every 50 ms).
+        await asyncio.sleep(2.0)
+        stop.set()
+        await keeping
+    assert 1 <= keeper._failures <= 10, keeper._failures
