@@ -25,7 +25,7 @@ from redis import exceptions as rexc
 
 from dmulog.logs import event
 from dmulog.v1 import dmulog_pb2 as pb
-from logsvc.errors import Overtaken
+from logsvc.errors import LogError, Overtaken
 from logsvc.keys import events_key
 from logsvc.store import Store
 
@@ -106,10 +106,10 @@ class EventFeed:
                 got: Any = await self._store.redis.xread({self._key: self._last}, block=BLOCK_MS, count=256)
             except asyncio.CancelledError:
                 raise
-            except (rexc.RedisError, OSError) as e:
+            except (rexc.RedisError, OSError, LogError) as e:
                 # Events may be missed while Redis is away: end every watcher
                 # so that each trusts no latch until it watches again.
-                event(log, logging.WARNING, "event_stream_unreadable", detail=str(e))
+                event(log, logging.WARNING, "event_stream_unreadable", detail=repr(e))
                 self._drop_all()
                 self._last = None
                 self._started.clear()
@@ -118,7 +118,12 @@ class EventFeed:
             for _, entries in got or []:
                 for entry_id, fields in entries:
                     self._last = _text(entry_id)
-                    self._fan_out(_event(fields))
+                    try:
+                        item = _event(fields)
+                    except ValueError as e:  # not ours: someone else wrote to the stream
+                        event(log, logging.WARNING, "event_unreadable", id=self._last, detail=str(e))
+                        continue
+                    self._fan_out(item)
 
     def _fan_out(self, item: pb.WatchLogsResponse) -> None:
         for queue in list(self._watchers):

@@ -188,6 +188,8 @@ class Reaper:
                 await self.reap_once()
             except LogError as e:
                 event(log, logging.WARNING, "reaper_failed", detail=str(e))
+            except Exception as e:  # noqa: BLE001 - one bad pass must not end every expiry to come
+                event(log, logging.ERROR, "reaper_crashed", detail=repr(e))
             try:
                 await asyncio.wait_for(stop.wait(), self.interval)
             except TimeoutError:
