@@ -97,6 +97,7 @@ assert HEADER_SIZE == 196
 # not fixed: STATUS_* get the rest of the status buffer. Read from the table of
 # request types (dmulog/requests.py), where each type's room is declared.
 REPLY_CAPACITY: Mapping[RequestType, int | None] = MappingProxyType({s.type: s.capacity for s in REQUESTS})
+_KNOWN_TYPES = frozenset(int(t) for t in REPLY_CAPACITY)
 
 
 class WireError(ValueError):
@@ -299,18 +300,25 @@ def _bare_ack(cn_seq: int, code: int) -> bytes:
 
 
 def error_reply(request: Request, code: int) -> bytes:
-    """Reply carrying ``-code`` and no payload.
+    """Reply carrying ``-code``: no payload, except where the kernel asks again.
 
-    NOTE: -EAGAIN goes as a bare ACK (matched on cn_msg.seq, which the kernel
-    sets equal to the request seq). The kernel's fill_pkg keeps the caller's
-    reply room only for a bare-ACK EAGAIN; a full reply with data_size 0 sets
-    that room to 0, the re-sent request's answer is then refused with -ENOSPC
-    ("Insufficient space to receive package"), and an IN_SYNC reads as "not
-    in sync": the write goes to the primary leg only.
+    NOTE: the kernel's fill_pkg sets the caller's reply room to the data_size
+    of an error reply (to 0 for a bare ACK, except a bare-ACK EAGAIN, which
+    keeps it). Two errors make the kernel ask the same request again with that
+    room: -EAGAIN (at once) and -ESRCH (after replaying CTR and RESUME). With
+    a room of 0 the answer to the request asked again is refused with -ENOSPC
+    ("Insufficient space to receive package"), and an IN_SYNC then reads as
+    "not in sync": the write goes to the primary leg only while the log says
+    in sync, and the legs differ. So -EAGAIN goes as a bare ACK (matched on
+    cn_msg.seq, which the kernel sets equal to the request seq), and -ESRCH as
+    a full reply carrying zeros of the request type's whole reply room.
     """
     if abs(code) == errno.EAGAIN:
         return _bare_ack(request.cn_seq, errno.EAGAIN)
-    return encode_reply(request, -abs(code))
+    room = None
+    if abs(code) == errno.ESRCH and request.request_type in _KNOWN_TYPES:
+        room = REPLY_CAPACITY[RequestType(request.request_type)]
+    return encode_reply(request, -abs(code), bytes(room or 0))
 
 
 def expect_empty(data: bytes, what: str) -> None:

@@ -592,6 +592,24 @@ def test_eagain_is_a_bare_ack_so_the_kernel_keeps_its_reply_room():
     assert (True, -errno.EAGAIN, 0x55, 36) == (parsed.bare_ack, parsed.error, parsed.seq, len(raw))
 
 
+@pytest.mark.parametrize(
+    ("rtype", "payload", "room"),
+    [(T.IN_SYNC, u64(3), 8), (T.IS_CLEAN, u64(3), 8), (T.GET_SYNC_COUNT, b"", 8), (T.GET_RESYNC_WORK, b"", 16),
+     (T.IS_REMOTE_RECOVERING, u64(3), 16), (T.MARK_REGION, u64(1), 0), (T.STATUS_INFO, b"", 0)],
+)  # fmt: skip
+def test_esrch_carries_zeros_of_the_whole_reply_room(rtype, payload, room):
+    """-ESRCH makes the kernel ask again after CTR and RESUME, with the room this reply's data_size leaves it.
+
+    So an -ESRCH reply carries that many zero bytes: the room of the request type
+    (none for a request that gets no data, and for STATUS_INFO, whose room is the
+    rest of the status buffer and unknown here). With data_size 0 the answer to
+    the IN_SYNC asked again was refused -ENOSPC and read as "not in sync".
+    """
+    raw = wire.error_reply(wire.decode_request(datagram(rtype, payload, seq=9)), errno.ESRCH)
+    parsed = wire.decode_reply(raw)
+    assert (-errno.ESRCH, 9, bytes(room)) == (parsed.error, parsed.seq, parsed.data)
+
+
 @little_endian_only
 def test_error_reply_esrch_hex():
     """The -ESRCH reply has error bytes fdffffff and data_size 0."""
