@@ -224,7 +224,8 @@ def test_parallel_mirrors_of_mixed_types(conformance: GuestRun) -> None:
     assert "yes" == out.get("par.alive")
 
 
-_INSTANCE = re.compile(r"^ {4}guest luid (0x[0-9a-f]+) boot \S+ (\w+) 8 regions$", re.MULTILINE)
+_INSTANCE = re.compile(r"^ {6}luid (0x[0-9a-f]+) boot \S+ epoch \d+ (\w+) 8 regions$", re.MULTILINE)
+"""An instance line of ``dmulog status <UUID>`` (under its node)."""
 
 
 def test_reload_runs_two_instances_until_resume(conformance: GuestRun) -> None:

@@ -146,9 +146,15 @@ def _round(topo: Topology, n: int, seed: int, *, rejoin: bool = False) -> Round:
     a.throttle_writes("leg1", SLOW_LEG_IOPS)
     time.sleep(rng.uniform(1.0, 4.0))
     # Frozen, node 0 sends nothing more: the log's marks of it are what it dies with.
-    a.freeze()
-    res.before = topo.log_state(UUID)
-    res.a_regions = sorted(m.region for m in res.before.marks if "node-0" in m.nodes)
+    # A moment with none marked (all its writes just done) is thawed and tried again.
+    for _ in range(20):
+        a.freeze()
+        res.before = topo.log_state(UUID)
+        res.a_regions = sorted(m.region for m in res.before.marks if "node-0" in m.nodes)
+        if res.a_regions:
+            break
+        a.thaw()
+        time.sleep(rng.uniform(0.2, 1.0))
     killed = time.time()
     a.crash()
     # Node 0 handed over: its instance gone; then node 1 resyncs its regions while it writes.
