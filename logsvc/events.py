@@ -27,7 +27,7 @@ from dmulog.logs import event
 from dmulog.v1 import dmulog_pb2 as pb
 from logsvc.errors import LogError, Overtaken
 from logsvc.keys import events_key
-from logsvc.store import Store
+from logsvc.store import Store, text
 
 __all__ = ["EventFeed"]
 
@@ -40,12 +40,9 @@ log = logging.getLogger("dmulog.logsvc.events")
 _KINDS: Final = {"node_expired": pb.LOG_EVENT_KIND_NODE_EXPIRED}
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
 
 def _event(fields: dict[Any, Any]) -> pb.WatchLogsResponse:
-    f = {_text(k): _text(v) for k, v in fields.items()}
+    f = {text(k): text(v) for k, v in fields.items()}
     kind = _KINDS.get(f.get("kind", ""), pb.LOG_EVENT_KIND_UNSPECIFIED)
     return pb.WatchLogsResponse(kind=kind, uuid=f.get("uuid", ""), node=f.get("node", ""),
                                 epoch=int(f.get("epoch", "0") or 0))  # fmt: skip
@@ -95,7 +92,7 @@ class EventFeed:
 
     async def _position(self) -> str:
         last = await self._store.plain(lambda: self._store.redis.xrevrange(self._key, count=1))
-        return _text(last[0][0]) if last else "0-0"
+        return text(last[0][0]) if last else "0-0"
 
     async def _read(self) -> None:
         while True:
@@ -117,7 +114,7 @@ class EventFeed:
                 continue
             for _, entries in got or []:
                 for entry_id, fields in entries:
-                    self._last = _text(entry_id)
+                    self._last = text(entry_id)
                     try:
                         item = _event(fields)
                     except ValueError as e:  # not ours: someone else wrote to the stream

@@ -39,7 +39,7 @@ from typing import Any, Final
 from dmulog.logs import event
 from logsvc.errors import LogError
 from logsvc.keys import events_key, lease_keys, lease_logs_key
-from logsvc.store import Store
+from logsvc.store import Store, text
 
 __all__ = ["DEFAULT_TTL", "EVENTS_MAXLEN", "Lease", "LeaseRecord", "Leases", "Reaper"]
 
@@ -72,9 +72,6 @@ class LeaseRecord:
     now_ms: int
     expiring: int  # earlier incarnations still being handed over
 
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class Leases:
@@ -130,13 +127,13 @@ class Leases:
     async def claim(self, limit: int, hold: float) -> list[tuple[str, int]]:
         """Expired incarnations to hand over, each claimed for ``hold`` seconds."""
         flat = await self._call("claim", [limit, max(1, round(hold * 1000)), self.ttl_ms])
-        return [(_text(flat[i]), int(flat[i + 1])) for i in range(0, len(flat), 2)]
+        return [(text(flat[i]), int(flat[i + 1])) for i in range(0, len(flat), 2)]
 
     async def logs_of(self, node: str) -> list[str]:
         """The logs the node joined (any incarnation)."""
         key = lease_logs_key(node, self._store.prefix)
         members = await self._store.plain(lambda: self._store.redis.smembers(key))
-        return sorted(_text(m) for m in members)
+        return sorted(text(m) for m in members)
 
     async def done(self, node: str, epoch: int) -> None:
         """Every log of the incarnation was handed over."""
@@ -147,11 +144,11 @@ class Leases:
         flat, pending, now = await self._call("list", [], readonly=True)
         expiring: dict[str, int] = {}
         for member in pending:
-            name = _text(member).rpartition("|")[0]
+            name = text(member).rpartition("|")[0]
             expiring[name] = expiring.get(name, 0) + 1
         out = []
         for i in range(0, len(flat), 2):
-            name, rec = _text(flat[i]), json.loads(flat[i + 1])
+            name, rec = text(flat[i]), json.loads(flat[i + 1])
             out.append(LeaseRecord(name, str(rec["boot"]), int(rec["epoch"]), str(rec["state"]), int(rec["renewed"]),
                                    int(rec["expires"]), int(now), expiring.get(name, 0)))  # fmt: skip
         return sorted(out, key=lambda r: r.name)

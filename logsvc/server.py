@@ -22,7 +22,7 @@ from logsvc.events import EventFeed
 from logsvc.interceptor import RequestInterceptor
 from logsvc.leases import DEFAULT_TTL, Leases, Reaper
 from logsvc.service import DirtyLogService
-from logsvc.store import MAX_CONNECTIONS, Store
+from logsvc.store import MAX_CONNECTIONS, Store, text
 
 __all__ = ["LogsvcConfig", "build_server", "serve"]
 
@@ -68,10 +68,6 @@ async def build_server(
     return server, port, health_servicer, service
 
 
-def _text(value: object) -> object:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 async def _check_durability(store: Store) -> None:
     """Warn when the Redis we were given cannot keep an acknowledged mark."""
     try:
@@ -79,7 +75,7 @@ async def _check_durability(store: Store) -> None:
     except Exception:  # noqa: BLE001 - CONFIG may be disabled on managed Redis
         event(log, logging.WARNING, "durability_unknown", reason="CONFIG GET refused")
         return
-    values = {_text(k): _text(v) for k, v in cfg.items()}
+    values = {text(k): text(v) for k, v in cfg.items()}
     if values.get("appendonly") != "yes" or values.get("appendfsync") != "always":
         event(
             log, logging.WARNING, "durability_weak",

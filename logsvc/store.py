@@ -57,6 +57,7 @@ __all__ = [
     "Caller",
     "Store",
     "library_code",
+    "text",
 ]
 
 LIBRARY_NAME: Final = "dmulog_v1"
@@ -81,6 +82,11 @@ Caller = tuple[str, str, str, int]
 """(node name, boot id, luid as a decimal string, lease epoch): who sends a kernel request."""
 
 log = logging.getLogger("dmulog.logsvc.store")
+
+
+def text(value: Any) -> str:
+    """A Redis reply as text: the client keeps replies as bytes (bitmaps are binary)."""
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def library_code(name: str = "dmulog") -> str:
@@ -287,7 +293,7 @@ class Store:
         key = getattr(log_keys(uuid, self._prefix), name)
         for start in range(0, size, STATE_PIECE):
             end = min(size, start + STATE_PIECE)
-            data = await self._plain(lambda s=start, e=end: self._redis.getrange(key, s, e - 1))
+            data = await self.plain(lambda s=start, e=end: self._redis.getrange(key, s, e - 1))
             yield start, data + b"\0" * (end - start - len(data))
 
     async def marks(self, uuid: str) -> AsyncIterator[list[bytes]]:
@@ -295,7 +301,7 @@ class Store:
         key = log_keys(uuid, self._prefix).marks
         cursor: int | bytes = 0
         while True:
-            cursor, page = await self._plain(lambda c=cursor: self._redis.hscan(key, c, count=1024))
+            cursor, page = await self.plain(lambda c=cursor: self._redis.hscan(key, c, count=1024))
             if page:
                 yield [item for pair in page.items() for item in pair]
             if int(cursor) == 0:
@@ -303,9 +309,6 @@ class Store:
 
     async def plain(self, command: Any) -> Any:
         """Run ``command()`` (a plain Redis command) with the store's retries and errors."""
-        return await self._plain(command)
-
-    async def _plain(self, command: Any) -> Any:
         try:
             return await self._retry.run(command, is_retryable=_retryable)
         except (*_UNREACHABLE, *_NOT_NOW) as e:
@@ -319,5 +322,5 @@ class Store:
             async for key in self._redis.scan_iter(match=log_key_pattern(self._prefix), count=1000, _type="HASH"):
                 found.add(uuid_from_log_key(key.decode("utf-8"), self._prefix))
 
-        await self._plain(scan)
+        await self.plain(scan)
         return sorted(found)
