@@ -62,7 +62,6 @@ class LeaseKeeper:
         self._clock = clock
         self.ttl = 0.0  # seconds; 0 while leases are off (or not yet acquired)
         self.renewed_at = float("-inf")  # when the last successful grant or renewal was *sent*
-        self.incarnations = 0
         self._failures = 0  # renewals failed in a row
         self.ready = asyncio.Event()
         """Set once the node has a lease (or knows it runs without one): kernel requests wait for it."""
@@ -101,7 +100,6 @@ class LeaseKeeper:
             new = got.epoch != self.node.epoch
             self.node.epoch, self.ttl, self.renewed_at = got.epoch, got.ttl_ms / 1000, sent
             if new:
-                self.incarnations += 1
                 event(log, logging.INFO, "lease_acquired", node=self.node.name, boot_id=self.node.boot_id,
                       epoch=got.epoch, ttl_ms=got.ttl_ms)  # fmt: skip
             return True
@@ -177,7 +175,6 @@ class LogWatcher:
         self._mirrors = mirrors
         self._node = node
         self.ready = asyncio.Event()
-        self.events = 0
 
     async def run(self, stop: asyncio.Event) -> None:
         """Watch until ``stop``, opening the stream again whenever it ends."""
@@ -198,7 +195,6 @@ class LogWatcher:
                         self.ready.set()
                         attempt = 0
                     elif item.kind == pb.LOG_EVENT_KIND_NODE_EXPIRED:
-                        self.events += 1
                         forgot = self._latches.forget_log(item.uuid)
                         event(log, logging.INFO, "node_expired_elsewhere", uuid=item.uuid, node=item.node,
                               epoch=item.epoch, latches_forgotten=forgot)  # fmt: skip

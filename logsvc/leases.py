@@ -169,7 +169,6 @@ class Reaper:
         self.interval = interval if interval is not None else min(1.0, max(0.05, leases.ttl / 10))
         self._batch = batch
         self._clock = clock
-        self.handed_over = 0  # incarnations, for tests and metrics
 
     @property
     def hold(self) -> float:
@@ -212,6 +211,5 @@ class Reaper:
                 removed += gone
             logs += 1
         await self._leases.done(node, epoch)
-        self.handed_over += 1
         event(log, logging.WARNING, "node_expired", node=node, epoch=epoch, logs=logs, instances=removed,
               seconds=round(self._clock() - started, 4))  # fmt: skip
