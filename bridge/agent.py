@@ -39,6 +39,7 @@ from pathlib import Path
 from bridge import host, wire
 from bridge.answer import Answerer
 from bridge.client import ClientConfig, LogsvcClient
+from bridge.fence import SelfFence
 from bridge.journal import Journal, Replayed
 from bridge.latch import InSyncLatches
 from bridge.lease import LeaseKeeper, LogWatcher
@@ -67,6 +68,7 @@ class BridgeConfig:
     grace: float = 5.0
     journal_dir: Path | None = Path("/run/dmulog/inflight")
     latch_ttl: float = 1.0
+    self_fence: bool = True
 
 
 class Bridge:
@@ -83,11 +85,12 @@ class Bridge:
         send_nowait: Callable[[bytes], bool] | None = None,
         latches: InSyncLatches | None = None,
         lease_ready: asyncio.Event | None = None,
+        fenced: Callable[[], bool] | None = None,
     ):
         self._kernel_timeout = kernel_timeout
         self._send = send
         self._answerer = Answerer(client, node, latches if latches is not None else InSyncLatches(), send_nowait,
-                                  lease_ready=lease_ready)  # fmt: skip
+                                  lease_ready=lease_ready, fenced=fenced)  # fmt: skip
         self.journal = journal or Journal(None)
         self.tasks: set[asyncio.Task[None]] = set()
         self._replayed = Replayed(kernel_timeout)
@@ -95,6 +98,10 @@ class Bridge:
         self.counts: Counter[str] = Counter()
         #: Of those, the ones answered here without a call to logsvc.
         self.answered_here: Counter[str] = Counter()
+
+    def waiting(self, uuid: str) -> str | None:
+        """A request of log ``uuid``'s mirror thread now waiting for logsvc, if one is (bridge/fence.py)."""
+        return self._answerer.waiting(uuid)
 
     @property
     def latches(self) -> InSyncLatches:
@@ -268,8 +275,13 @@ async def run(config: BridgeConfig) -> None:
     node = pb.Node(name=host.node_name(config.node), boot_id=host.boot_id())
     client = LogsvcClient(config.logsvc, ClientConfig(config.attempt_timeout, config.budget))
     keeper = LeaseKeeper(client.stub, node)
+    latches, mirrors = InSyncLatches(config.latch_ttl), Mirrors()
+    fence = SelfFence(keeper, mirrors, latches) if config.self_fence else None
     bridge = Bridge(client, node, sock.send, journal=_journal(config.journal_dir), send_nowait=sock.send_nowait,
-                    latches=InSyncLatches(config.latch_ttl), lease_ready=keeper.ready)  # fmt: skip
+                    latches=latches, lease_ready=keeper.ready,
+                    fenced=(lambda: fence.active) if fence is not None else None)  # fmt: skip
+    if fence is not None:
+        fence.waiting = bridge.waiting
     client.warm()
     helpers: list[asyncio.Future[None]] = []
     stop = asyncio.Event()
@@ -277,8 +289,10 @@ async def run(config: BridgeConfig) -> None:
         if not await wait_for_turn():
             return
         stop_on_signals(stop, bridge.log_counts)
-        watcher = LogWatcher(client.stub, bridge.latches, Mirrors(), node.name)
+        watcher = LogWatcher(client.stub, latches, mirrors, node.name)
         helpers.append(asyncio.ensure_future(keeper.keep(stop, watcher)))
+        if fence is not None:
+            helpers.append(asyncio.ensure_future(fence.run(stop)))
         event(log, logging.INFO, "bridge_listening", netlink="NETLINK_CONNECTOR", group=wire.CN_IDX_DM,
               connector=f"{wire.CN_IDX_DM}:{wire.CN_VAL_DM_USERSPACE_LOG}", port_id=sock.port_id,
               inherited=claimed.inherited, journal=str(config.journal_dir or ""),

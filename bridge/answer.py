@@ -18,14 +18,19 @@ FLUSH that carries marks (integrated flush) goes to logsvc. Such a reply leaves
 before its request leaves the socket queue, so it needs no journal entry: killed
 at any point, the request is still queued and answered again (the kernel ignores
 a second reply).
+
+While the node fences itself (bridge/fence.py), PRESUSPEND and POSTSUSPEND are
+answered here too: they are the steps of the fence's own suspend, which must
+not wait for the logsvc it may not reach.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from types import MappingProxyType
 from typing import Final
 
@@ -35,7 +40,7 @@ from bridge.dispatch import DECODERS, ROUTES, Decode
 from bridge.errors import UNREACHABLE_ERRNO
 from bridge.latch import InSyncLatches
 from dmulog.logs import event
-from dmulog.requests import REQUESTS, AnswerHere
+from dmulog.requests import REQUESTS, AnswerHere, RequestSpec, RequestType
 from dmulog.v1 import dmulog_pb2 as pb
 
 __all__ = ["Answerer"]
@@ -55,13 +60,21 @@ _HERE: Final[Mapping[int, tuple[AnswerHere, Decode, str, bytes]]] = MappingProxy
 })  # fmt: skip
 
 
+# Answered here, with success, while the node is fenced.
+_WHILE_FENCED: Final = frozenset({int(RequestType.PRESUSPEND), int(RequestType.POSTSUSPEND)})
+
+
 class Answerer:
     """Answers decoded requests through a logsvc client; answers the few that need no call itself."""
 
     def __init__(self, client: LogsvcClient, node: pb.Node, latches: InSyncLatches,
                  send_nowait: Callable[[bytes], bool] | None = None, *,
-                 lease_ready: asyncio.Event | None = None):  # fmt: skip
+                 lease_ready: asyncio.Event | None = None, fenced: Callable[[], bool] | None = None):  # fmt: skip
         self._client = client
+        self._fenced = fenced
+        # Requests of a mirror's own thread now waiting for logsvc, by log UUID
+        # (RequestSpec.mirror_thread): while one waits, that mirror issues no I/O.
+        self._waiting: dict[str, dict[int, str]] = {}
         self._node = node
         self.latches = latches
         self._send_nowait = send_nowait
@@ -98,12 +111,35 @@ class Answerer:
             return None  # the ordinary path sends it again, and logs what fails
         return req.type_name
 
+    def waiting(self, uuid: str) -> str | None:
+        """The name of a request of log ``uuid``'s mirror thread now waiting for logsvc, if one is."""
+        names = self._waiting.get(uuid)
+        return next(iter(names.values())) if names else None
+
+    @contextlib.contextmanager
+    def _wait(self, req: wire.Request, spec: RequestSpec) -> Iterator[None]:
+        if not spec.mirror_thread:
+            yield
+            return
+        names = self._waiting.setdefault(req.uuid, {})
+        names[req.seq] = req.type_name
+        try:
+            yield
+        finally:
+            names.pop(req.seq, None)
+            if not names:
+                self._waiting.pop(req.uuid, None)
+
     async def answer(self, req: wire.Request) -> bytes:
         """The reply datagram for a decoded request. Never raises for bad input."""
         route = ROUTES.get(req.request_type)
         if route is None:
             event(log, logging.WARNING, "request_unknown_type", request_type=req.request_type)
             return wire.error_reply(req, errno.EINVAL)
+        if req.request_type in _WHILE_FENCED and self._fenced is not None and self._fenced():
+            self.latches.forget_log(req.uuid)  # a suspend ends the latch, as in logsvc
+            event(log, logging.INFO, "answered_while_fenced")
+            return wire.encode_reply(req, 0, b"")
         if self._lease_ready is not None and not self._lease_ready.is_set():
             # The node's epoch goes into the request: wait for the lease as for
             # logsvc itself, and fail the same way when it does not come.
@@ -118,7 +154,7 @@ class Answerer:
         except wire.WireError as e:
             event(log, logging.WARNING, "request_malformed", detail=str(e))
             return wire.error_reply(req, e.errno)
-        with self.latches.forwarding((req.uuid, req.luid), route.spec) as latch:
+        with self.latches.forwarding((req.uuid, req.luid), route.spec) as latch, self._wait(req, route.spec):
             try:
                 response = await self._client.call(route.rpc, message, critical=route.critical)
                 latch.answered(response)

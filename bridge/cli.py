@@ -24,6 +24,10 @@ def _add(p: argparse.ArgumentParser, option: Option) -> None:
            "where requests wait until answered, so a restarted bridge answers them (tmpfs; '' = none)")  # fmt: skip
     option("--latch-ttl", "1.0", "seconds the bridge answers IN_SYNC of an instance logsvc called latched "
            "before asking again (0 = always ask)", type=float)  # fmt: skip
+    p.add_argument("--no-self-fence", dest="self_fence", action="store_false",
+                   default=os.environ.get("DMULOG_SELF_FENCE", "1") not in ("", "0"),
+                   help="do not suspend this node's mirrors when its lease is at risk (a deployment with external "
+                   "fencing; docs/multi-node.md) [env DMULOG_SELF_FENCE=0]")  # fmt: skip
     p.add_argument("--respawn", action="store_true", default=os.environ.get("DMULOG_RESPAWN", "") not in ("", "0"),
                    help="hold the netlink socket in a small parent process and run the bridge as its child, "
                    "restarted at once if it dies; queued requests survive [env DMULOG_RESPAWN=1]")  # fmt: skip
@@ -41,7 +45,7 @@ def _run(args: argparse.Namespace, argv: Sequence[str], out: TextIO) -> ExitStat
 
             return ExitStatus(keep(["-m", "dmulog", *(a for a in argv if a != "--respawn")]))
         asyncio.run(run(BridgeConfig(logsvc=args.logsvc, node=args.node, attempt_timeout=args.attempt_timeout,
-                                     budget=args.retry_budget, latch_ttl=args.latch_ttl,
+                                     budget=args.retry_budget, latch_ttl=args.latch_ttl, self_fence=args.self_fence,
                                      journal_dir=Path(args.journal_dir) if args.journal_dir else None)))  # fmt: skip
     except MissingCapabilities as e:
         raise CommandError(ExitStatus.PERMISSION, f"dmulog bridge: {e}") from None

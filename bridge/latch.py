@@ -103,9 +103,13 @@ class InSyncLatches:
     def watching(self, ready: bool) -> None:
         """The event stream became READY (True) or broke (False: every latch is forgotten)."""
         if not ready:
-            for key in list(self._instances):
-                self._forget(key)
+            self.forget_all()
         self._trusted = ready
+
+    def forget_all(self) -> None:
+        """Every latch ends now (the node fences itself: bridge/fence.py); new ones may be learnt."""
+        for key in list(self._instances):
+            self._forget(key)
 
     def forget_log(self, uuid: str) -> int:
         """Another node's incarnation expired in log ``uuid``: its latches end now; how many there were."""

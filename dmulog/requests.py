@@ -157,6 +157,10 @@ class RequestSpec:
     reported for an outage, which gets -EAGAIN so that the kernel asks again."""
     lifecycle: Lifecycle = Lifecycle.NONE
     here: AnswerHere = AnswerHere.NEVER
+    mirror_thread: bool = False
+    """Sent only by the mirror's own thread (kmirrord, dm-raid1.c do_mirror), which issues every read and
+    write of a mirror on a userspace log and waits inside the request: while one is unanswered, that
+    mirror issues no I/O (bridge/fence.py counts on it)."""
     older_functions: tuple[str, ...] = ()
     """Functions the library still registers for this type for logsvc versions that called them."""
 
@@ -189,14 +193,17 @@ REQUESTS: Final[tuple[RequestSpec, ...]] = (
                 Reply(R.U64, ("region_size",)), 8),
     RequestSpec(T.IS_CLEAN, "IsClean", "is_clean", READS, P.REGION, Reply(R.FLAG, ("clean",)), 8),
     RequestSpec(T.IN_SYNC, "InSync", "in_sync_latch", READS, P.REGION, Reply(R.FLAG, ("in_sync",)), 8,
-                critical=True, here=AnswerHere.IF_LATCHED, older_functions=("in_sync",)),
-    RequestSpec(T.FLUSH, "Flush", "flush", WRITES, P.MARKS, NOTHING, 0, critical=True, here=AnswerHere.IF_EMPTY),
-    RequestSpec(T.MARK_REGION, "MarkRegion", "mark_region", WRITES, P.REGIONS, NOTHING, 0, critical=True),
-    RequestSpec(T.CLEAR_REGION, "ClearRegion", "clear_region", WRITES, P.REGIONS, NOTHING, 0, critical=True),
+                critical=True, here=AnswerHere.IF_LATCHED, older_functions=("in_sync",), mirror_thread=True),
+    RequestSpec(T.FLUSH, "Flush", "flush", WRITES, P.MARKS, NOTHING, 0, critical=True, here=AnswerHere.IF_EMPTY,
+                mirror_thread=True),
+    RequestSpec(T.MARK_REGION, "MarkRegion", "mark_region", WRITES, P.REGIONS, NOTHING, 0, critical=True,
+                mirror_thread=True),
+    RequestSpec(T.CLEAR_REGION, "ClearRegion", "clear_region", WRITES, P.REGIONS, NOTHING, 0, critical=True,
+                mirror_thread=True),
     RequestSpec(T.GET_RESYNC_WORK, "GetResyncWork", "get_resync_work", WRITES, P.NONE,
                 Reply(R.RESYNC_WORK, ("has_work", "region")), 16),
     RequestSpec(T.SET_REGION_SYNC, "SetRegionSync", "set_region_sync", WRITES, P.REGION_SYNC, NOTHING, 0,
-                critical=True),
+                critical=True, mirror_thread=True),
     RequestSpec(T.GET_SYNC_COUNT, "GetSyncCount", "get_sync_count", READS, P.NONE,
                 Reply(R.U64, ("sync_count",)), 8),
     RequestSpec(T.STATUS_INFO, "StatusInfo", "describe", READS, P.NONE, Reply(R.TEXT, ("text",)), None),
@@ -228,6 +235,9 @@ def _check(rows: Sequence[RequestSpec]) -> None:
         if s.here is AnswerHere.IF_EMPTY and (s.reply.kind is not ReplyKind.NONE or s.payload is not Payload.MARKS):
             raise ValueError(f"{s.name}: only a request whose payload may be empty and that has no reply can be "
                              "answered here when empty")  # fmt: skip
+        if s.mirror_thread and not s.critical:
+            raise ValueError(f"{s.name}: a request of the mirror's thread keeps it waiting only if an outage never "
+                             "fails it (critical)")  # fmt: skip
     seen: dict[str, RequestSpec] = {}
     for s in rows:
         for function in (s.function, *s.older_functions):

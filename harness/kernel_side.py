@@ -42,9 +42,11 @@ from collections.abc import AsyncIterator
 from bridge import wire
 from bridge.agent import KERNEL_TIMEOUT, Bridge
 from bridge.client import ClientConfig, LogsvcClient
+from bridge.fence import FENCE_FRACTION, SelfFence
 from bridge.journal import Journal
 from bridge.latch import InSyncLatches
 from bridge.lease import LeaseKeeper, LogWatcher
+from bridge.mirrors import Mirrors
 from bridge.netlink import MAX_DATAGRAM, Transport
 from dmulog.v1 import dmulog_pb2 as pb
 
@@ -286,25 +288,41 @@ class KernelStandIn(AsyncKernelEnd):
     def __init__(self, logsvc: str, *, budget: float = 9.0, attempt_timeout: float = 3.0,
                  kernel_timeout: float = KERNEL_TIMEOUT, journal: Journal | None = None,
                  latches: InSyncLatches | None = None, node: pb.Node | None = None, leased: bool = False,
-                 watcher: type[LogWatcher] = LogWatcher):  # fmt: skip
+                 watcher: type[LogWatcher] = LogWatcher, dmsetup: str | None = None,
+                 fence_fraction: float = FENCE_FRACTION):  # fmt: skip
         kernel, self.socket = socket_pair()
         super().__init__(kernel)
         self.client = LogsvcClient(logsvc, ClientConfig(attempt_timeout=attempt_timeout, budget=budget))
         node = node or pb.Node(name="node-a", boot_id="boot-1")
         #: With ``leased``, the bridge holds a lease and watches log events, as ``dmulog bridge`` does.
         self.keeper = LeaseKeeper(self.client.stub, node) if leased else None
+        latches = latches if latches is not None else InSyncLatches()
+        #: With ``leased`` and ``dmsetup`` (a program standing in for dmsetup), the bridge fences itself.
+        self.mirrors = Mirrors(dmsetup) if dmsetup else None
+        self.fence = (SelfFence(self.keeper, self.mirrors, latches, fraction=fence_fraction)
+                      if self.keeper is not None and self.mirrors is not None else None)  # fmt: skip
+        fence = self.fence
         self.bridge = Bridge(self.client, node, self.socket.send, kernel_timeout, journal,
                              send_nowait=self.socket.send_nowait, latches=latches,
-                             lease_ready=self.keeper.ready if self.keeper else None)  # fmt: skip
-        self.watcher = watcher(self.client.stub, self.bridge.latches) if leased else None
+                             lease_ready=self.keeper.ready if self.keeper else None,
+                             fenced=(lambda: fence.active) if fence is not None else None)  # fmt: skip
+        if self.fence is not None:
+            self.fence.waiting = self.bridge.waiting
+        self.watcher = None
+        if leased:
+            self.watcher = (watcher(self.client.stub, self.bridge.latches) if self.mirrors is None
+                            else watcher(self.client.stub, self.bridge.latches, self.mirrors, node.name))  # fmt: skip
         self.replayed = 0
         self._serving: contextlib.AbstractAsyncContextManager[int] | None = None
         self._stop = asyncio.Event()
         self._keeping: asyncio.Future[None] | None = None
+        self._fencing: asyncio.Future[None] | None = None
 
     async def __aenter__(self) -> KernelStandIn:
         if self.keeper is not None:
             self._keeping = asyncio.ensure_future(self.keeper.keep(self._stop, self.watcher))
+        if self.fence is not None:
+            self._fencing = asyncio.ensure_future(self.fence.run(self._stop))
         self.start()
         self._serving = serving(self.bridge, self.socket)
         try:
@@ -323,6 +341,8 @@ class KernelStandIn(AsyncKernelEnd):
             self._stop.set()
             if self._keeping is not None:
                 await self._keeping
+            if self._fencing is not None:
+                await self._fencing
             await self.client.close()
             self.bridge.journal.close()
             self.close()
