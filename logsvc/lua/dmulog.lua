@@ -962,7 +962,7 @@ end
 local function is_remote_recovering(k, _, inst, args)
   local r, e = check_region(inst, args[1])
   if e then return e end
-  local log = redis.call('HMGET', k.log, 'region_count', 'sync_count', 'rec_region')
+  local log = redis.call('HMGET', k.log, 'region_count', 'sync_count', 'rec_region', 'sync_floor')
   local rc, count = tonumber(log[1]), tonumber(log[2])
   if inst.state ~= 'resumed' then
     -- Recovery is halted on this instance until it resumes.
@@ -974,9 +974,11 @@ local function is_remote_recovering(k, _, inst, args)
   -- lowers it, a bulk job resets it), so the scan is paid once per region.
   local hint = rc
   if count < rc then
-    hint = redis.call('BITPOS', k.sync, 0, tonumber(redis.call('HGET', k.log, 'sync_floor')) or 0, rc - 1, 'BIT')
+    local floor = tonumber(log[4]) or 0
+    hint = redis.call('BITPOS', k.sync, 0, floor, rc - 1, 'BIT')
     if hint < 0 then hint = rc end
-    redis.call('HSET', k.log, 'sync_floor', hint)
+    -- Written only when it moved: most calls find the floor where it was.
+    if hint ~= floor then redis.call('HSET', k.log, 'sync_floor', hint) end
   end
   if r >= rc or getbit(k.sync, r) == 1 then return {0, hint} end
   if log[3] == '' or tonumber(log[3]) ~= r then
