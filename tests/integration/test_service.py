@@ -439,6 +439,24 @@ async def test_remote_recovering_prioritises_regions_writers_wait_for(log: LogHa
     assert await log.remote_recovering(6) == (False, 1)
 
 
+async def test_remote_recovering_and_its_priority_work_between_nodes(log: LogHandle) -> None:
+    """One recovery at a time across nodes; a write on one node waits for the other's recovery and goes first."""
+    await log.ctr(SECTORS, "clustered-core", "16")
+    await log.resume()
+    b = log.other(luid=5, node="node-b")
+    await b.ctr(SECTORS, "clustered-core", "16")
+    await b.resume()
+    assert await b.resync_work() == 0  # node b recovers region 0 ...
+    assert await log.resync_work() is None  # ... and so nobody else recovers anything meanwhile
+    assert await log.remote_recovering(0) == (True, 0)  # node a's write to 0 waits for node b's recovery
+    assert await log.remote_recovering(6) == (True, 0)  # and its write to 6 puts 6 first in line
+    await b.set_sync(0)
+    assert await b.resync_work() == 6
+    await b.set_sync(6)
+    assert await log.remote_recovering(0) == (False, 1)
+    assert await log.resync_work() == 1  # the queue is free again, for either node
+
+
 async def test_presuspended_instance_stops_recovery(log: LogHandle) -> None:
     """Between PRESUSPEND and RESUME an instance gets no resync work and no write is delayed."""
     await log.ctr(SECTORS, "clustered-core", "16")

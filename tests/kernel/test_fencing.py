@@ -195,13 +195,15 @@ def _round(topo: Topology, n: int, seed: int, kind: str) -> Round:
         a.tell("go-on")
     old_epoch = max((i.epoch for i in _node0(res.before)), default=0)
     _poll(topo, lambda s: any(i.epoch > old_epoch for i in _node0(s)), 120, "node 0 back as a new incarnation")
-    a.wait_for(lambda: bool(_events(a, "self_fence_lifted")), 120, "node 0's mirror resumed")
+    if not BROKEN:
+        a.wait_for(lambda: bool(_events(a, "self_fence_lifted")), 120, "node 0's mirror resumed")
     if not idle:
         back = _writes(a)
         a.wait_for(lambda: _writes(a) >= back + 20, 240, "node 0 writing again")
     res.rejoined = topo.log_state(UUID)
     began, fenced, lifted = (_events(a, e) for e in ("self_fence", "self_fenced", "self_fence_lifted"))
-    res.began, res.fenced, res.lifted = (began[0] if began else {}), (fenced[0] if fenced else {}), lifted[-1]
+    res.began, res.fenced = (began[0] if began else {}), (fenced[0] if fenced else {})
+    res.lifted = lifted[-1] if lifted else {}
     for boot in (a, b):
         for step in ("pause", "go-on", "stop"):
             boot.tell(step)
