@@ -167,8 +167,10 @@ class SelfFence:
         A mirror has stopped when its suspend returned, or while a request of its
         own thread waits here for logsvc (RequestSpec.mirror_thread): a suspend
         cannot complete before that request does, but the mirror issues no I/O
-        meanwhile. ``lease_left`` > 0: no write of this node was in flight by
-        the time any survivor could take its regions over.
+        meanwhile. ``lease_left`` > 0: the mirror issued its last write before
+        any survivor could take its regions over (a suspended one has none in
+        flight either; a waiting one only those it had issued, which take what
+        a leg takes to write).
         """
         suspended = holding.result()[0] if holding.done() and not holding.cancelled() else []
         how = {name: "suspended" if name in suspended else f"waiting in {wait}" if (wait := self.waiting(uuid)) else ""
