@@ -439,13 +439,19 @@ async def test_remote_recovering_prioritises_regions_writers_wait_for(log: LogHa
     assert await log.remote_recovering(6) == (False, 1)
 
 
-async def test_remote_recovering_and_its_priority_work_between_nodes(log: LogHandle) -> None:
-    """One recovery at a time across nodes; a write on one node waits for the other's recovery and goes first."""
+async def two_active_nodes(log: LogHandle) -> LogHandle:
+    """``log`` and a second node's instance of the same clustered-core log, both resumed; the second."""
     await log.ctr(SECTORS, "clustered-core", "16")
     await log.resume()
     b = log.other(luid=5, node="node-b")
     await b.ctr(SECTORS, "clustered-core", "16")
     await b.resume()
+    return b
+
+
+async def test_remote_recovering_and_its_priority_work_between_nodes(log: LogHandle) -> None:
+    """One recovery at a time across nodes; a write on one node waits for the other's recovery and goes first."""
+    b = await two_active_nodes(log)
     assert await b.resync_work() == 0  # node b recovers region 0 ...
     assert await log.resync_work() is None  # ... and so nobody else recovers anything meanwhile
     assert await log.remote_recovering(0) == (True, 0)  # node a's write to 0 waits for node b's recovery
@@ -468,11 +474,7 @@ async def test_presuspended_instance_stops_recovery(log: LogHandle) -> None:
 
 async def test_postsuspend_gives_up_the_recovery_assignment(log: LogHandle) -> None:
     """A suspended recoverer frees its region for another node."""
-    await log.ctr(SECTORS, "clustered-core", "16")
-    await log.resume()
-    b = log.other(luid=5, node="node-b")
-    await b.ctr(SECTORS, "clustered-core", "16")
-    await b.resume()
+    b = await two_active_nodes(log)
     assert await log.resync_work() == 0
     await log.suspend()
     assert await b.resync_work() == 0
