@@ -49,10 +49,13 @@ class NullClient:
     floor of any bridge design.
     """
 
+    #: Seconds a request may take, as LogsvcClient has it (this one never needs any).
+    budget = 9.0
+
     def __init__(self) -> None:
         self._responses: dict[str, Any] = {}
 
-    async def call(self, rpc: str, request: Any, *, critical: bool) -> Any:
+    async def call(self, rpc: str, request: Any, *, critical: bool, budget: float | None = None) -> Any:
         """An empty response of the RPC's type."""
         response = self._responses.get(rpc)
         if response is None:

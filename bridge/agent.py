@@ -45,7 +45,7 @@ from bridge.latch import InSyncLatches
 from bridge.lease import LeaseKeeper, LogWatcher
 from bridge.mirrors import Mirrors
 from bridge.netlink import Transport
-from bridge.startup import stop_on_signals, take_kernel_socket, wait_for_turn
+from bridge.startup import StartupError, stop_on_signals, take_kernel_socket, wait_for_turn
 from dmulog.logs import bind, event, unbind
 from dmulog.v1 import dmulog_pb2 as pb
 
@@ -202,7 +202,7 @@ class Bridge:
     async def _process(self, req: wire.Request, received: float, entry: int | None = None) -> None:
         token = bind(uuid=req.uuid, luid=req.luid, seq=req.seq, request=req.type_name)
         try:
-            await self._reply(req, received, await self._answerer.answer(req))
+            await self._reply(req, received, await self._answerer.answer(req, received))
         except Exception:
             # One bad request must not stop the bridge.
             log.exception("request_crashed")
@@ -293,6 +293,10 @@ async def run(config: BridgeConfig) -> None:
         helpers.append(asyncio.ensure_future(keeper.keep(stop, watcher)))
         if fence is not None:
             helpers.append(asyncio.ensure_future(fence.run(stop)))
+        try:
+            sock.join_group()  # last: the kernel queues nothing here before we read (netlink.py says why)
+        except PermissionError as e:
+            raise StartupError(str(e)) from None
         event(log, logging.INFO, "bridge_listening", netlink="NETLINK_CONNECTOR", group=wire.CN_IDX_DM,
               connector=f"{wire.CN_IDX_DM}:{wire.CN_VAL_DM_USERSPACE_LOG}", port_id=sock.port_id,
               inherited=claimed.inherited, journal=str(config.journal_dir or ""),

@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import time
 from collections.abc import Callable, Iterator, Mapping
 from types import MappingProxyType
 from typing import Final
@@ -111,6 +112,10 @@ class Answerer:
             return None  # the ordinary path sends it again, and logs what fails
         return req.type_name
 
+    def _left(self, received: float) -> float:
+        """What is left of the retry budget of a request read at ``received``."""
+        return max(0.0, self._client.budget - (time.monotonic() - received))
+
     def waiting(self, uuid: str) -> str | None:
         """The name of a request of log ``uuid``'s mirror thread now waiting for logsvc, if one is."""
         names = self._waiting.get(uuid)
@@ -130,8 +135,16 @@ class Answerer:
             if not names:
                 self._waiting.pop(req.uuid, None)
 
-    async def answer(self, req: wire.Request) -> bytes:
-        """The reply datagram for a decoded request. Never raises for bad input."""
+    async def answer(self, req: wire.Request, received: float | None = None) -> bytes:
+        """The reply datagram for a decoded request. Never raises for bad input.
+
+        The retry budget counts from ``received`` (monotonic; default now), the
+        moment the request was read, and covers a wait for the node's lease
+        too: the kernel waits 15 s for its answer, and the budget (9 s, with a
+        last attempt of at most 3 s) keeps every answer inside that however
+        the time was spent.
+        """
+        received = time.monotonic() if received is None else received
         route = ROUTES.get(req.request_type)
         if route is None:
             event(log, logging.WARNING, "request_unknown_type", request_type=req.request_type)
@@ -144,7 +157,7 @@ class Answerer:
             # The node's epoch goes into the request: wait for the lease as for
             # logsvc itself, and fail the same way when it does not come.
             try:
-                await asyncio.wait_for(self._lease_ready.wait(), self._client.budget)
+                await asyncio.wait_for(self._lease_ready.wait(), self._left(received))
             except TimeoutError:
                 code = errno.EAGAIN if route.critical else UNREACHABLE_ERRNO
                 event(log, logging.WARNING, "request_without_lease", errno=errno.errorcode.get(code, code))
@@ -156,7 +169,8 @@ class Answerer:
             return wire.error_reply(req, e.errno)
         with self.latches.forwarding((req.uuid, req.luid), route.spec) as latch, self._wait(req, route.spec):
             try:
-                response = await self._client.call(route.rpc, message, critical=route.critical)
+                response = await self._client.call(route.rpc, message, critical=route.critical,
+                                                   budget=self._left(received))
                 latch.answered(response)
                 return wire.encode_reply(req, 0, route.reply(req, response))
             except CallFailed as e:

@@ -247,12 +247,14 @@ class LogsvcClient:
         await asyncio.gather(*(s.close() for s in streams))
         await self._channel.close()
 
-    async def call(self, rpc: str, request: Any, *, critical: bool) -> Any:
+    async def call(self, rpc: str, request: Any, *, critical: bool, budget: float | None = None) -> Any:
         """Call ``rpc``; raise CallFailed with the errno the kernel should get.
 
-        After the retry budget a critical request fails with EAGAIN (the
-        kernel asks again at once, so it keeps waiting without acting on an
-        answer we could not make durable); any other with EHOSTDOWN.
+        After the retry budget (``budget`` when given, what is left of the
+        request's own; else the configured one) a critical request fails with
+        EAGAIN (the kernel asks again at once, so it keeps waiting without
+        acting on an answer we could not make durable); any other with
+        EHOSTDOWN. One attempt is always made.
         """
         try:
             # Fast path: one attempt with no retry machinery; the policy only
@@ -261,7 +263,8 @@ class LogsvcClient:
             try:
                 return await self._attempt(rpc, request)
             except _Retryable:
-                left = max(0.0, self._config.budget - (time.monotonic() - start))
+                total = self._config.budget if budget is None else budget
+                left = max(0.0, total - (time.monotonic() - start))
                 return await dataclasses.replace(self._retry, budget=left).run(lambda: self._attempt(rpc, request))
         except _Retryable as e:
             code = errno.EAGAIN if critical else UNREACHABLE_ERRNO

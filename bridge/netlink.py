@@ -84,6 +84,10 @@ class Transport(Protocol):
         """One reply, waiting for room if need be."""
         ...
 
+    def join_group(self) -> None:
+        """Start receiving requests (the bridge does it once it can answer them at once)."""
+        ...
+
     def leave_group(self) -> None:
         """Stop receiving requests."""
         ...
@@ -182,6 +186,28 @@ class KernelSocket(Transport):
             finally:
                 loop.remove_writer(fd)
 
+    def join_group(self) -> None:
+        """Start receiving requests: from now on the kernel queues them here.
+
+        Joining is the last step of a bridge's start, not the first: while no
+        socket is in the group the kernel's send fails at once and it retries
+        its CTR every 2 s, whereas a request queued on a socket nobody reads
+        yet waits out the kernel's 15 s and is logged as timed out. A fresh
+        bridge spends seconds importing (under emulation, at times more than
+        15), so the socket is opened, checked and held first and joined only
+        once it is read. Joining twice (a standby taking over the keeper's
+        socket, a systemd socket bound to group 7) changes nothing.
+
+        Raises:
+            PermissionError: no CAP_NET_ADMIN.
+        """
+        try:
+            self._sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, CN_IDX_DM)
+        except OSError as e:
+            if e.errno == errno.EPERM:
+                raise PermissionError("joining connector group CN_IDX_DM needs CAP_NET_ADMIN") from e
+            raise
+
     def leave_group(self) -> None:
         """Stop receiving requests: from now on the kernel finds no listener here.
 
@@ -205,17 +231,8 @@ def _wake(ready: asyncio.Future[None]) -> None:
         ready.set_result(None)
 
 
-def _join(sock: socket.socket) -> None:
-    try:
-        sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, CN_IDX_DM)
-    except OSError as e:
-        if e.errno == errno.EPERM:
-            raise PermissionError("joining connector group CN_IDX_DM needs CAP_NET_ADMIN") from e
-        raise
-
-
 def open_kernel_socket() -> KernelSocket:
-    """Open, bind and join group CN_IDX_DM.
+    """Open and bind, without joining group CN_IDX_DM yet (:meth:`KernelSocket.join_group` says why).
 
     Binding with ``nl_groups = 0`` and joining by setsockopt subscribes to
     group 7 only (a bind mask of 7 would also subscribe groups 1-3, among
@@ -230,7 +247,6 @@ def open_kernel_socket() -> KernelSocket:
             except PermissionError:
                 continue
         sock.bind((0, 0))
-        _join(sock)
         sock.setblocking(False)
     except BaseException:
         sock.close()
@@ -242,9 +258,9 @@ def inherited_kernel_socket(env: MutableMapping[str, str] | None = None) -> Kern
     """The socket passed by the LISTEN_FDS protocol, or None when none was passed.
 
     The variables are removed from ``env`` (like ``sd_listen_fds(1)``) so that
-    no child of the bridge mistakes the descriptor for its own. The socket is
-    (re)joined to CN_IDX_DM, which is harmless when systemd already bound it to
-    mask 64 (group 7).
+    no child of the bridge mistakes the descriptor for its own. The bridge
+    joins it to CN_IDX_DM when it starts reading (harmless when systemd
+    already bound it to mask 64, group 7, or an earlier bridge joined it).
 
     Raises:
         ValueError: the descriptor is not a NETLINK_CONNECTOR socket.
@@ -259,6 +275,5 @@ def inherited_kernel_socket(env: MutableMapping[str, str] | None = None) -> Kern
         sock.detach()
         raise ValueError(f"descriptor {LISTEN_FDS_START} (LISTEN_FDS) is not a NETLINK_CONNECTOR socket")
     os.set_inheritable(LISTEN_FDS_START, False)
-    _join(sock)
     sock.setblocking(False)
     return KernelSocket(sock, owned=False)

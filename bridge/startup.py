@@ -147,6 +147,7 @@ async def wait_for_turn() -> bool:
         return True
     fd = int(standby)
     loop = asyncio.get_running_loop()
+    event(log, logging.INFO, "standby_ready")
     try:
         called = await loop.run_in_executor(None, os.read, fd, 1)
     finally:

@@ -158,6 +158,9 @@ class PairSocket(Transport):
         """A reply to the kernel's end, waiting for room if need be."""
         await asyncio.get_running_loop().sock_sendall(self._sock, datagram)
 
+    def join_group(self) -> None:
+        """Nothing to join: there is no connector group here."""
+
     def leave_group(self) -> None:
         """Nothing to leave: there is no connector group here."""
 

@@ -12,6 +12,8 @@ import contextlib
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from bridge import host
-from bridge.netlink import NETLINK_CONNECTOR
+from bridge.netlink import NETLINK_CONNECTOR, STANDBY_FD_ENV, open_kernel_socket
 from bridge.wire import CN_IDX_DM
 from harness.servers import ServiceProcess, start_bridge
 
@@ -76,3 +78,40 @@ def test_sigterm_stops_keeper_and_bridge(keeper: ServiceProcess) -> None:
     assert not Path(f"/proc/{started['pid']}").exists() or "Z" in Path(f"/proc/{started['pid']}/stat").read_text()
     assert 1 == len(keeper.events("bridge_stopping"))
     host.hold_instance_lock().close()
+
+
+def test_a_bridge_joins_the_connector_group_only_once_it_reads(tmp_path: Path) -> None:
+    """A started bridge waiting for its turn leaves the socket out of group 7; serving, it joins.
+
+    Until a socket is in the group the kernel finds no listener and retries its
+    CTR every 2 s; a request queued on a socket that nobody reads yet would wait
+    out the kernel's 15 s instead. The bridge gets the socket as the keeper
+    passes it (LISTEN_FDS on descriptor 3, the go-pipe on 4), opened here.
+    """
+    if host.other_listeners(CN_IDX_DM, 0):
+        pytest.skip("another process on this host listens to connector group 7")
+    sock = open_kernel_socket()
+    go_read, go_write = os.pipe()
+    log = tmp_path / "bridge.log"
+    command = (f'LISTEN_PID=$$ exec "$0" -m dmulog --log-format json bridge --logsvc unix:{tmp_path}/none.sock '
+               f'--journal-dir {tmp_path}/inflight 3<&{sock.fileno()} 4<&{go_read}')  # fmt: skip
+    with log.open("ab") as out:
+        proc = subprocess.Popen(["bash", "-c", command, sys.executable], pass_fds=(sock.fileno(), go_read),
+                                env={**os.environ, "LISTEN_FDS": "1", STANDBY_FD_ENV: "4"},
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=out)  # fmt: skip
+    os.close(go_read)
+    bridge = ServiceProcess(proc, log)
+    try:
+        bridge.wait_for("standby_ready")
+        assert [] == host.other_listeners(CN_IDX_DM, 0), "in the group before the bridge reads"
+
+        os.write(go_write, b"1")
+        [listening] = bridge.wait_for("bridge_listening")
+
+        assert sock.port_id == listening["port_id"]
+        assert [sock.port_id] == host.other_listeners(CN_IDX_DM, 0)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+        os.close(go_write)
+        sock.close()
