@@ -63,6 +63,12 @@ _PROBLEM_RE = re.compile("|".join(_PROBLEM_PATTERNS))
 
 #: Host directories the guest replaces with its own (tmpfs or kernel filesystems): a
 #: script or results directory under them is invisible in the guest.
+#: Seconds a boot may take to start its script. Under emulation on a loaded host a
+#: guest kernel now and then hangs in its own start-up (its console shows RCU stalls
+#: and "timer wakeup didn't happen", and nothing more); no disk has been touched
+#: then, so such a boot is started again, once, and says so on stderr.
+START_LIMIT = 240.0
+_SCRIPT_STARTED = b"modules loaded, running"  # harness/guest/init.sh
 _GUEST_PRIVATE_DIRS = (Path("/tmp"), Path("/run"), Path("/proc"), Path("/sys"), Path("/dev"))
 
 
@@ -196,7 +202,8 @@ def run_guest(
         results_dir = Path(tempfile.mkdtemp(prefix="dmulog-vm-"))
     results_dir = Path(results_dir).resolve()
     results_dir.mkdir(parents=True, exist_ok=True)
-    for stale in ("rc", "guest.log", "dmesg.txt", "console.log", "qemu.stderr", "guest-timeout", "qemu.pid"):
+    for stale in ("rc", "guest.log", "dmesg.txt", "console.log", "qemu.stderr", "guest-timeout", "qemu.pid",
+                  "console-hung.log"):
         (results_dir / stale).unlink(missing_ok=True)
 
     wrapper = _write_wrapper(script, results_dir, kernel, env or {}, cwd)
@@ -236,18 +243,26 @@ def run_guest(
         *share_args,
         *qemu_extra,
     ]  # fmt: skip
-    timed_out = False
     start = time.monotonic()
-    with (results_dir / "console.log").open("wb") as console, (results_dir / "qemu.stderr").open("wb") as err:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=console, stderr=err)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            _kill_qemu(proc, pidfile)
-        except BaseException:  # e.g. Ctrl-C in a test run: never leave a VM behind
-            _kill_qemu(proc, pidfile)
-            raise
+    # A start-up hang is retried only where a boot has time for two starts.
+    start_limit = START_LIMIT if timeout > 2 * START_LIMIT else None
+    for attempt in (1, 2):
+        with (results_dir / "console.log").open("wb") as console, (results_dir / "qemu.stderr").open("wb") as err:
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=console, stderr=err)
+            try:
+                outcome = _await_qemu(proc, results_dir / "console.log", timeout, start_limit if attempt == 1 else None)
+            except BaseException:  # e.g. Ctrl-C in a test run: never leave a VM behind
+                _kill_qemu(proc, pidfile)
+                raise
+            if outcome != "exited":
+                _kill_qemu(proc, pidfile)
+        if outcome != "hung":
+            break
+        hung = results_dir / "console-hung.log"
+        shutil.copyfile(results_dir / "console.log", hung)
+        print(f"dmulog-vm: the guest did not start its script within {START_LIMIT:.0f} s; booting it again "
+              f"(its console: {hung})", file=sys.stderr)  # fmt: skip
+    timed_out = outcome == "timeout"
     wall = time.monotonic() - start
     if timed_out:
         print(f"dmulog-vm: qemu killed after {timeout:.0f} s (results in {results_dir})", file=sys.stderr)
@@ -263,6 +278,33 @@ def run_guest(
         guest_timed_out=(results_dir / "guest-timeout").exists(),
         qemu_returncode=proc.returncode,
     )
+
+
+def _await_qemu(proc: subprocess.Popen[bytes], console: Path, timeout: float, start_limit: float | None) -> str:
+    """Wait for qemu: ``exited``, ``timeout``, or ``hung`` (no script started within ``start_limit`` s)."""
+    deadline = time.monotonic() + timeout
+    started_by = None if start_limit is None else time.monotonic() + start_limit
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return "timeout"
+        try:
+            proc.wait(timeout=min(left, 1.0) if started_by is not None else left)
+            return "exited"
+        except subprocess.TimeoutExpired:
+            pass
+        if started_by is not None:
+            if _SCRIPT_STARTED in _read_bytes(console):
+                started_by = None
+            elif time.monotonic() > started_by:
+                return "hung"
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""
 
 
 def _write_wrapper(
