@@ -20,9 +20,10 @@ little in it to fail. Nor does it join the connector group: the first bridge
 does, once it reads (bridge/netlink.py, ``join_group``), so while that bridge
 still imports the kernel finds no listener and retries its CTR every 2 s
 instead of queueing a request that would time out; from then on the socket
-stays in the group across bridge deaths. On SIGTERM it leaves the connector group first (the
-kernel stops queueing here and goes into its reconnect loop), then stops
-the active bridge, which answers what is queued and in flight, and exits.
+stays in the group across bridge deaths. On SIGTERM the keeper leaves the
+connector group first (the kernel stops queueing here and goes into its
+reconnect loop), then stops the active bridge, which answers what is queued
+and in flight, and exits.
 """
 
 from __future__ import annotations

@@ -61,14 +61,15 @@ _PROBLEM_PATTERNS = (
 )
 _PROBLEM_RE = re.compile("|".join(_PROBLEM_PATTERNS))
 
-#: Host directories the guest replaces with its own (tmpfs or kernel filesystems): a
-#: script or results directory under them is invisible in the guest.
 #: Seconds a boot may take to start its script. Under emulation on a loaded host a
 #: guest kernel now and then hangs in its own start-up (its console shows RCU stalls
 #: and "timer wakeup didn't happen", and nothing more); no disk has been touched
 #: then, so such a boot is started again, once, and says so on stderr.
 START_LIMIT = 240.0
 _SCRIPT_STARTED = b"modules loaded, running"  # harness/guest/init.sh
+
+#: Host directories the guest replaces with its own (tmpfs or kernel filesystems): a
+#: script or results directory under them is invisible in the guest.
 _GUEST_PRIVATE_DIRS = (Path("/tmp"), Path("/run"), Path("/proc"), Path("/sys"), Path("/dev"))
 
 
