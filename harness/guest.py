@@ -66,7 +66,7 @@ _PROBLEM_RE = re.compile("|".join(_PROBLEM_PATTERNS))
 #: and "timer wakeup didn't happen", and nothing more); no disk has been touched
 #: then, so such a boot is started again, once, and says so on stderr.
 START_LIMIT = 240.0
-_SCRIPT_STARTED = b"modules loaded, running"  # harness/guest/init.sh
+_SCRIPT_STARTED = "modules loaded, running"  # harness/guest/init.sh
 
 #: Host directories the guest replaces with its own (tmpfs or kernel filesystems): a
 #: script or results directory under them is invisible in the guest.
@@ -295,17 +295,10 @@ def _await_qemu(proc: subprocess.Popen[bytes], console: Path, timeout: float, st
         except subprocess.TimeoutExpired:
             pass
         if started_by is not None:
-            if _SCRIPT_STARTED in _read_bytes(console):
+            if _SCRIPT_STARTED in _read(console):
                 started_by = None
             elif time.monotonic() > started_by:
                 return "hung"
-
-
-def _read_bytes(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError:
-        return b""
 
 
 def _write_wrapper(
