@@ -6,8 +6,9 @@ PY := $(VENV)/bin/python
 BUF := .cache/buf/node_modules/.bin/buf
 PYTEST_ARGS ?=
 CRASH_ROUNDS ?= 2
+FAILOVER_ROUNDS ?= 10
 
-.PHONY: all deps proto check-proto lint check unit integration kernel test demo bench bench-codec bench-scale bench-guest crash clean
+.PHONY: all deps proto check-proto lint check unit integration kernel faults test demo bench bench-codec bench-scale bench-guest crash clean
 
 all: test
 
@@ -26,25 +27,35 @@ lint: deps
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	@if [ -x $(BUF) ]; then $(BUF) lint && echo "buf lint: ok"; else echo "buf not installed; skipping buf lint"; fi
+	@# The contract only grows: against the last commit (in CI, main's previous one; here, what is committed).
+	@if [ -x $(BUF) ] && git rev-parse -q --verify HEAD >/dev/null; then \
+	  against=$$(git rev-parse -q --verify HEAD~1 >/dev/null && git diff --quiet HEAD -- proto && echo HEAD~1 || echo HEAD); \
+	  $(BUF) breaking --against ".git#ref=$$against" && echo "buf breaking (against $$against): ok"; fi
 
 unit: deps
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 integration: deps
-	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+	$(PY) -m pytest tests/integration -m "not faults" $(PYTEST_ARGS)
 
 kernel: deps
 	$(PY) -m pytest tests/kernel -m kernel $(PYTEST_ARGS)
 
-## The edit loop (under 3 minutes): lint, proto freshness, and every test that needs no
-## kernel (unit, integration against real Redis and gRPC, the harness's own checks).
-check: deps check-proto lint
-	$(PY) -m pytest tests -m "not kernel" $(PYTEST_ARGS)
+## Redis failing under load: Sentinel failovers (SIGKILL, SIGSTOP of the primary), FAILOVER_ROUNDS
+## of each, with the acknowledged-marks check after every one.
+faults: deps
+	DMULOG_FAILOVER_ROUNDS=$(FAILOVER_ROUNDS) $(PY) -m pytest tests -m faults -s $(PYTEST_ARGS)
 
-## Everything: `make check`, then the real kernel: conformance, mirrors, several nodes and
-## crash safety (CRASH_ROUNDS node-crash rounds; every other crash scenario runs once).
+## The edit loop (under 3 minutes): lint, proto freshness, and every test that needs no
+## kernel and breaks no Redis (unit, integration against real Redis and gRPC, the harness's own checks).
+check: deps check-proto lint
+	$(PY) -m pytest tests -m "not kernel and not faults" $(PYTEST_ARGS)
+
+## Everything: `make check`, `make faults`, then the real kernel: conformance, mirrors, several
+## nodes and crash safety (CRASH_ROUNDS node-crash rounds; every other crash scenario runs once).
 ## The slowest tests are listed at the end, to show where the time goes.
 test: check
+	DMULOG_FAILOVER_ROUNDS=$(FAILOVER_ROUNDS) $(PY) -m pytest tests -m faults -s $(PYTEST_ARGS)
 	DMULOG_CRASH_ROUNDS=$(CRASH_ROUNDS) $(PY) -m pytest tests -m kernel --durations=30 $(PYTEST_ARGS)
 
 ## Crash safety on the real kernel alone; more rounds: make crash CRASH_ROUNDS=30

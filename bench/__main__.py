@@ -20,6 +20,9 @@ Rows, per request type:
   still use it).
 * ``full``: the same over the bridge's Exchange streams, as in production.
 
+Then what a durable replica costs (bench/durable.py): MARK_REGION, FLUSH and
+CLEAR_REGION with ``--redis-durable-replicas`` 0 and 1 against their floors.
+
 Then the floor of the first hop by itself: an echo round trip in another
 process over a plain socket, a unary gRPC call and a gRPC stream message
 (bench/transport.py).
@@ -43,97 +46,19 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.replay import NullClient, Recorder, Replayer, load_trace, rewrite
+from bench import durable
+from bench.replay import NullClient, Recorder, load_trace
+from bench.stack import full_stack, redis_floor, through_bridge
 from bench.transport import measure as measure_hops
 from bench.transport import table as hop_table
-from bridge import wire
-from bridge.agent import Bridge
-from bridge.client import ClientConfig, LogsvcClient
-from bridge.dispatch import ROUTES
-from bridge.journal import Journal
-from dmulog.v1 import dmulog_pb2 as pb
-from harness.kernel_side import serving, socket_pair
 from harness.report import add_out_option, tee
 from harness.servers import RedisProcess, start_logsvc
-from logsvc.keys import log_keys
-from logsvc.service import DirtyLogService
-from logsvc.store import Caller, Store
-
-NODE = pb.Node(name="bench", boot_id="bench-boot")
 
 
 def pct(values: Sequence[float], q: float) -> float:
     """The q-quantile (0..1) of ``values``, nearest rank."""
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-class TimedStore(Store):
-    """A Store that records how long each Function call took."""
-
-    def __init__(self, *args: object, **kw: object):
-        super().__init__(*args, **kw)  # type: ignore[arg-type]
-        self.last = 0.0
-
-    async def call(self, op: str, uuid: str, caller: Caller, args: Sequence[str | int | bytes] = (), *,
-                   readonly: bool = False) -> object:  # fmt: skip
-        """Time the inherited call."""
-        t0 = time.perf_counter()
-        try:
-            return await super().call(op, uuid, caller, args, readonly=readonly)
-        finally:
-            self.last = time.perf_counter() - t0
-
-
-async def redis_floor(url: str, trace: list[bytes], rec: Recorder, getbit: Recorder) -> None:
-    """The logsvc Function calls of the trace, made in-process and timed at the Redis round trip."""
-    store = TimedStore.from_url(url)
-    await store.load_library()
-    service = DirtyLogService(store)  # type: ignore[arg-type]
-    uuid, luid = f"floor-{time.monotonic_ns()}", 0xFFFF888000FF0000
-    for i, raw in enumerate(trace):
-        req = wire.decode_request(rewrite(raw, uuid=uuid, luid=luid, seq=i + 1))
-        route = ROUTES[req.request_type]
-        message = route.build(req, pb.LogRef(uuid=uuid, luid=luid), NODE)
-        await getattr(service, route.rpc)(message, None)
-        name = wire.RequestType(req.request_type).name
-        rec.add(name, store.last, 0)
-        if req.request_type == wire.RequestType.IN_SYNC:
-            t0 = time.perf_counter()
-            await store.redis.getbit(log_keys(uuid).sync, wire.decode_single_region(req.data, "IN_SYNC"))
-            getbit.add(name, time.perf_counter() - t0, 0)
-    await store.close()
-
-
-async def through_bridge(client: object, trace: list[bytes], mirrors: int, rec: Recorder) -> float:
-    """Replay the trace through a real Bridge on the kernel stand-in's socket pair; returns wall seconds."""
-    kernel_end, sock = socket_pair()
-    # The journal as in production: a mapped file of slots on tmpfs.
-    shm = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
-    journal_dir = Path(tempfile.mkdtemp(prefix="dmulog-bench-journal-", dir=shm))
-    journal = Journal(journal_dir)
-    bridge = Bridge(client, NODE, sock.send, journal=journal,  # type: ignore[arg-type]
-                    send_nowait=sock.send_nowait)  # fmt: skip
-    try:
-        async with serving(bridge, sock):
-            wall = await Replayer(kernel_end).run(trace, mirrors, rec)
-        rec.here.update(bridge.answered_here)
-        return wall
-    finally:
-        kernel_end.close()
-        sock.close()
-        journal.close()
-        shutil.rmtree(journal_dir, ignore_errors=True)
-
-
-async def full_stack(target: str, trace: list[bytes], mirrors: int, rec: Recorder, transport: str = "stream") -> float:
-    """The trace through bridge → logsvc → Redis."""
-    config = ClientConfig(attempt_timeout=10.0, budget=20.0, transport=transport)  # type: ignore[arg-type]
-    client = LogsvcClient(target, config)
-    try:
-        return await through_bridge(client, trace, mirrors, rec)
-    finally:
-        await client.close()
 
 
 def cpu_seconds(*pids: int) -> tuple[float, ...]:
@@ -197,6 +122,7 @@ async def main_async(args: argparse.Namespace) -> int:
         finally:
             logsvc.stop()
             r.kill()
+    replicated = await durable.measure(workdir, trace)
     shutil.rmtree(workdir, ignore_errors=True)
 
     for policy, recs in results.items():
@@ -220,6 +146,9 @@ async def main_async(args: argparse.Namespace) -> int:
         print("answered in the bridge without a call: "
               + (", ".join(f"{n} {here[n]} of {len(recs['full'].samples[n])}" for n in sorted(here)) or "none"))
         print(f"errors: {errors}")
+
+    print()
+    print(durable.table(replicated))
 
     print("\none hop, nothing behind it: echo round trip to another process over a Unix socket (µs)")
     print(hop_table(hops))

@@ -80,6 +80,13 @@ class Answerer:
         self.latches = latches
         self._send_nowait = send_nowait
         self._lease_ready = lease_ready
+        # The largest generation of each log this node was answered, sent back
+        # with every request of that log (proto: LogRef.generation), so that no
+        # answer comes from a state that lost what an earlier answer reported:
+        # a high-water mark of the answers themselves, not a copy of the log,
+        # and only ever raised, so it cannot go stale; forgotten at the log's
+        # DTR, and with the process (then the log is merely not checked).
+        self._generations: dict[str, int] = {}
 
     def answer_here(self, datagram: bytes) -> str | None:
         """Answer ``datagram`` without logsvc if its row allows it now; the request type's name if it did.
@@ -111,6 +118,12 @@ class Answerer:
         except OSError:
             return None  # the ordinary path sends it again, and logs what fails
         return req.type_name
+
+    def _answered(self, req: wire.Request, generation: int) -> None:
+        if req.request_type == RequestType.DTR:
+            self._generations.pop(req.uuid, None)
+        elif generation > self._generations.get(req.uuid, 0):
+            self._generations[req.uuid] = generation
 
     def _left(self, received: float) -> float:
         """What is left of the retry budget of a request read at ``received``."""
@@ -163,7 +176,8 @@ class Answerer:
                 event(log, logging.WARNING, "request_without_lease", errno=errno.errorcode.get(code, code))
                 return wire.error_reply(req, code)
         try:
-            message = route.build(req, pb.LogRef(uuid=req.uuid, luid=req.luid), self._node)
+            ref = pb.LogRef(uuid=req.uuid, luid=req.luid, generation=self._generations.get(req.uuid, 0))
+            message = route.build(req, ref, self._node)
         except wire.WireError as e:
             event(log, logging.WARNING, "request_malformed", detail=str(e))
             return wire.error_reply(req, e.errno)
@@ -172,6 +186,7 @@ class Answerer:
                 response = await self._client.call(route.rpc, message, critical=route.critical,
                                                    budget=self._left(received))
                 latch.answered(response)
+                self._answered(req, response.generation)
                 return wire.encode_reply(req, 0, route.reply(req, response))
             except CallFailed as e:
                 level = logging.DEBUG if e.errno == errno.ESRCH else logging.INFO

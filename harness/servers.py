@@ -264,9 +264,10 @@ def start_bridge(log: Path, logsvc: str, *args: str, new_session: bool = False) 
 
 @contextlib.asynccontextmanager
 async def logsvc_server(redis_url: str, listen: str = "127.0.0.1:0", prefix: str = "dmulog", *,
-                        lease_ttl: float = DEFAULT_TTL, reaper_interval: float | None = None) -> AsyncIterator[str]:
+                        lease_ttl: float = DEFAULT_TTL, reaper_interval: float | None = None,
+                        durable_replicas: int = 0) -> AsyncIterator[str]:  # fmt: skip
     """A real logsvc gRPC server in this process on a free port, with its reaper; yields its target address."""
-    store = Store.from_url(redis_url, prefix=prefix)
+    store = Store.from_url(redis_url, prefix=prefix, durable_replicas=durable_replicas)
     await store.load_library()
     server, port, _health, service = await build_server(store, listen, lease_ttl=lease_ttl)
     await server.start()

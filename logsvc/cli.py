@@ -23,11 +23,14 @@ def _default_state_dir(env: Mapping[str, str]) -> str:
 
 def _add(p: argparse.ArgumentParser, option: Option) -> None:
     option("--listen", "127.0.0.1:7500", "address to serve on: HOST:PORT or unix:/PATH")
-    option("--redis", None, "Redis URL (redis://, rediss://, unix://); unset = embedded redis-server")
+    option("--redis", None, "Redis URL: redis://, rediss://, unix://, or redis+sentinel://HOST:PORT,.../MASTER "
+           "for the primary a set of Sentinels names; unset = embedded redis-server")  # fmt: skip
     option("--state-dir", _default_state_dir(os.environ), "data directory of the embedded redis-server")
     option("--key-prefix", "dmulog", "prefix of every Redis key")
     option("--redis-connections", "64", "Redis connections, so commands in flight, of this process; more requests "
            "wait for one", type=int)  # fmt: skip
+    option("--redis-durable-replicas", "0", "replicas that must have fsynced a mutating call (WAITAOF 1 N) before "
+           "it is acknowledged; needs --redis on Redis or Valkey 7.2+ with appendonly yes", type=int)  # fmt: skip
     option("--lease-ttl", "10", "seconds a node's lease lasts unless its bridge renews it; when it expires, the "
            "node's marked regions are resynced by the others; 0 turns leases off", type=float)  # fmt: skip
 
@@ -36,13 +39,19 @@ def _run(args: argparse.Namespace, argv: Sequence[str], out: TextIO) -> ExitStat
     from logsvc.embedded_redis import RedisNotInstalled, StateDirInUse
     from logsvc.errors import StoreUnavailable
     from logsvc.server import LogsvcConfig, serve
+    from logsvc.store import UnsupportedRedis
 
+    if args.redis_durable_replicas < 0:
+        raise CommandError(ExitStatus.USAGE, "dmulog logsvc: --redis-durable-replicas must be 0 or more")
+    if args.redis_durable_replicas and args.redis is None:
+        raise CommandError(ExitStatus.USAGE, "dmulog logsvc: --redis-durable-replicas needs --redis: the embedded "
+                           "redis-server has no replicas")  # fmt: skip
     config = LogsvcConfig(listen=args.listen, redis_url=args.redis, state_dir=Path(args.state_dir),
                           redis_connections=args.redis_connections, key_prefix=args.key_prefix,
-                          lease_ttl=args.lease_ttl)  # fmt: skip
+                          lease_ttl=args.lease_ttl, durable_replicas=args.redis_durable_replicas)  # fmt: skip
     try:
         asyncio.run(serve(config))
-    except RedisNotInstalled as e:
+    except (RedisNotInstalled, UnsupportedRedis) as e:
         raise CommandError(ExitStatus.MISSING_DEPENDENCY, f"dmulog logsvc: {e}") from None
     except (StateDirInUse, StoreUnavailable) as e:
         raise CommandError(ExitStatus.UNAVAILABLE, f"dmulog logsvc: {e}") from None

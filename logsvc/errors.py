@@ -19,6 +19,7 @@ __all__ = [
     "DeadlineExceeded",
     "InvalidArgument",
     "LogError",
+    "LostWrites",
     "NotFound",
     "Overtaken",
     "PendingWork",
@@ -72,6 +73,10 @@ class PendingWork(LogError):
     """The log has bulk work pending; the store finishes it and asks again (never reaches a client)."""
 
 
+class LostWrites(LogError):
+    """The log lost writes the caller was answered (a failover); the store marks it so and asks again."""
+
+
 class Unreadable(LogError):
     """The log's stored state does not parse (e.g. written by an older version); nothing was changed."""
 
@@ -87,6 +92,7 @@ WORD_TO_ERROR: dict[str, type[LogError]] = {
     "EBUSY": Busy,
     "ETIMEDOUT": DeadlineExceeded,
     "ESTEP": PendingWork,
+    "ELOST": LostWrites,
 }
 
 STATUS_OF: dict[type[LogError], grpc.StatusCode] = {
@@ -97,6 +103,7 @@ STATUS_OF: dict[type[LogError], grpc.StatusCode] = {
     StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
     DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     PendingWork: grpc.StatusCode.UNAVAILABLE,
+    LostWrites: grpc.StatusCode.UNAVAILABLE,
     TooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Unreadable: grpc.StatusCode.DATA_LOSS,
     Overtaken: grpc.StatusCode.UNAVAILABLE,

@@ -42,6 +42,7 @@ class LogsvcConfig:
     grace: float = 5.0
     redis_connections: int = MAX_CONNECTIONS
     lease_ttl: float = DEFAULT_TTL
+    durable_replicas: int = 0
 
 
 async def build_server(
@@ -76,6 +77,8 @@ async def _check_durability(store: Store) -> None:
         event(log, logging.WARNING, "durability_unknown", reason="CONFIG GET refused")
         return
     values = {text(k): text(v) for k, v in cfg.items()}
+    if store.durable_replicas:
+        return  # WAITAOF 1 N waits for the primary's own fsync too, whatever appendfsync says
     if values.get("appendonly") != "yes" or values.get("appendfsync") != "always":
         event(
             log, logging.WARNING, "durability_weak",
@@ -92,7 +95,8 @@ async def serve(config: LogsvcConfig) -> None:
         embedded = EmbeddedRedis(config.state_dir)
         await embedded.start()
         url = embedded.url
-    store = Store.from_url(url, prefix=config.key_prefix, max_connections=config.redis_connections)
+    store = Store.from_url(url, prefix=config.key_prefix, max_connections=config.redis_connections,
+                           durable_replicas=config.durable_replicas)  # fmt: skip
     try:
         await store.load_library()
         await _check_durability(store)
@@ -100,7 +104,8 @@ async def serve(config: LogsvcConfig) -> None:
                                                                     lease_ttl=config.lease_ttl)  # fmt: skip
         await server.start()
         event(log, logging.INFO, "logsvc_listening", listen=config.listen, port=port, redis=url,
-              embedded_redis=embedded is not None, lease_ttl=config.lease_ttl)  # fmt: skip
+              embedded_redis=embedded is not None, lease_ttl=config.lease_ttl,
+              durable_replicas=config.durable_replicas)  # fmt: skip
         stop = asyncio.Event()
         reaper = asyncio.ensure_future(Reaper(service.leases).run(stop))
         loop = asyncio.get_running_loop()

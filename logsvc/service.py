@@ -10,8 +10,10 @@ become gRPC statuses in interceptor.py.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Final, TypeAlias
 
 import grpc
@@ -35,6 +37,9 @@ _FUNCTION_OF: Final[dict[type, tuple[str, bool]]] = {
     getattr(pb, f"{s.rpc}Request"): (s.function, not s.writes) for s in REQUESTS
 }
 """A kernel request RPC's request message → (its library function, whether FCALL_RO may run it)."""
+
+_GENERATION: contextvars.ContextVar[int] = contextvars.ContextVar("dmulog_answered_generation", default=0)
+"""The log's generation for the caller's node after the current request's last store call."""
 
 
 class DirtyLogService(pb_grpc.DirtyLogServicer):
@@ -69,7 +74,10 @@ class DirtyLogService(pb_grpc.DirtyLogServicer):
         """Call the library function of the RPC whose ``request`` this is (the table names it) with ``extra``."""
         function, readonly = _FUNCTION_OF[type(request)]
         caller = validate.caller(request)
-        return await self._store.call(function, request.log.uuid, caller, extra, readonly=readonly)
+        reply, generation = await self._store.answer(function, request.log.uuid, caller, extra, readonly=readonly,
+                                                     seen=request.log.generation)  # fmt: skip
+        _GENERATION.set(generation)
+        return reply
 
     async def _spec(self, request: pb.StatusInfoRequest | pb.StatusTableRequest) -> tuple[LogSpec, str]:
         """The instance's arguments and its log device as resolved at CTR."""
@@ -200,6 +208,27 @@ class DirtyLogService(pb_grpc.DirtyLogServicer):
             yield pb.ReadLogStateResponse(dirty_bitmap=pb.BitmapChunk(offset=offset, data=data))
         async for page in self._store.marks(uuid):
             yield pb.ReadLogStateResponse(marks=pb.RegionMarksPage(marks=region_marks(page)))
+
+
+def _stamped(method: Callable[[Any, Any, Ctx], Awaitable[Any]]) -> Callable[[Any, Any, Ctx], Awaitable[Any]]:
+    """A kernel request RPC whose response carries the generation its store call answered (proto: LogRef)."""
+
+    @functools.wraps(method)
+    async def rpc(self: Any, request: Any, context: Ctx) -> Any:
+        token = _GENERATION.set(0)
+        try:
+            response = await method(self, request, context)
+            response.generation = _GENERATION.get()
+            return response
+        finally:
+            _GENERATION.reset(token)
+
+    return rpc
+
+
+for _spec in REQUESTS:  # every kernel request RPC, from the one table
+    setattr(DirtyLogService, _spec.rpc, _stamped(getattr(DirtyLogService, _spec.rpc)))
+del _spec
 
 
 _LEASE_STATES: Final = {"live": pb.LEASE_STATE_LIVE, "expiring": pb.LEASE_STATE_EXPIRING,

@@ -7,13 +7,13 @@ FUNCTION LOAD REPLACE: Redis persists functions with the data set (unlike
 EVAL's script cache), and a Redis that lost them gets them again on the first
 "Function not found".
 
-Three things travel with every call besides the request:
+Four things travel with every call besides the request:
 
 * **Bulk work.** No Function call passes over more than a bounded slice of a
   log (the library's header says how), so one mirror's 2^28-region CTR or a
   node's 262,144 marks never stall every other mirror. A call that finds its
   log with bulk work pending answers ESTEP; the store then runs
-  ``dmulog_v3_step`` on that log until nothing is pending and asks again.
+  ``dmulog_v4_step`` on that log until nothing is pending and asks again.
 * **The deadline.** A request abandoned by its caller (``serve_one`` sets
   :data:`REQUEST_DEADLINE`) must never be carried out after logsvc answered it
   DEADLINE_EXCEEDED: a late CLEAR would drop a newer mark. Cancelling the
@@ -22,6 +22,11 @@ Three things travel with every call besides the request:
   read on Redis's own clock: the store converts it with an offset it measures
   with TIME, and moves it :data:`DEADLINE_MARGIN` earlier so a command still
   running when the answer leaves has started before it.
+* **The generation seen.** The caller says which generation of the log its
+  node was last answered (lua/dmulog.lua, "Generations"); a log below it lost
+  writes in a failover, and its Function answers ELOST rather than from that
+  state. The store then calls ``lost`` (every region out of sync), logs
+  ``log_lost_writes`` and asks again.
 * **Bounded concurrency.** At most ``max_connections`` commands are in flight
   per process; more wait for a connection (a blocking pool) instead of failing,
   so a burst of requests queues and no request fails for a reason that is not
@@ -43,12 +48,14 @@ from redis import exceptions as rexc
 
 from dmulog.logs import event
 from dmulog.retry import RetryPolicy
-from logsvc.errors import LogError, PendingWork, StoreUnavailable, TooLarge, from_lua_error
+from logsvc.errors import LogError, LostWrites, PendingWork, StoreUnavailable, TooLarge, from_lua_error
 from logsvc.keys import DEFAULT_PREFIX, log_key_pattern, log_keys, uuid_from_log_key
+from logsvc.redis_connect import connect
 
 __all__ = [
     "CALLER_ARGS",
     "DEADLINE_MARGIN",
+    "DURABLE_WAIT",
     "FUNCTION_PREFIX",
     "LIBRARY_NAME",
     "MAX_CONNECTIONS",
@@ -56,14 +63,15 @@ __all__ = [
     "STATE_PIECE",
     "Caller",
     "Store",
+    "UnsupportedRedis",
     "library_code",
     "text",
 ]
 
 LIBRARY_NAME: Final = "dmulog_v1"
-FUNCTION_PREFIX: Final = "dmulog_v3_"
-CALLER_ARGS: Final = 5
-"""Arguments before a kernel request's own: node, boot id, luid, deadline, epoch."""
+FUNCTION_PREFIX: Final = "dmulog_v4_"
+CALLER_ARGS: Final = 6
+"""Arguments before a kernel request's own: node, boot id, luid, deadline, epoch, generation seen."""
 MAX_CONNECTIONS: Final = 64
 """Redis connections (so commands in flight) per logsvc process, by default."""
 DEADLINE_MARGIN: Final = 0.05
@@ -72,6 +80,8 @@ STATE_PIECE: Final = 1 << 18
 """Bytes of bitmap read per command (and per ReadLogState message) when a log is too large for one call."""
 STEP_PAUSE: Final = 0.001
 """Seconds between two bulk-work steps of one log (see :meth:`Store.finish_jobs`)."""
+DURABLE_WAIT: Final = 2.0
+"""Seconds a mutating call waits at most for WAITAOF (less when the request's deadline is nearer)."""
 _CLOCK_REFRESH: Final = 30.0
 
 REQUEST_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("dmulog_request_deadline",
@@ -109,22 +119,35 @@ _UNREACHABLE = (rexc.ConnectionError, rexc.TimeoutError, ConnectionError, Timeou
 _NOT_NOW = (rexc.TryAgainError, rexc.MasterDownError, rexc.ReadOnlyError)
 
 
+def _no_replicas(e: BaseException) -> bool:
+    """A primary that ``min-replicas-to-write`` stops from writing (it lost its replicas, e.g. partitioned)."""
+    return isinstance(e, rexc.ResponseError) and str(e).startswith("NOREPLICAS")
+
+
 def _retryable(e: BaseException) -> bool:
-    return isinstance(e, (*_UNREACHABLE, *_NOT_NOW))
+    return isinstance(e, (*_UNREACHABLE, *_NOT_NOW)) or _no_replicas(e)
 
 
 def _unavailable(e: BaseException) -> StoreUnavailable:
     """What a retryable failure becomes once the budget is spent."""
-    if isinstance(e, _NOT_NOW):
+    if isinstance(e, _NOT_NOW) or _no_replicas(e):
         return StoreUnavailable(f"redis not ready: {e}")
     return StoreUnavailable(f"redis unreachable: {e}")
+
+
+class UnsupportedRedis(RuntimeError):
+    """The Redis we were given cannot do what logsvc was told to ask of it (e.g. WAITAOF)."""
 
 
 class Store:
     """Function calls against one Redis (or Redis-compatible) endpoint."""
 
-    def __init__(self, client: aioredis.Redis, *, prefix: str = DEFAULT_PREFIX, retry: RetryPolicy | None = None):
+    def __init__(self, client: aioredis.Redis, *, prefix: str = DEFAULT_PREFIX, retry: RetryPolicy | None = None,
+                 durable_replicas: int = 0):  # fmt: skip
+        if durable_replicas < 0:
+            raise ValueError(f"durable replicas must be 0 or more, not {durable_replicas}")
         self._redis = client
+        self._durable_replicas = durable_replicas
         self._prefix = prefix
         self._retry = retry or RetryPolicy(budget=2.5)
         self._offset = 0.0  # Redis's wall clock minus ours, in seconds
@@ -133,20 +156,10 @@ class Store:
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = DEFAULT_PREFIX, retry: RetryPolicy | None = None,
-                 max_connections: int = MAX_CONNECTIONS) -> Store:  # fmt: skip
-        """Client for ``redis://``, ``rediss://`` or ``unix://`` URLs; retries are ours, not redis-py's."""
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=max_connections,
-            timeout=None,  # wait for a connection; the request's own deadline bounds the wait
-            decode_responses=False,
-            socket_connect_timeout=1.0,
-            socket_timeout=5.0,
-            retry_on_timeout=False,
-            retry=None,
-            health_check_interval=0,
-        )
-        return cls(aioredis.Redis(connection_pool=pool), prefix=prefix, retry=retry)
+                 max_connections: int = MAX_CONNECTIONS, durable_replicas: int = 0) -> Store:  # fmt: skip
+        """Client for a ``--redis`` URL (logsvc/redis_connect.py); retries are ours, not redis-py's."""
+        return cls(connect(url, max_connections=max_connections), prefix=prefix, retry=retry,
+                   durable_replicas=durable_replicas)  # fmt: skip
 
     @property
     def prefix(self) -> str:
@@ -158,13 +171,39 @@ class Store:
         """The underlying client (admin helpers and tests)."""
         return self._redis
 
+    @property
+    def durable_replicas(self) -> int:
+        """Replicas that must have fsynced a mutating call's writes before it is acknowledged."""
+        return self._durable_replicas
+
     async def load_library(self) -> None:
-        """Install or upgrade the Function library; idempotent. Also reads Redis's clock."""
+        """Install or upgrade the Function library; idempotent. Also reads Redis's clock.
+
+        Raises:
+            UnsupportedRedis: durable replicas were asked for and Redis cannot give them.
+        """
         try:
             await self._retry.run(self._load_libraries, is_retryable=_retryable)
             await self._retry.run(self.measure_clock, is_retryable=_retryable)
+            if self._durable_replicas:
+                await self._retry.run(self._check_waitaof, is_retryable=_retryable)
         except (*_UNREACHABLE, *_NOT_NOW) as e:
             raise _unavailable(e) from e
+
+    async def _check_waitaof(self) -> None:
+        """Refuse to start, rather than acknowledge marks no replica holds, when WAITAOF cannot work."""
+        info = await self._redis.info("server")
+        server = "valkey" if "valkey_version" in info else "redis"
+        version = text(info.get("valkey_version") or info.get("redis_version") or "?")
+        try:
+            await self._redis.execute_command("WAITAOF", 0, 0, 1)  # asks for nothing: answers at once where it exists
+        except rexc.ResponseError as e:
+            raise UnsupportedRedis(f"--redis-durable-replicas {self._durable_replicas} needs WAITAOF, which "
+                                   f"Redis 7.2+ and Valkey 7.2+ have; this is {server} {version} ({e})") from None
+        try:
+            await self._redis.execute_command("WAITAOF", 1, 0, 100)
+        except rexc.ResponseError as e:
+            raise UnsupportedRedis(f"--redis-durable-replicas needs appendonly yes on the primary: {e}") from None
 
     async def _load_libraries(self) -> None:
         for name in LIBRARIES:
@@ -204,21 +243,43 @@ class Store:
 
     async def call(self, op: str, uuid: str, caller: Caller, args: Sequence[str | int | bytes] = (), *,
                    readonly: bool = False) -> Any:  # fmt: skip
-        """Run the kernel-request function ``dmulog_v3_<op>`` on the log ``uuid`` for ``caller``.
+        """The reply of :meth:`answer` without its generation."""
+        reply, _ = await self.answer(op, uuid, caller, args, readonly=readonly)
+        return reply
+
+    async def answer(self, op: str, uuid: str, caller: Caller, args: Sequence[str | int | bytes] = (), *,
+                     readonly: bool = False, seen: int = 0) -> tuple[Any, int]:  # fmt: skip
+        """Run the kernel-request function ``dmulog_v4_<op>`` on the log ``uuid`` for ``caller``.
+
+        ``seen`` is the generation of the log the caller's node was last
+        answered (0: none known). Returns the reply and the log's generation
+        for the node after it.
 
         Raises the LogError the function's error word names, or
         StoreUnavailable when Redis stayed unreachable for the whole budget.
         """
         node, boot, luid, epoch = caller
         while True:
-            argv = [node, boot, luid, self._redis_deadline(), epoch, *args]
+            argv = [node, boot, luid, self._redis_deadline(), epoch, seen, *args]
             try:
-                return await self._fcall(op, uuid, argv, readonly)
+                reply, generation = await self._fcall(op, uuid, argv, readonly)
+                return reply, int(generation)
             except PendingWork:
                 await self.finish_jobs(uuid)
+            except LostWrites as e:
+                await self._lost(uuid, node, seen, str(e))
+
+    async def _lost(self, uuid: str, node: str, seen: int, detail: str) -> None:
+        """The log lost writes ``node`` was answered: every region out of sync (lua/dmulog.lua ``lost``)."""
+        done, had, pending = await self._fcall("lost", uuid, (node, seen), False)
+        if done:
+            event(log, logging.ERROR, "log_lost_writes", node=node, answered=seen, found=int(had),
+                  consequence="every region of the log is out of sync and will be resynced", detail=detail)  # fmt: skip
+        if pending:
+            await self.finish_jobs(uuid)
 
     async def admin(self, op: str, uuid: str, args: Sequence[str | int | bytes] = ()) -> Any:
-        """Run the read-only admin function ``dmulog_v3_<op>`` (no caller, no deadline) on the log ``uuid``."""
+        """Run the read-only admin function ``dmulog_v4_<op>`` (no caller, no deadline) on the log ``uuid``."""
         return await self._fcall(op, uuid, args, True)
 
     async def finish_jobs(self, uuid: str) -> int:
@@ -252,15 +313,21 @@ class Store:
                     readonly: bool = False) -> Any:  # fmt: skip
         """Call the Function ``name``, with retries; its error word becomes a LogError (any library)."""
         command = "FCALL_RO" if readonly else "FCALL"
+        durable = self._durable_replicas > 0 and not readonly
+
+        async def send() -> Any:
+            if durable:
+                return await self._durably(command, name, len(keys), *keys, *argv)
+            return await self._redis.execute_command(command, name, len(keys), *keys, *argv)
 
         async def once() -> Any:
             try:
-                return await self._redis.execute_command(command, name, len(keys), *keys, *argv)
+                return await send()
             except rexc.ResponseError as e:
                 if "Function not found" in str(e):
                     event(log, logging.WARNING, "function_library_missing", function=name)
                     await self._load_libraries()
-                    return await self._redis.execute_command(command, name, len(keys), *keys, *argv)
+                    return await send()
                 raise
 
         try:
@@ -268,8 +335,57 @@ class Store:
         except (*_UNREACHABLE, *_NOT_NOW) as e:
             raise _unavailable(e) from e
         except rexc.ResponseError as e:
+            if _no_replicas(e):
+                raise _unavailable(e) from e
             mapped = from_lua_error(str(e))
             raise (mapped or LogError(f"redis error: {e}")) from None
+
+    async def _durably(self, *command: Any) -> Any:
+        """``command``, then ``WAIT N`` and ``WAITAOF 1 N``, on one connection in one round trip (a pipeline).
+
+        WAITAOF waits for the connection's own last write, which is why it must
+        share the connection; and, the replication stream being one sequence,
+        every earlier write of any connection (a lease's XADD, say) is then
+        fsynced too. An answer short of the counts is StoreUnavailable, which
+        the bridge retries and the kernel waits on: the writes may be on the
+        primary alone, and a failover now would lose them, so nothing was
+        acknowledged. Sending the Function again is what the store's retries
+        after a lost reply, and the kernel's own resend after a timeout, do
+        already.
+
+        Why WAIT first: a primary asks its replicas for their offsets (REPLCONF
+        GETACK) once per blocked WAIT or WAITAOF, and a replica answers at once,
+        with the offset it had fsynced *before* the write that came with the
+        question (it fsyncs after the event-loop pass that applied it). Alone,
+        WAITAOF then waits for the replica's next unprompted ACK, once a second
+        (measured: 1.006 s p50 against 1.8 ms with WAIT first; Valkey 9.1).
+        WAIT returns once that first answer shows the write applied; WAITAOF,
+        blocking next, asks again, and the replica, which has fsynced it by
+        then (``appendfsync always``), says so.
+        """
+        wait = max(1, self._wait_ms() // 2)  # each; so the two together stay within the budget
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.execute_command(*command)
+            pipe.execute_command("WAIT", self._durable_replicas, wait)
+            pipe.execute_command("WAITAOF", 1, self._durable_replicas, wait)
+            reply, _applied, acked = await pipe.execute(raise_on_error=False)
+        if isinstance(reply, BaseException):
+            raise reply
+        if isinstance(acked, BaseException):
+            raise StoreUnavailable(f"redis cannot confirm durability: {acked}")
+        local, replicas = (int(n) for n in acked)
+        if local < 1 or replicas < self._durable_replicas:
+            raise StoreUnavailable(f"not durable: fsynced on {'the primary and ' if local else ''}{replicas} of "
+                                   f"{self._durable_replicas} replicas in time")  # fmt: skip
+        return reply
+
+    def _wait_ms(self) -> int:
+        """WAITAOF's timeout: :data:`DURABLE_WAIT`, or the request's time left if less; never 0 (forever)."""
+        wait = DURABLE_WAIT
+        deadline = REQUEST_DEADLINE.get()
+        if deadline is not None:
+            wait = min(wait, deadline - time.monotonic() - DEADLINE_MARGIN)
+        return max(1, int(wait * 1000))
 
     async def state(self, uuid: str) -> list[Any]:
         """The raw ``state`` of a log, read in one call (at one instant).

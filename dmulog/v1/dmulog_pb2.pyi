@@ -41,12 +41,14 @@ LEASE_STATE_EXPIRING: LeaseState
 LEASE_STATE_DEAD: LeaseState
 
 class LogRef(_message.Message):
-    __slots__ = ("uuid", "luid")
+    __slots__ = ("uuid", "luid", "generation")
     UUID_FIELD_NUMBER: _ClassVar[int]
     LUID_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
     uuid: str
     luid: int
-    def __init__(self, uuid: _Optional[str] = ..., luid: _Optional[int] = ...) -> None: ...
+    generation: int
+    def __init__(self, uuid: _Optional[str] = ..., luid: _Optional[int] = ..., generation: _Optional[int] = ...) -> None: ...
 
 class Node(_message.Message):
     __slots__ = ("name", "boot_id", "epoch")
@@ -82,10 +84,12 @@ class CtrRequest(_message.Message):
     def __init__(self, log: _Optional[_Union[LogRef, _Mapping]] = ..., node: _Optional[_Union[Node, _Mapping]] = ..., target_sectors: _Optional[int] = ..., log_type: _Optional[str] = ..., args: _Optional[_Iterable[str]] = ..., block_devices: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class CtrResponse(_message.Message):
-    __slots__ = ("device",)
+    __slots__ = ("device", "generation")
     DEVICE_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
     device: str
-    def __init__(self, device: _Optional[str] = ...) -> None: ...
+    generation: int
+    def __init__(self, device: _Optional[str] = ..., generation: _Optional[int] = ...) -> None: ...
 
 class DtrRequest(_message.Message):
     __slots__ = ("log", "node")
@@ -96,8 +100,10 @@ class DtrRequest(_message.Message):
     def __init__(self, log: _Optional[_Union[LogRef, _Mapping]] = ..., node: _Optional[_Union[Node, _Mapping]] = ...) -> None: ...
 
 class DtrResponse(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("generation",)
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    generation: int
+    def __init__(self, generation: _Optional[int] = ...) -> None: ...
 
 class PresuspendRequest(_message.Message):
     __slots__ = ("log", "node")
@@ -108,8 +114,10 @@ class PresuspendRequest(_message.Message):
     def __init__(self, log: _Optional[_Union[LogRef, _Mapping]] = ..., node: _Optional[_Union[Node, _Mapping]] = ...) -> None: ...
 
 class PresuspendResponse(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("generation",)
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    generation: int
+    def __init__(self, generation: _Optional[int] = ...) -> None: ...
 
 class PostsuspendRequest(_message.Message):
     __slots__ = ("log", "node")
@@ -120,8 +128,10 @@ class PostsuspendRequest(_message.Message):
     def __init__(self, log: _Optional[_Union[LogRef, _Mapping]] = ..., node: _Optional[_Union[Node, _Mapping]] = ...) -> None: ...
 
 class PostsuspendResponse(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("generation",)
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    generation: int
+    def __init__(self, generation: _Optional[int] = ...) -> None: ...
 
 class ResumeRequest(_message.Message):
     __slots__ = ("log", "node")
@@ -132,8 +142,10 @@ class ResumeRequest(_message.Message):
     def __init__(self, log: _Optional[_Union[LogRef, _Mapping]] = ..., node: _Optional[_Union[Node, _Mapping]] = ...) -> None: ...
 
 class ResumeResponse(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("generation",)
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    generation: int
+    def __init__(self, generation: _Optional[int] = ...) -> None: ...
 
 class GetRegionSizeRequest(_message.Message):
     __slots__ = ("log", "node")
@@ -144,10 +156,12 @@ class GetRegionSizeRequest(_message.Message):
     def __init__(self, log: _Optional[_Union[LogRef, _Mapping]] = ..., node: _Optional[_Union[Node, _Mapping]] = ...) -> None: ...
 
 class GetRegionSizeResponse(_message.Message):
-    __slots__ = ("region_size",)
+    __slots__ = ("region_size", "generation")
     REGION_SIZE_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
     region_size: int
-    def __init__(self, region_size: _Optional[int] = ...) -> None: ...
+    generation: int
+    def __init__(self, region_size: _Optional[int] = ..., generation: _Optional[int] = ...) -> None: ...
 
 class IsCleanRequest(_message.Message):
     __slots__ = ("log", "node", "region")
@@ -160,10 +174,12 @@ class IsCleanRequest(_message.Message):
     def __init__(self, log: _Optional[_Union[LogRef, _Mapping]] = ..., node: _Optional[_Union[Node, _Mapping]] = ..., region: _Optional[int] = ...) -> None: ...
 
 class IsCleanResponse(_message.Message):
-    __slots__ = ("clean",)
+    __slots__ = ("clean", "generation")
     CLEAN_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
     clean: bool
-    def __init__(self, clean: _Optional[bool] = ...) -> None: ...
+    generation: int
+    def __init__(self, clean: _Optional[bool] = ..., generation: _Optional[int] = ...) -> None: ...
 
 class InSyncRequest(_message.Message):
     __slots__ = ("log", "node", "region")
@@ -176,12 +192,14 @@ class InSyncRequest(_message.Message):
     def __init__(self, log: _Optional[_Union[LogRef, _Mapping]] = ..., node: _Optional[_Union[Node, _Mapping]] = ..., region: _Optional[int] = ...) -> None: ...
 
 class InSyncResponse(_message.Message):
-    __slots__ = ("in_sync", "latched")
+    __slots__ = ("in_sync", "latched", "generation")
     IN_SYNC_FIELD_NUMBER: _ClassVar[int]
     LATCHED_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
     in_sync: bool
     latched: bool
-    def __init__(self, in_sync: _Optional[bool] = ..., latched: _Optional[bool] = ...) -> None: ...
+    generation: int
+    def __init__(self, in_sync: _Optional[bool] = ..., latched: _Optional[bool] = ..., generation: _Optional[int] = ...) -> None: ...
 
 class FlushRequest(_message.Message):
     __slots__ = ("log", "node", "mark_regions")
@@ -194,8 +212,10 @@ class FlushRequest(_message.Message):
     def __init__(self, log: _Optional[_Union[LogRef, _Mapping]] = ..., node: _Optional[_Union[Node, _Mapping]] = ..., mark_regions: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class FlushResponse(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("generation",)
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    generation: int
+    def __init__(self, generation: _Optional[int] = ...) -> None: ...
 
 class MarkRegionRequest(_message.Message):
     __slots__ = ("log", "node", "regions")
@@ -208,8 +228,10 @@ class MarkRegionRequest(_message.Message):
     def __init__(self, log: _Optional[_Union[LogRef, _Mapping]] = ..., node: _Optional[_Union[Node, _Mapping]] = ..., regions: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class MarkRegionResponse(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("generation",)
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    generation: int
+    def __init__(self, generation: _Optional[int] = ...) -> None: ...
 
 class ClearRegionRequest(_message.Message):
     __slots__ = ("log", "node", "regions")
@@ -222,8 +244,10 @@ class ClearRegionRequest(_message.Message):
     def __init__(self, log: _Optional[_Union[LogRef, _Mapping]] = ..., node: _Optional[_Union[Node, _Mapping]] = ..., regions: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ClearRegionResponse(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("generation",)
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    generation: int
+    def __init__(self, generation: _Optional[int] = ...) -> None: ...
 
 class GetResyncWorkRequest(_message.Message):
     __slots__ = ("log", "node")
@@ -234,12 +258,14 @@ class GetResyncWorkRequest(_message.Message):
     def __init__(self, log: _Optional[_Union[LogRef, _Mapping]] = ..., node: _Optional[_Union[Node, _Mapping]] = ...) -> None: ...
 
 class GetResyncWorkResponse(_message.Message):
-    __slots__ = ("has_work", "region")
+    __slots__ = ("has_work", "region", "generation")
     HAS_WORK_FIELD_NUMBER: _ClassVar[int]
     REGION_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
     has_work: bool
     region: int
-    def __init__(self, has_work: _Optional[bool] = ..., region: _Optional[int] = ...) -> None: ...
+    generation: int
+    def __init__(self, has_work: _Optional[bool] = ..., region: _Optional[int] = ..., generation: _Optional[int] = ...) -> None: ...
 
 class SetRegionSyncRequest(_message.Message):
     __slots__ = ("log", "node", "region", "in_sync")
@@ -254,8 +280,10 @@ class SetRegionSyncRequest(_message.Message):
     def __init__(self, log: _Optional[_Union[LogRef, _Mapping]] = ..., node: _Optional[_Union[Node, _Mapping]] = ..., region: _Optional[int] = ..., in_sync: _Optional[bool] = ...) -> None: ...
 
 class SetRegionSyncResponse(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("generation",)
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    generation: int
+    def __init__(self, generation: _Optional[int] = ...) -> None: ...
 
 class GetSyncCountRequest(_message.Message):
     __slots__ = ("log", "node")
@@ -266,10 +294,12 @@ class GetSyncCountRequest(_message.Message):
     def __init__(self, log: _Optional[_Union[LogRef, _Mapping]] = ..., node: _Optional[_Union[Node, _Mapping]] = ...) -> None: ...
 
 class GetSyncCountResponse(_message.Message):
-    __slots__ = ("sync_count",)
+    __slots__ = ("sync_count", "generation")
     SYNC_COUNT_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
     sync_count: int
-    def __init__(self, sync_count: _Optional[int] = ...) -> None: ...
+    generation: int
+    def __init__(self, sync_count: _Optional[int] = ..., generation: _Optional[int] = ...) -> None: ...
 
 class StatusInfoRequest(_message.Message):
     __slots__ = ("log", "node")
@@ -280,10 +310,12 @@ class StatusInfoRequest(_message.Message):
     def __init__(self, log: _Optional[_Union[LogRef, _Mapping]] = ..., node: _Optional[_Union[Node, _Mapping]] = ...) -> None: ...
 
 class StatusInfoResponse(_message.Message):
-    __slots__ = ("text",)
+    __slots__ = ("text", "generation")
     TEXT_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
     text: str
-    def __init__(self, text: _Optional[str] = ...) -> None: ...
+    generation: int
+    def __init__(self, text: _Optional[str] = ..., generation: _Optional[int] = ...) -> None: ...
 
 class StatusTableRequest(_message.Message):
     __slots__ = ("log", "node")
@@ -294,10 +326,12 @@ class StatusTableRequest(_message.Message):
     def __init__(self, log: _Optional[_Union[LogRef, _Mapping]] = ..., node: _Optional[_Union[Node, _Mapping]] = ...) -> None: ...
 
 class StatusTableResponse(_message.Message):
-    __slots__ = ("text",)
+    __slots__ = ("text", "generation")
     TEXT_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
     text: str
-    def __init__(self, text: _Optional[str] = ...) -> None: ...
+    generation: int
+    def __init__(self, text: _Optional[str] = ..., generation: _Optional[int] = ...) -> None: ...
 
 class IsRemoteRecoveringRequest(_message.Message):
     __slots__ = ("log", "node", "region")
@@ -310,12 +344,14 @@ class IsRemoteRecoveringRequest(_message.Message):
     def __init__(self, log: _Optional[_Union[LogRef, _Mapping]] = ..., node: _Optional[_Union[Node, _Mapping]] = ..., region: _Optional[int] = ...) -> None: ...
 
 class IsRemoteRecoveringResponse(_message.Message):
-    __slots__ = ("is_recovering", "in_sync_hint")
+    __slots__ = ("is_recovering", "in_sync_hint", "generation")
     IS_RECOVERING_FIELD_NUMBER: _ClassVar[int]
     IN_SYNC_HINT_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
     is_recovering: bool
     in_sync_hint: int
-    def __init__(self, is_recovering: _Optional[bool] = ..., in_sync_hint: _Optional[int] = ...) -> None: ...
+    generation: int
+    def __init__(self, is_recovering: _Optional[bool] = ..., in_sync_hint: _Optional[int] = ..., generation: _Optional[int] = ...) -> None: ...
 
 class ExchangeRequest(_message.Message):
     __slots__ = ("calls",)

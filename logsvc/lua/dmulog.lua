@@ -18,12 +18,29 @@ Arguments of the kernel-request functions (dmulog_v3_<name>): ARGV[1] node
 name, ARGV[2] its boot id, ARGV[3] luid (a decimal string: a kernel pointer
 does not fit a Lua double), ARGV[4] the request's deadline on the Redis
 clock in microseconds since the epoch (0: none), ARGV[5] the node's lease
-epoch (0: a node without a lease), then the request's own arguments; CTR's
-own argument is one JSON object (new_instance names its fields). The same
-functions are also registered as dmulog_v2_<name> with the arguments of
-services that predate leases (no ARGV[5]) and as dmulog_v1_<name> with those
-of services that predate deadlines (no ARGV[4] either, CTR's fields
-positional), so older replicas keep working during a rolling upgrade.
+epoch (0: a node without a lease), ARGV[6] the generation of the log this
+node was last answered (0: none known, see Generations), then the request's
+own arguments; CTR's own argument is one JSON object (new_instance names its
+fields). A dmulog_v4_ function answers {reply, generation}. The same
+functions are also registered as dmulog_v3_<name> (no ARGV[6], the bare
+reply) for services that predate generations, as dmulog_v2_<name> with the
+arguments of services that predate leases (no ARGV[5] either) and as
+dmulog_v1_<name> with those of services that predate deadlines (no ARGV[4]
+either, CTR's fields positional), so older replicas keep working during a
+rolling upgrade.
+
+Generations. Field gen:<node> of the log counts the writing requests of that
+node that succeeded here, and every dmulog_v4_ reply carries it; the node's
+bridge remembers the largest it was answered, per log, and sends it back with
+each request. A Redis failover can promote a replica that lacks the last
+writes (asynchronous replication); the node whose acknowledged writes went
+finds the log's generation below the one it sends. Then nothing is answered
+from that state: the call refuses (ELOST), logsvc calls `lost`, which turns
+every region of the log out of sync and dirty and ends the latches, and asks
+again. A CTR that finds no log at all while the node remembers one creates
+it that way too, whatever its sync option says. Only the node that lost
+writes can tell: another node's lost marks show when that node next asks
+(docs/durability.md says what guarantees more: durable replicas).
 
 Incarnations. A node's lease (lua/leases.lua, its own slot) gives each of its
 incarnations an epoch from one counter, so a later incarnation always has a
@@ -39,7 +56,8 @@ EINVAL (bad argument), ENOENT (unknown instance), EEXIST (same instance,
 other arguments), EBUSY (conflicts with the log's state), ETIMEDOUT (the
 request's deadline passed before it ran: nothing was done), ESTEP (the log
 has bulk work pending: call dmulog_v2_step until it answers 0, then ask
-again; nothing was done except queueing that work).
+again; nothing was done except queueing that work), ELOST (the log lost
+writes the caller was answered: call lost, then ask again; nothing was done).
 
 Fail-safe rule: when in doubt, dirty. Bits of single regions change only
 through the four helpers set_dirty, set_out_of_sync, set_clean_if_safe and
@@ -662,11 +680,41 @@ local function new_instance(c, spec)
   }
 end
 
-local function create_log(k, inst, uuid)
+-- Generations (see the header) -------------------------------------------------
+
+local function generation(k, node)
+  return tonumber(redis.call('HGET', k.log, 'gen:' .. node)) or 0
+end
+
+-- The bulk work of a log that lost writes: every region out of sync and dirty.
+local function lost_jobs(n)
+  return {{kind = 'fill', key = 'sync', bits = n, one = false}, {kind = 'fill', key = 'dirty', bits = n, one = true}}
+end
+
+-- The log lost writes `node` was answered up to generation `seen`: nothing it
+-- says can be trusted, so every region resyncs, and no latch survives.
+local function lose(k, node, seen)
+  add_jobs(k, lost_jobs(tonumber(redis.call('HGET', k.log, 'region_count')) or 0))
+  end_latches(k)
+  redis.call('HSET', k.log, 'gen:' .. node, seen)
+  redis.call('HINCRBY', k.log, 'lost_writes', 1)
+end
+
+-- A new log; `lost`: the caller's node had been answered by a log of this
+-- name that is gone (a failover lost it), so it is not fresh, whatever the
+-- sync option: every region resyncs (and a persistent log's first resume,
+-- sync := NOT dirty, keeps them so).
+local function create_log(k, inst, uuid, c)
+  local lost = c.seen > 0
   redis.call('HSET', k.log, 'uuid', uuid, 'schema', SCHEMA, 'sync_search', 0, 'clock', 0,
-    'completed_at', 0, 'rec_region', '', 'rec_inst', '', 'fresh', 1)
+    'completed_at', 0, 'rec_region', '', 'rec_inst', '', 'fresh', lost and 0 or 1)
   set_geometry(k, inst)
-  add_jobs(k, init_jobs(inst))
+  if lost then
+    add_jobs(k, lost_jobs(inst.region_count))
+    redis.call('HSET', k.log, 'gen:' .. c.node, c.seen, 'lost_writes', 1)
+  else
+    add_jobs(k, init_jobs(inst))
+  end
 end
 
 local function ctr(k, c, _, args)
@@ -687,7 +735,7 @@ local function ctr(k, c, _, args)
       if other and other.node ~= c.node then return busy_error(other, g) end
     end
   else
-    create_log(k, inst, spec.uuid)
+    create_log(k, inst, spec.uuid, c)
   end
   save_inst(k, c.id, inst)
   if not run_jobs(k) then return ESTEP end
@@ -1041,9 +1089,13 @@ end
 
 local function caller(A)
   return {node = A[1], boot = A[2], luid = A[3], id = A[1] .. '/' .. A[3], deadline = tonumber(A[4]) or 0,
-    epoch = tonumber(A[5]) or 0}
+    epoch = tonumber(A[5]) or 0, seen = tonumber(A[6]) or 0}
 end
-local CALLER_ARGS = 5
+local CALLER_ARGS = 6
+
+local function is_error(reply)
+  return type(reply) == 'table' and reply.err ~= nil
+end
 
 local function past_deadline(c)
   if c.deadline <= 0 then return false end
@@ -1071,6 +1123,13 @@ local function kernel_request(fn, writes, needs)
       if unbounded then return redis.error_reply('LOADING log has bulk work pending') end
       return estep(k)
     end
+    if c.seen > 0 and redis.call('EXISTS', k.log) == 1 then
+      local had = generation(k, c.node)
+      if c.seen > had then
+        return err('ELOST', 'log ' .. tostring(redis.call('HGET', k.log, 'uuid')) .. ' lost writes: node ' ..
+          c.node .. ' was answered generation ' .. c.seen .. ', the log has ' .. had)
+      end
+    end
     local inst = nil
     if needs ~= NO_INSTANCE then
       local e
@@ -1081,13 +1140,21 @@ local function kernel_request(fn, writes, needs)
     for i = CALLER_ARGS + 1, #A do args[#args + 1] = A[i] end
     local reply = fn(k, c, inst, args)
     if reply == ESTEP then return estep(k) end
+    if writes and not is_error(reply) and redis.call('EXISTS', k.log) == 1 then
+      redis.call('HINCRBY', k.log, 'gen:' .. c.node, 1)
+    end
     return reply
   end
 end
 
--- The same call with the arguments of services that predate leases (epoch 0).
+-- The same call with the arguments of services that predate generations (none known).
+local function v3_arguments(A)
+  return {A[1], A[2], A[3], A[4], A[5], '0', unpack(A, 6)}
+end
+
+-- ... and of services that predate leases (epoch 0).
 local function v2_arguments(A)
-  return {A[1], A[2], A[3], A[4], '0', unpack(A, 5)}
+  return v3_arguments({A[1], A[2], A[3], A[4], '0', unpack(A, 5)})
 end
 
 -- ... and of services that predate deadlines.
@@ -1124,15 +1191,24 @@ local ANNOUNCING = {
 local function register(name, callback, writes, adapt)
   local flags = writes and {} or {'no-writes'}
   local announcing = ANNOUNCING[name]
-  local v3 = callback
-  if announcing then
-    v3 = function(K, A)
-      local reply = callback(K, A)
-      if type(reply) == 'table' and reply.err then return reply end
-      return announcing(K, reply)
-    end
+  local function announced(K, reply)
+    if announcing and not is_error(reply) then return announcing(K, reply) end
+    return reply
   end
-  redis.register_function{function_name = 'dmulog_v3_' .. name, callback = v3, flags = flags}
+  redis.register_function{
+    function_name = 'dmulog_v4_' .. name,
+    callback = function(K, A)
+      local reply = announced(K, callback(K, A))
+      if is_error(reply) then return reply end
+      return {reply, tonumber(redis.call('HGET', K[1], 'gen:' .. A[1])) or 0}
+    end,
+    flags = flags,
+  }
+  redis.register_function{
+    function_name = 'dmulog_v3_' .. name,
+    callback = function(K, A) return announced(K, callback(K, v3_arguments(A))) end,
+    flags = flags,
+  }
   redis.register_function{
     function_name = 'dmulog_v2_' .. name,
     callback = function(K, A) return callback(K, v2_arguments(A)) end,
@@ -1179,6 +1255,7 @@ local function plain(name, fn, writes)
   end
   local flags = writes and {} or {'no-writes'}
   -- (Only the redis table is there while a library loads: no ipairs.)
+  redis.register_function{function_name = 'dmulog_v4_' .. name, callback = callback, flags = flags}
   redis.register_function{function_name = 'dmulog_v3_' .. name, callback = callback, flags = flags}
   redis.register_function{function_name = 'dmulog_v2_' .. name, callback = callback, flags = flags}
   redis.register_function{
@@ -1214,6 +1291,21 @@ plain('step', function(k)
   return run_jobs(k) and 0 or 1
 end, true)
 plain('expire_node', expire_node, true)
+-- ARGV[1] a node, ARGV[2] the generation it was answered, above the log's
+-- (ELOST): the log lost writes; lose() them. Idempotent: nothing when the
+-- log has that generation already. Returns {1 if it did, the generation the
+-- log had, 1 if bulk work is left (run step)}.
+plain('lost', function(k, A)
+  if redis.call('EXISTS', k.log) == 0 then return {0, 0, 0} end
+  upgrade(k)
+  if not run_jobs(k) then return {0, 0, 1} end
+  local node, seen = A[1], tonumber(A[2])
+  if not seen or seen <= 0 then return err('EINVAL', 'generation must be a positive integer') end
+  local had = generation(k, node)
+  if seen <= had then return {0, had, 0} end
+  lose(k, node, seen)
+  return {1, had, run_jobs(k) and 0 or 1}
+end, true)
 -- ARGV[1]: the announcement logsvc made (see ANNOUNCING); it is done unless a newer one came meanwhile.
 plain('announced', function(k, A)
   if redis.call('HGET', k.log, 'announce') == A[1] then redis.call('HDEL', k.log, 'announce') end

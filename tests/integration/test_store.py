@@ -19,12 +19,12 @@ from logsvc.logtypes import parse_log_args
 from logsvc.service import ctr_fields
 from logsvc.store import FUNCTION_PREFIX, LIBRARY_NAME, Store, library_code
 
-ADMIN_FUNCTIONS = {"step": True, "expire_node": True, "announced": True, "state": False, "summary": False,
-                   "version": False}
+ADMIN_FUNCTIONS = {"step": True, "expire_node": True, "announced": True, "lost": True, "state": False,
+                   "summary": False, "version": False}  # fmt: skip
 """The library's functions that serve no kernel request, and whether each writes: bulk work
-(``Store.finish_jobs``), an expired incarnation's hand-over, the state and summary of the admin RPCs,
-the schema version."""
-PREFIXES = ("dmulog_v1_", "dmulog_v2_", FUNCTION_PREFIX)
+(``Store.finish_jobs``), an expired incarnation's hand-over, an announcement made, a log that lost
+writes, the state and summary of the admin RPCs, the schema version."""
+PREFIXES = ("dmulog_v1_", "dmulog_v2_", "dmulog_v3_", FUNCTION_PREFIX)
 """Every name prefix: the current one and those of older services (a rolling upgrade)."""
 
 
@@ -45,8 +45,8 @@ async def registered_functions(redis: RedisProcess) -> dict[str, list[bytes]]:
 async def test_library_loads_and_lists_its_functions(redis: RedisProcess) -> None:
     """The Lua library loads into a real Redis and registers read-only functions as no-writes."""
     functions = await registered_functions(redis)
-    # 17 kernel-request functions and 6 admin ones, each as dmulog_v3_ and as v2 and v1 for older services.
-    assert len(functions) == 69
+    # 17 kernel-request functions and 7 admin ones, each as dmulog_v4_ and as v3, v2 and v1 for older services.
+    assert len(functions) == 96
     for prefix in PREFIXES:
         assert functions[prefix + "in_sync"] == [b"no-writes"]
         assert functions[prefix + "in_sync_latch"] == [b"no-writes"]

@@ -16,6 +16,7 @@ from logsvc.errors import (
     DeadlineExceeded,
     InvalidArgument,
     LogError,
+    LostWrites,
     NotFound,
     Overtaken,
     PendingWork,
@@ -67,9 +68,9 @@ def test_from_lua_error_other_messages(message):
 
 
 def test_word_table():
-    """The six Lua error words map to their exception classes."""
+    """The seven Lua error words map to their exception classes."""
     expected = {"EINVAL": InvalidArgument, "ENOENT": NotFound, "EEXIST": AlreadyExists, "EBUSY": Busy,
-                "ETIMEDOUT": DeadlineExceeded, "ESTEP": PendingWork}  # fmt: skip
+                "ETIMEDOUT": DeadlineExceeded, "ESTEP": PendingWork, "ELOST": LostWrites}  # fmt: skip
     assert expected == WORD_TO_ERROR
 
 
@@ -83,6 +84,7 @@ def test_status_of_table():
         StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
         DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
         PendingWork: grpc.StatusCode.UNAVAILABLE,
+        LostWrites: grpc.StatusCode.UNAVAILABLE,
         TooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
         Unreadable: grpc.StatusCode.DATA_LOSS,
         Overtaken: grpc.StatusCode.UNAVAILABLE,
