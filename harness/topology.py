@@ -59,6 +59,7 @@ import grpc
 from dmulog.v1 import dmulog_pb2 as pb
 from dmulog.v1 import dmulog_pb2_grpc as pb_grpc
 from harness.guest import REPO, GuestRun, run_guest
+from harness.redis_ha import SentinelGroup
 from harness.servers import LogsvcProcess, RedisProcess, ServerError, start_logsvc
 
 __all__ = ["DISKS", "GUEST_HOST", "GUEST_PORT", "Boot", "Topology", "TopologyError", "node_name"]
@@ -223,6 +224,10 @@ class Boot:
         return self._box["run"]  # type: ignore[return-value]
 
 
+SENTINEL_FLAGS = ["--min-replicas-to-write", "1", "--min-replicas-max-lag", "2"]
+"""The data nodes' settings of a Sentinel topology (docs/durability.md: a cut-off primary refuses writes)."""
+
+
 class Topology:
     """Host redis-server + host logsvc + shared disk images; boots guests (nodes) against them.
 
@@ -234,16 +239,21 @@ class Topology:
         trace: record every Redis command (``redis-cli monitor``) for diagnosing a
             failure; MONITOR slows Redis down, so a benchmark turns it off.
         lease_ttl: every logsvc's ``--lease-ttl`` (its default when None).
+        sentinel: Redis is a Valkey primary with two replicas and three Sentinels
+            (harness/redis_ha.py, ``min-replicas-to-write 1``) instead of one
+            redis-server, and logsvc runs on its ``redis+sentinel://`` URL with
+            ``--redis-durable-replicas 1`` (docs/durability.md); no trace then.
     """
 
     def __init__(self, workdir: Path, *, leg_bytes: int = 32 << 20, memory: str = "1G", replicas: int = 1,
-                 trace: bool = True, lease_ttl: float | None = None):  # fmt: skip
+                 trace: bool = True, lease_ttl: float | None = None, sentinel: bool = False):  # fmt: skip
         self.workdir = Path(workdir).resolve()
         self.lease_ttl = lease_ttl
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.leg_bytes = leg_bytes
         self.memory = memory
         self.redis = RedisProcess(self.workdir / "redis")
+        self.sentinels = SentinelGroup(self.workdir / "redis-ha", extra=SENTINEL_FLAGS) if sentinel else None
         # A short private directory for the sockets (sun_path is 108 bytes) with no comma
         # in it (the guestfwd option would split there).
         self._sockdir = Path(tempfile.mkdtemp(prefix="dmulog-topo-"))
@@ -252,7 +262,7 @@ class Topology:
         self._logsvc_logs = [self.workdir / f"logsvc{i}.log" for i in range(replicas)]
         #: Every command Redis executes (``redis-cli monitor``), for diagnosing a failure.
         self.trace = self.workdir / "redis-monitor.txt"
-        self._tracing = trace
+        self._tracing = trace and not sentinel
         self._monitor: subprocess.Popen[bytes] | None = None
         self._qmp_ids = itertools.count()
         self._boots: list[Boot] = []
@@ -301,7 +311,11 @@ class Topology:
 
     def ensure_running(self) -> None:
         """Start whichever of Redis and logsvc is not running (after a failed fault injection)."""
-        if self.redis.proc is None or self.redis.proc.poll() is not None:
+        if self.sentinels is not None:
+            for node in self.sentinels.nodes:
+                if not node.running():
+                    self.sentinels.restart(node)
+        elif self.redis.proc is None or self.redis.proc.poll() is not None:
             self.start_redis()
         for i, svc in enumerate(self.logsvcs):
             if svc is None or not svc.running():
@@ -316,13 +330,19 @@ class Topology:
             raise TopologyError(f"logsvc {replica} already running")
         try:
             self.logsvcs[replica] = start_logsvc(self._logsvc_logs[replica], listen=f"unix:{self.sockets[replica]}",
-                                                 redis_url=self.redis.url, timeout=timeout,
+                                                 redis_url=self.redis_url, timeout=timeout,
                                                  extra=self._logsvc_flags())  # fmt: skip
         except ServerError as e:
             raise TopologyError(f"logsvc {replica}: {e}") from e
 
+    @property
+    def redis_url(self) -> str:
+        """What logsvc's ``--redis`` is: the redis-server, or the Sentinels' URL."""
+        return self.sentinels.url if self.sentinels is not None else self.redis.url
+
     def _logsvc_flags(self) -> list[str]:
-        return [] if self.lease_ttl is None else ["--lease-ttl", str(self.lease_ttl)]
+        flags = [] if self.lease_ttl is None else ["--lease-ttl", str(self.lease_ttl)]
+        return flags + (["--redis-durable-replicas", "1"] if self.sentinels is not None else [])
 
     def kill_logsvc(self, replica: int = 0) -> None:
         """SIGKILL replica ``replica`` (a crash, not a shutdown)."""
@@ -333,12 +353,33 @@ class Topology:
     # -------------------------------------------------------------------- redis
 
     def kill_redis(self) -> None:
-        """SIGKILL redis-server: whatever it acknowledged is in its AOF (appendfsync always)."""
+        """SIGKILL redis-server: whatever it acknowledged is in its AOF (appendfsync always); with Sentinels, all."""
+        if self.sentinels is not None:
+            self.sentinels.close()
         self.redis.kill()
         self._stop_monitor()
 
+    def fail_over_redis(self) -> float:
+        """SIGKILL the Sentinels' primary; once a replica took over, start it again as a replica.
+
+        Returns the seconds from the kill until every Sentinel named the new primary.
+        """
+        if self.sentinels is None:
+            raise TopologyError("fail_over_redis needs Topology(sentinel=True)")
+        old = self.sentinels.primary()
+        t0 = time.monotonic()
+        old.kill()
+        self.sentinels.wait_for_failover(old.port, timeout=60)
+        took = time.monotonic() - t0
+        self.sentinels.restart(old, timeout=60)
+        self.sentinels.wait_ready(timeout=60)
+        return took
+
     def start_redis(self) -> None:
-        """Start redis-server (again: same port and data directory, so it replays its AOF)."""
+        """Start redis-server (again: same port and data directory, so it replays its AOF); or the Sentinel group."""
+        if self.sentinels is not None:
+            self.sentinels.start()
+            return
         self.redis.start()
         cli = shutil.which("redis-cli")
         if cli is not None and self._tracing:

@@ -20,6 +20,9 @@ from redis.cluster import ClusterNode, RedisCluster
 
 from harness.redis_ha import ClusterGroup, SentinelGroup, ValkeyNode, valkey_server
 
+# They kill, freeze and fail over servers: with the fault tests, out of the edit loop (make faults, make test).
+pytestmark = pytest.mark.faults
+
 # Measured here: 1.2-2.2 s from SIGKILL or SIGSTOP to a promoted replica that every Sentinel names, 1.3-1.9 s
 # for a Cluster; the bound leaves room for a loaded machine and for one split election (retried after 2 x 3 s).
 FAILOVER_BOUND = 10.0

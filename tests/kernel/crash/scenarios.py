@@ -88,7 +88,8 @@ class Scenario:
         name: short name, used in UUIDs, directories and the results table.
         log_type: ``dmulog`` or ``clustered-disk`` (the persistent types).
         integrated: put ``integrated_flush`` in the table.
-        fault: ``none``, ``bridge``, ``logsvc``, ``redis`` or ``redis-outage``.
+        fault: ``none``, ``bridge``, ``logsvc``, ``redis``, ``redis-outage`` or ``sentinel`` (Redis is a
+            Sentinel group with one durable replica; the fault kills its primary, a replica takes over).
         faults: how many times the fault is injected per round.
         respawn: run the bridge under ``--respawn`` (a ``bridge`` fault kills the bridge
             process, the keeper restarts it on the same socket).
@@ -134,6 +135,8 @@ SCENARIOS: dict[str, Scenario] = {
             allow_timeouts=True,
             description="Redis down 16 s (> the kernel's 15 s timeout), twice",
         ),
+        Scenario("sentinel-kill", fault="sentinel", faults=2,
+                 description="Sentinel: kill -9 the primary, a replica takes over (one durable replica), twice"),
     )
 }
 
@@ -301,6 +304,8 @@ def _host_faults(
             down = OUTAGE_SECONDS
             time.sleep(down)
             topo.start_redis()
+        elif scenario.fault == "sentinel":
+            down = topo.fail_over_redis()
         else:
             raise ValueError(scenario.fault)
         note(f"{scenario.fault} fault {i}: down {down:.1f} s at {n} completed writes, "
@@ -434,7 +439,8 @@ def run_scenario(scenario: Scenario, workdir: Path, *, rounds: int, seed: int) -
     Round ``i`` uses seed ``seed + i``; the seeds are in every result.
     """
     results = []
-    with Topology(workdir, leg_bytes=LEG_BYTES, replicas=scenario.replicas) as topo:
+    with Topology(workdir, leg_bytes=LEG_BYTES, replicas=scenario.replicas,
+                  sentinel=scenario.fault == "sentinel") as topo:  # fmt: skip
         for i in range(1, rounds + 1):
             results.append(run_round(topo, scenario, i, seed + i))
     return results
