@@ -415,6 +415,20 @@ def _wait(what: str, check: Callable[[], Any], timeout: float, logs: Callable[[]
 class _Group:
     """Processes started together and killed together: a context manager whose close() never leaves one behind."""
 
+    nodes: list[ValkeyNode]
+    """The data nodes (not the Sentinels)."""
+
+    def node(self, port: int) -> ValkeyNode:
+        """The node on ``port``.
+
+        Raises:
+            LookupError: none of this group's.
+        """
+        for n in self.nodes:
+            if n.port == port:
+                return n
+        raise LookupError(f"no node of the group on port {port}")
+
     def processes(self) -> Iterable[_Server]:
         """Every process of the group, in the order close() kills them."""
         raise NotImplementedError
@@ -500,17 +514,6 @@ class SentinelGroup(_Group):
         """``redis+sentinel://h:p,h:p,h:p/name``: the URL logsvc takes for a Sentinel-managed Redis."""
         hosts = ",".join(f"{h}:{p}" for h, p in self.sentinel_addresses)
         return f"redis+sentinel://{hosts}/{self.master_name}"
-
-    def node(self, port: int) -> ValkeyNode:
-        """The node on ``port``.
-
-        Raises:
-            LookupError: none of this group's.
-        """
-        for n in self.nodes:
-            if n.port == port:
-                return n
-        raise LookupError(f"no node of the group on port {port}")
 
     def replicas(self) -> list[ValkeyNode]:
         """Every node but the current primary."""
@@ -721,17 +724,6 @@ class ClusterGroup(_Group):
     def views(self, node: ValkeyNode) -> list[ClusterNodeView]:
         """``CLUSTER NODES`` as ``node`` sees the cluster."""
         return parse_cluster_nodes(str(node.command("CLUSTER", "NODES")))
-
-    def node(self, port: int) -> ValkeyNode:
-        """The node on ``port``.
-
-        Raises:
-            LookupError: none of this group's.
-        """
-        for n in self.nodes:
-            if n.port == port:
-                return n
-        raise LookupError(f"no node of the group on port {port}")
 
     def by_id(self, node_id: str) -> ValkeyNode:
         """The node with cluster id ``node_id``."""
