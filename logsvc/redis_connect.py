@@ -13,6 +13,14 @@ Two kinds of URL:
 Either way the pool blocks at ``max_connections`` instead of failing, so a
 burst queues (logsvc/store.py says why), and no retry happens inside redis-py:
 the store's retries are the only ones, bounded by the request's budget.
+
+``--redis-cluster HOST:PORT,...`` is the third kind (:func:`connect_cluster`):
+a Redis Cluster found from those startup nodes. redis-py's cluster client
+follows MOVED and ASK itself (a redirection says where the command must go:
+nothing ran), and with ``retries=0`` lets a connection error or timeout
+through to the store's retries, marking its slot table stale so that the next
+command reads it again. Its per-node pools fail rather than wait when full, so
+logsvc/cluster.py bounds the commands in flight itself.
 """
 
 from __future__ import annotations
@@ -23,12 +31,16 @@ from typing import Any, Final
 from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import BlockingConnectionPool
+from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.backoff import NoBackoff
 
 from dmulog.logs import event
 
-__all__ = ["SENTINEL_SCHEMES", "SOCKET_TIMEOUT", "SentinelTarget", "connect", "parse_sentinel_url"]
+__all__ = ["SENTINEL_SCHEMES", "SOCKET_TIMEOUT", "SentinelTarget", "connect", "connect_cluster", "parse_sentinel_url",
+           "parse_startup_nodes"]
 
 log = logging.getLogger("dmulog.logsvc.redis")
 
@@ -112,3 +124,33 @@ def connect(url: str, *, max_connections: int) -> aioredis.Redis:
                                    **_CONNECTION)  # fmt: skip
     pool = BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=None, **_CONNECTION)
     return aioredis.Redis(connection_pool=pool)
+
+
+def parse_startup_nodes(nodes: str) -> tuple[tuple[str, int], ...]:
+    """The startup nodes of a ``--redis-cluster`` value: ``HOST:PORT,HOST:PORT,...`` (IPv6 in brackets).
+
+    Raises:
+        ValueError: it names no node, or an item is not HOST:PORT.
+    """
+    found = []
+    for item in filter(None, (part.strip() for part in nodes.split(","))):
+        host, sep, port = item.rpartition(":")
+        if not sep or not port.isdigit() or not host.strip("[]") or any(c in host for c in "/@"):
+            raise ValueError(f"cluster node {item!r} in {nodes!r} is not HOST:PORT (a list of them, not a URL)")
+        found.append((host.strip("[]"), int(port)))
+    if not found:
+        raise ValueError(f"{nodes!r} names no cluster node (HOST:PORT,HOST:PORT,...)")
+    return tuple(found)
+
+
+def connect_cluster(nodes: str, *, max_connections: int) -> RedisCluster:
+    """A Redis Cluster client from the startup nodes ``nodes``, at most ``max_connections`` connections per node.
+
+    ``require_full_coverage=False``: a slot table read while a shard is down
+    (its slots unserved) is still used for the others; the servers' own
+    ``cluster-require-full-coverage`` decides whether they answer meanwhile.
+    """
+    options = {k: v for k, v in _CONNECTION.items() if k not in ("retry", "retry_on_timeout")}
+    return RedisCluster(startup_nodes=[ClusterNode(host, port) for host, port in parse_startup_nodes(nodes)],
+                        max_connections=max_connections, retry=Retry(NoBackoff(), 0),
+                        require_full_coverage=False, **options)  # fmt: skip

@@ -31,6 +31,12 @@ Four things travel with every call besides the request:
   per process; more wait for a connection (a blocking pool) instead of failing,
   so a burst of requests queues and no request fails for a reason that is not
   an outage.
+
+On a Redis Cluster (``Store.from_cluster``) every Function call goes to the
+shard that owns its log's slot, with its WAIT and WAITAOF on the same
+connection (logsvc/cluster.py); the library is loaded on every primary,
+ListLogs scans every primary, and the few commands without a key (TIME, INFO,
+the WAITAOF probe, CONFIG GET) go to one primary, taken to speak for all.
 """
 
 from __future__ import annotations
@@ -45,12 +51,14 @@ from typing import Any, Final
 
 import redis.asyncio as aioredis
 from redis import exceptions as rexc
+from redis.asyncio.cluster import RedisCluster
 
 from dmulog.logs import event
 from dmulog.retry import RetryPolicy
+from logsvc.cluster import ClusterRoute
 from logsvc.errors import LogError, LostWrites, PendingWork, StoreUnavailable, TooLarge, from_lua_error
 from logsvc.keys import DEFAULT_PREFIX, log_key_pattern, log_keys, uuid_from_log_key
-from logsvc.redis_connect import connect
+from logsvc.redis_connect import connect, connect_cluster
 
 __all__ = [
     "CALLER_ARGS",
@@ -124,13 +132,23 @@ def _no_replicas(e: BaseException) -> bool:
     return isinstance(e, rexc.ResponseError) and str(e).startswith("NOREPLICAS")
 
 
+# What a Cluster says while a shard fails over or a slot moves (CLUSTERDOWN; redis-py's "TTL exhausted"
+# after too many redirections; a slot no node serves in the client's table; a MOVED or ASK that
+# logsvc/cluster.py gave up following): "not now" there, and never sent by a server outside a Cluster.
+_CLUSTER_NOT_NOW = (rexc.ClusterError, rexc.SlotNotCoveredError, rexc.AskError)
+
+
 def _retryable(e: BaseException) -> bool:
     return isinstance(e, (*_UNREACHABLE, *_NOT_NOW)) or _no_replicas(e)
 
 
+def _retryable_in_cluster(e: BaseException) -> bool:
+    return _retryable(e) or isinstance(e, _CLUSTER_NOT_NOW)
+
+
 def _unavailable(e: BaseException) -> StoreUnavailable:
     """What a retryable failure becomes once the budget is spent."""
-    if isinstance(e, _NOT_NOW) or _no_replicas(e):
+    if isinstance(e, (*_NOT_NOW, *_CLUSTER_NOT_NOW)) or _no_replicas(e):
         return StoreUnavailable(f"redis not ready: {e}")
     return StoreUnavailable(f"redis unreachable: {e}")
 
@@ -140,13 +158,17 @@ class UnsupportedRedis(RuntimeError):
 
 
 class Store:
-    """Function calls against one Redis (or Redis-compatible) endpoint."""
+    """Function calls against one Redis (or Redis-compatible) endpoint, or a Redis Cluster."""
 
-    def __init__(self, client: aioredis.Redis, *, prefix: str = DEFAULT_PREFIX, retry: RetryPolicy | None = None,
-                 durable_replicas: int = 0):  # fmt: skip
+    def __init__(self, client: aioredis.Redis | RedisCluster, *, prefix: str = DEFAULT_PREFIX,
+                 retry: RetryPolicy | None = None, durable_replicas: int = 0,
+                 max_connections: int = MAX_CONNECTIONS):  # fmt: skip
         if durable_replicas < 0:
             raise ValueError(f"durable replicas must be 0 or more, not {durable_replicas}")
         self._redis = client
+        self._cluster = ClusterRoute(client, max_connections) if isinstance(client, RedisCluster) else None
+        self._not_now = _NOT_NOW if self._cluster is None else (*_NOT_NOW, *_CLUSTER_NOT_NOW)
+        self._retryable = _retryable if self._cluster is None else _retryable_in_cluster
         self._durable_replicas = durable_replicas
         self._prefix = prefix
         self._retry = retry or RetryPolicy(budget=2.5)
@@ -161,15 +183,27 @@ class Store:
         return cls(connect(url, max_connections=max_connections), prefix=prefix, retry=retry,
                    durable_replicas=durable_replicas)  # fmt: skip
 
+    @classmethod
+    def from_cluster(cls, nodes: str, *, prefix: str = DEFAULT_PREFIX, retry: RetryPolicy | None = None,
+                     max_connections: int = MAX_CONNECTIONS, durable_replicas: int = 0) -> Store:  # fmt: skip
+        """Client for a ``--redis-cluster HOST:PORT,...`` value: ``max_connections`` per node and in flight."""
+        return cls(connect_cluster(nodes, max_connections=max_connections), prefix=prefix, retry=retry,
+                   durable_replicas=durable_replicas, max_connections=max_connections)  # fmt: skip
+
     @property
     def prefix(self) -> str:
         """The prefix of every key."""
         return self._prefix
 
     @property
-    def redis(self) -> aioredis.Redis:
-        """The underlying client (admin helpers and tests)."""
+    def redis(self) -> aioredis.Redis | RedisCluster:
+        """The underlying client (admin helpers and tests): commands with a key route themselves in a Cluster."""
         return self._redis
+
+    @property
+    def cluster(self) -> ClusterRoute | None:
+        """The Cluster routing, or None outside a Cluster."""
+        return self._cluster
 
     @property
     def durable_replicas(self) -> int:
@@ -183,31 +217,59 @@ class Store:
             UnsupportedRedis: durable replicas were asked for and Redis cannot give them.
         """
         try:
-            await self._retry.run(self._load_libraries, is_retryable=_retryable)
-            await self._retry.run(self.measure_clock, is_retryable=_retryable)
+            await self._retry.run(self._load_libraries, is_retryable=self._retryable)
+            await self._retry.run(self.measure_clock, is_retryable=self._retryable)
             if self._durable_replicas:
-                await self._retry.run(self._check_waitaof, is_retryable=_retryable)
-        except (*_UNREACHABLE, *_NOT_NOW) as e:
+                await self._retry.run(self._check_waitaof, is_retryable=self._retryable)
+        except (*_UNREACHABLE, *self._not_now) as e:
             raise _unavailable(e) from e
 
+    async def _keyless(self, *command: Any) -> Any:
+        """A command without a key: to the one Redis, or in a Cluster to one primary (it speaks for all)."""
+        if self._cluster is not None:
+            return await self._cluster.on_one_primary(*command)
+        return await self._redis.execute_command(*command)
+
     async def _check_waitaof(self) -> None:
-        """Refuse to start, rather than acknowledge marks no replica holds, when WAITAOF cannot work."""
-        info = await self._redis.info("server")
+        """Refuse to start, rather than acknowledge marks no replica holds, when WAITAOF cannot work.
+
+        In a Cluster this asks one primary: the shards are expected to run one
+        version with one configuration; a shard that does not is caught on its
+        first mutating call, which then answers "redis cannot confirm durability".
+        """
+        info = await (self._cluster.on_one_primary("INFO", "server") if self._cluster is not None
+                      else self._redis.info("server"))  # fmt: skip
         server = "valkey" if "valkey_version" in info else "redis"
         version = text(info.get("valkey_version") or info.get("redis_version") or "?")
         try:
-            await self._redis.execute_command("WAITAOF", 0, 0, 1)  # asks for nothing: answers at once where it exists
+            await self._keyless("WAITAOF", 0, 0, 1)  # asks for nothing: answers at once where it exists
         except rexc.ResponseError as e:
             raise UnsupportedRedis(f"--redis-durable-replicas {self._durable_replicas} needs WAITAOF, which "
                                    f"Redis 7.2+ and Valkey 7.2+ have; this is {server} {version} ({e})") from None
         try:
-            await self._redis.execute_command("WAITAOF", 1, 0, 100)
+            await self._keyless("WAITAOF", 1, 0, 100)
         except rexc.ResponseError as e:
             raise UnsupportedRedis(f"--redis-durable-replicas needs appendonly yes on the primary: {e}") from None
 
     async def _load_libraries(self) -> None:
+        """FUNCTION LOAD REPLACE of every library: on the one Redis, or on every primary of the Cluster.
+
+        A Cluster's primaries do not share functions (a replica gets its
+        primary's); a primary added later, or one that lost them, answers
+        "Function not found" and :meth:`fcall` loads them everywhere again.
+        """
         for name in LIBRARIES:
-            await self._redis.function_load(library_code(name), replace=True)
+            if self._cluster is not None:
+                await self._cluster.on_each_primary("FUNCTION LOAD", "REPLACE", library_code(name))
+            else:
+                await self._redis.function_load(library_code(name), replace=True)
+
+    async def config_get(self, pattern: str) -> dict[Any, Any]:
+        """CONFIG GET ``pattern``; in a Cluster, of one primary (the shards are expected to agree)."""
+        if self._cluster is not None:
+            reply = await self._cluster.on_one_primary("CONFIG GET", pattern)
+            return reply if isinstance(reply, dict) else dict(zip(reply[::2], reply[1::2], strict=True))
+        return dict(await self._redis.config_get(pattern))
 
     async def close(self) -> None:
         """Close the connection pool."""
@@ -216,11 +278,15 @@ class Store:
         await self._redis.aclose()
 
     async def measure_clock(self) -> None:
-        """Measure how far Redis's clock is from ours (TIME, halfway through the round trip)."""
+        """Measure how far Redis's clock is from ours (TIME, halfway through the round trip).
+
+        In a Cluster, one primary's clock stands for every shard's: they are
+        expected to be NTP-synchronised, and :data:`DEADLINE_MARGIN` covers the rest.
+        """
         before = time.time()
-        seconds, micros = await self._redis.time()
+        seconds, micros = await (self._keyless("TIME") if self._cluster is not None else self._redis.time())
         after = time.time()
-        self._offset = seconds + micros / 1e6 - (before + after) / 2
+        self._offset = int(seconds) + int(micros) / 1e6 - (before + after) / 2
         self._offset_at = time.monotonic()
 
     def _redis_deadline(self) -> int:
@@ -318,6 +384,8 @@ class Store:
         async def send() -> Any:
             if durable:
                 return await self._durably(command, name, len(keys), *keys, *argv)
+            if self._cluster is not None:
+                return await self._in_cluster((command, name, len(keys), *keys, *argv))
             return await self._redis.execute_command(command, name, len(keys), *keys, *argv)
 
         async def once() -> Any:
@@ -331,8 +399,8 @@ class Store:
                 raise
 
         try:
-            return await self._retry.run(once, is_retryable=_retryable)
-        except (*_UNREACHABLE, *_NOT_NOW) as e:
+            return await self._retry.run(once, is_retryable=self._retryable)
+        except (*_UNREACHABLE, *self._not_now) as e:
             raise _unavailable(e) from e
         except rexc.ResponseError as e:
             if _no_replicas(e):
@@ -364,11 +432,15 @@ class Store:
         then (``appendfsync always``), says so.
         """
         wait = max(1, self._wait_ms() // 2)  # each; so the two together stay within the budget
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.execute_command(*command)
-            pipe.execute_command("WAIT", self._durable_replicas, wait)
-            pipe.execute_command("WAITAOF", 1, self._durable_replicas, wait)
-            reply, _applied, acked = await pipe.execute(raise_on_error=False)
+        if self._cluster is not None:  # to the shard that owns the call's first key, on one of its connections
+            waits = [("WAIT", self._durable_replicas, wait), ("WAITAOF", 1, self._durable_replicas, wait)]
+            reply, _applied, acked = await self._cluster.pipeline(command[3], [command, *waits])
+        else:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.execute_command(*command)
+                pipe.execute_command("WAIT", self._durable_replicas, wait)
+                pipe.execute_command("WAITAOF", 1, self._durable_replicas, wait)
+                reply, _applied, acked = await pipe.execute(raise_on_error=False)
         if isinstance(reply, BaseException):
             raise reply
         if isinstance(acked, BaseException):
@@ -377,6 +449,16 @@ class Store:
         if local < 1 or replicas < self._durable_replicas:
             raise StoreUnavailable(f"not durable: fsynced on {'the primary and ' if local else ''}{replicas} of "
                                    f"{self._durable_replicas} replicas in time")  # fmt: skip
+        return reply
+
+    async def _in_cluster(self, command: tuple[Any, ...]) -> Any:
+        """A Function call (``FCALL name numkeys key ...``) on the shard that owns its first key."""
+        assert self._cluster is not None
+        if not command[2]:  # no key: any primary will do
+            return await self._cluster.on_one_primary(*command)
+        (reply,) = await self._cluster.pipeline(command[3], [command])
+        if isinstance(reply, BaseException):
+            raise reply
         return reply
 
     def _wait_ms(self) -> int:
@@ -426,16 +508,30 @@ class Store:
     async def plain(self, command: Any) -> Any:
         """Run ``command()`` (a plain Redis command) with the store's retries and errors."""
         try:
-            return await self._retry.run(command, is_retryable=_retryable)
-        except (*_UNREACHABLE, *_NOT_NOW) as e:
+            return await self._retry.run(command, is_retryable=self._retryable)
+        except (*_UNREACHABLE, *self._not_now) as e:
             raise _unavailable(e) from e
 
     async def log_uuids(self) -> list[str]:
-        """UUIDs of every log, by SCAN (no global index key, so Cluster-safe)."""
+        """UUIDs of every log, by SCAN (no global index key, so Cluster-safe); in a Cluster, of every primary.
+
+        A log whose slot is moving may be found on two primaries: found once.
+        """
         found: set[str] = set()
+        pattern = log_key_pattern(self._prefix)
 
         async def scan() -> None:
-            async for key in self._redis.scan_iter(match=log_key_pattern(self._prefix), count=1000, _type="HASH"):
+            if self._cluster is not None:
+                for node in await self._cluster.primaries():
+                    cursor: Any = 0
+                    while True:
+                        cursor, keys = await self._cluster.on_node(node, "SCAN", cursor, "MATCH", pattern,
+                                                                   "COUNT", 1000, "TYPE", "HASH")  # fmt: skip
+                        found.update(uuid_from_log_key(text(key), self._prefix) for key in keys)
+                        if int(cursor) == 0:
+                            break
+                return
+            async for key in self._redis.scan_iter(match=pattern, count=1000, _type="HASH"):
                 found.add(uuid_from_log_key(key.decode("utf-8"), self._prefix))
 
         await self.plain(scan)

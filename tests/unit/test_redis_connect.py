@@ -1,11 +1,11 @@
-"""The ``--redis`` URL forms, and the timeout that bounds a frozen primary."""
+"""The ``--redis`` URL forms, ``--redis-cluster`` startup nodes, and the timeout that bounds a frozen primary."""
 
 from __future__ import annotations
 
 import pytest
 
 from logsvc.events import BLOCK_MS
-from logsvc.redis_connect import SOCKET_TIMEOUT, SentinelTarget, parse_sentinel_url
+from logsvc.redis_connect import SOCKET_TIMEOUT, SentinelTarget, parse_sentinel_url, parse_startup_nodes
 from logsvc.store import DURABLE_WAIT
 
 
@@ -29,3 +29,16 @@ def test_no_command_waits_longer_than_the_socket_timeout() -> None:
     """A command that blocks on purpose must not be taken for a dead primary."""
     assert SOCKET_TIMEOUT > DURABLE_WAIT
     assert SOCKET_TIMEOUT > BLOCK_MS / 1000
+
+
+def test_cluster_startup_nodes_are_host_port_pairs() -> None:
+    """Commas, spaces around items, a trailing comma and IPv6 in brackets."""
+    assert parse_startup_nodes("127.0.0.1:7000, [::1]:7001,h:7002,") == (
+        ("127.0.0.1", 7000), ("::1", 7001), ("h", 7002))  # fmt: skip
+
+
+@pytest.mark.parametrize("nodes", ["", ",", "127.0.0.1", "h:x", ":7000", "[]:7000", "redis://h:7000"])
+def test_a_bad_startup_node_is_refused_with_the_form_it_wants(nodes: str) -> None:
+    """Nothing named, no port, a port that is not a number, no host, a URL: each a ValueError naming HOST:PORT."""
+    with pytest.raises(ValueError, match="HOST:PORT"):
+        parse_startup_nodes(nodes)
