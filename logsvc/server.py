@@ -37,6 +37,8 @@ class LogsvcConfig:
 
     listen: str = "127.0.0.1:7500"
     redis_url: str | None = None
+    redis_cluster: str | None = None
+    """``HOST:PORT,...`` startup nodes of a Redis Cluster, instead of ``redis_url``."""
     state_dir: Path = Path("/var/lib/dmulog")
     key_prefix: str = "dmulog"
     grace: float = 5.0
@@ -70,9 +72,9 @@ async def build_server(
 
 
 async def _check_durability(store: Store) -> None:
-    """Warn when the Redis we were given cannot keep an acknowledged mark."""
+    """Warn when the Redis we were given cannot keep an acknowledged mark (in a Cluster: one primary, for all)."""
     try:
-        cfg = await store.redis.config_get("append*")
+        cfg = await store.config_get("append*")
     except Exception:  # noqa: BLE001 - CONFIG may be disabled on managed Redis
         event(log, logging.WARNING, "durability_unknown", reason="CONFIG GET refused")
         return
@@ -91,12 +93,18 @@ async def serve(config: LogsvcConfig) -> None:
     """Run until SIGTERM/SIGINT, then drain: NOT_SERVING first, then stop."""
     embedded: EmbeddedRedis | None = None
     url = config.redis_url
-    if url is None:
-        embedded = EmbeddedRedis(config.state_dir)
-        await embedded.start()
-        url = embedded.url
-    store = Store.from_url(url, prefix=config.key_prefix, max_connections=config.redis_connections,
-                           durable_replicas=config.durable_replicas)  # fmt: skip
+    if config.redis_cluster is not None:
+        url = config.redis_cluster
+        store = Store.from_cluster(config.redis_cluster, prefix=config.key_prefix,
+                                   max_connections=config.redis_connections,
+                                   durable_replicas=config.durable_replicas)  # fmt: skip
+    else:
+        if url is None:
+            embedded = EmbeddedRedis(config.state_dir)
+            await embedded.start()
+            url = embedded.url
+        store = Store.from_url(url, prefix=config.key_prefix, max_connections=config.redis_connections,
+                               durable_replicas=config.durable_replicas)  # fmt: skip
     try:
         await store.load_library()
         await _check_durability(store)
@@ -104,8 +112,8 @@ async def serve(config: LogsvcConfig) -> None:
                                                                     lease_ttl=config.lease_ttl)  # fmt: skip
         await server.start()
         event(log, logging.INFO, "logsvc_listening", listen=config.listen, port=port, redis=url,
-              embedded_redis=embedded is not None, lease_ttl=config.lease_ttl,
-              durable_replicas=config.durable_replicas)  # fmt: skip
+              embedded_redis=embedded is not None, redis_cluster=config.redis_cluster is not None,
+              lease_ttl=config.lease_ttl, durable_replicas=config.durable_replicas)  # fmt: skip
         stop = asyncio.Event()
         reaper = asyncio.ensure_future(Reaper(service.leases).run(stop))
         loop = asyncio.get_running_loop()
