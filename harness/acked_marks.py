@@ -178,9 +178,21 @@ class MirrorLoad:
         return found
 
     async def stop(self) -> None:
-        """Stop every mirror; errors of theirs are in :attr:`errors`."""
+        """Stop every mirror; errors of theirs are in :attr:`errors`.
+
+        A mirror still retrying a request after twice the request timeout is
+        cancelled and named in :attr:`errors`, so that a test whose Redis never
+        came back fails with its own error instead of hanging here.
+        """
         self._stop.set()
         self._paused.set()
+        if not self._tasks:
+            return
+        _done, stuck = await asyncio.wait(self._tasks, timeout=2 * self._timeout)
+        for t in stuck:
+            t.cancel()
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
+        if stuck:
+            self.errors.append(f"{len(stuck)} mirrors still retrying a request when stopped (cancelled)")

@@ -660,16 +660,21 @@ class ClusterGroup(_Group):
                  node_timeout_ms: int = 1000, extra: Sequence[str] = ()) -> None:  # fmt: skip
         self.base_dir = base_dir
         self.n_primaries = primaries
+        self._node_timeout_ms = node_timeout_ms
+        self._extra = tuple(extra)
         self.nodes: list[ValkeyNode] = []
         for i in range(primaries * (1 + replicas_per_primary)):
-            d = base_dir / f"node{i}"
-            # An explicit bus port: the default (port + 10000) may be taken, or above 65535.
-            flags = ["--cluster-enabled", "yes", "--cluster-config-file", str(d / "nodes.conf"),
-                     "--cluster-port", str(loopback_port()), "--cluster-node-timeout", str(node_timeout_ms),
-                     *extra]  # fmt: skip
-            self.nodes.append(ValkeyNode(d, port=loopback_port(), extra=flags))
+            self.nodes.append(self._new_node(i))
         self.ids: dict[int, str] = {}
         """Node id by port (a node keeps its id across restarts: it is in nodes.conf)."""
+
+    def _new_node(self, index: int) -> ValkeyNode:
+        d = self.base_dir / f"node{index}"
+        # An explicit bus port: the default (port + 10000) may be taken, or above 65535.
+        flags = ["--cluster-enabled", "yes", "--cluster-config-file", str(d / "nodes.conf"),
+                 "--cluster-port", str(loopback_port()), "--cluster-node-timeout", str(self._node_timeout_ms),
+                 *self._extra]  # fmt: skip
+        return ValkeyNode(d, port=loopback_port(), extra=flags)
 
     def processes(self) -> Iterable[_Server]:
         """Every node."""
@@ -710,6 +715,33 @@ class ClusterGroup(_Group):
             # A replica can replicate only a primary it already knows as one (gossip after ADDSLOTS).
             _wait("replicating", partial(node.command, "CLUSTER", "REPLICATE", self.ids[master.port]), 10, self.logs)
         self.wait_ready()
+
+    def add_node(self, timeout: float = 20.0) -> ValkeyNode:
+        """A new, empty primary joined to the running cluster with no slots, as ``--cluster add-node`` does.
+
+        It has no keys and no functions; :meth:`migrate_slot` gives it some.
+        It is not counted in ``primaries`` for :meth:`wait_ready`.
+
+        Raises:
+            TimeoutError: the live nodes did not all know it, or it did not see every slot served,
+                within ``timeout`` seconds.
+        """
+        node = self._new_node(len(self.nodes)).start()
+        self.nodes.append(node)
+        self.ids[node.port] = str(node.command("CLUSTER", "MYID"))
+        peer = next(n for n in self.nodes if n.live() and n is not node)
+        peer.command("CLUSTER", "MEET", HOST, node.port, self.bus_port(node))
+
+        def known() -> bool:
+            for n in self.nodes:
+                if n.live():
+                    mine = [v for v in self.views(n) if v.id == self.ids[node.port]]
+                    if not mine or "handshake" in mine[0].flags or "noaddr" in mine[0].flags:
+                        return False
+            return self.cluster_info(node)["cluster_state"] == "ok"  # it has learnt who serves every slot
+
+        _wait(f"node {node.port} known to the cluster", known, timeout, self.logs)
+        return node
 
     @property
     def startup_nodes(self) -> list[tuple[str, int]]:

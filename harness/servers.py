@@ -265,9 +265,19 @@ def start_bridge(log: Path, logsvc: str, *args: str, new_session: bool = False) 
 @contextlib.asynccontextmanager
 async def logsvc_server(redis_url: str, listen: str = "127.0.0.1:0", prefix: str = "dmulog", *,
                         lease_ttl: float = DEFAULT_TTL, reaper_interval: float | None = None,
-                        durable_replicas: int = 0) -> AsyncIterator[str]:  # fmt: skip
-    """A real logsvc gRPC server in this process on a free port, with its reaper; yields its target address."""
-    store = Store.from_url(redis_url, prefix=prefix, durable_replicas=durable_replicas)
+                        durable_replicas: int = 0, cluster: bool = False,
+                        stores: list[Store] | None = None) -> AsyncIterator[str]:  # fmt: skip
+    """A real logsvc gRPC server in this process on a free port, with its reaper; yields its target address.
+
+    With ``cluster``, ``redis_url`` is a Redis Cluster's ``HOST:PORT,...`` (``--redis-cluster``). The
+    server's store is appended to ``stores``, for a test that reads its counters.
+    """
+    if cluster:
+        store = Store.from_cluster(redis_url, prefix=prefix, durable_replicas=durable_replicas)
+    else:
+        store = Store.from_url(redis_url, prefix=prefix, durable_replicas=durable_replicas)
+    if stores is not None:
+        stores.append(store)
     await store.load_library()
     server, port, _health, service = await build_server(store, listen, lease_ttl=lease_ttl)
     await server.start()
