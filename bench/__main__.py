@@ -23,6 +23,9 @@ Rows, per request type:
 Then what a durable replica costs (bench/durable.py): MARK_REGION, FLUSH and
 CLEAR_REGION with ``--redis-durable-replicas`` 0 and 1 against their floors.
 
+Then what a Redis Cluster buys (bench/cluster.py): throughput of the most
+mirrors on three primaries against one Valkey.
+
 Then the floor of the first hop by itself: an echo round trip in another
 process over a plain socket, a unary gRPC call and a gRPC stream message
 (bench/transport.py).
@@ -46,7 +49,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench import durable
+from bench import cluster, durable
+from bench.cpu import cpu_seconds
 from bench.replay import NullClient, Recorder, load_trace
 from bench.stack import full_stack, redis_floor, through_bridge
 from bench.transport import measure as measure_hops
@@ -59,19 +63,6 @@ def pct(values: Sequence[float], q: float) -> float:
     """The q-quantile (0..1) of ``values``, nearest rank."""
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def cpu_seconds(*pids: int) -> tuple[float, ...]:
-    """CPU time (user + system, all threads) used so far by each process, from /proc."""
-    tick = os.sysconf("SC_CLK_TCK")
-    out = []
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            out.append((int(fields[11]) + int(fields[12])) / tick)  # utime, stime
-        except (OSError, IndexError, ValueError):
-            out.append(0.0)
-    return tuple(out)
 
 
 def row(name: str, n: int, cols: list[tuple[float, float, float]], ratio: float | None) -> str:
@@ -123,6 +114,7 @@ async def main_async(args: argparse.Namespace) -> int:
             logsvc.stop()
             r.kill()
     replicated = await durable.measure(workdir, trace)
+    sharded = await cluster.measure(workdir, trace, [max(args.mirrors)])
     shutil.rmtree(workdir, ignore_errors=True)
 
     for policy, recs in results.items():
@@ -149,6 +141,8 @@ async def main_async(args: argparse.Namespace) -> int:
 
     print()
     print(durable.table(replicated))
+    print()
+    print(cluster.table(sharded))
 
     print("\none hop, nothing behind it: echo round trip to another process over a Unix socket (µs)")
     print(hop_table(hops))

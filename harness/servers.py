@@ -225,8 +225,10 @@ class LogsvcProcess(ServiceProcess):
 
 def start_logsvc(log: Path, *, listen: str | None = None, redis_url: str | None = None,
                  state_dir: Path | None = None, wait: bool = True, timeout: float = 30.0,
-                 extra: Sequence[str] = ()) -> LogsvcProcess:  # fmt: skip
-    """Start ``dmulog logsvc`` on ``redis_url``, or on a redis-server of its own in ``state_dir``, with ``extra`` flags.
+                 extra: Sequence[str] = (), redis_cluster: str | None = None) -> LogsvcProcess:  # fmt: skip
+    """Start ``dmulog logsvc`` on ``redis_url``, ``redis_cluster`` or a redis-server of its own in ``state_dir``.
+
+    ``redis_cluster`` is a Cluster's ``HOST:PORT,...``; ``extra`` are more flags.
 
     ``listen`` is ``unix:PATH`` (by default the log's path with ``.sock`` for
     ``.log``) or ``127.0.0.1:PORT``, where port 0 is a free one. With ``wait``
@@ -237,10 +239,15 @@ def start_logsvc(log: Path, *, listen: str | None = None, redis_url: str | None 
     Raises:
         ServerError: it exited or did not listen within ``timeout`` seconds (it is killed).
     """
-    if (redis_url is None) == (state_dir is None):
-        raise ValueError("start_logsvc needs one of redis_url and state_dir")
+    if sum(x is not None for x in (redis_url, redis_cluster, state_dir)) != 1:
+        raise ValueError("start_logsvc needs one of redis_url, redis_cluster and state_dir")
     listen = listen or f"unix:{log.with_suffix('.sock')}"
-    store = ["--redis", redis_url] if redis_url is not None else ["--state-dir", str(state_dir)]
+    if redis_url is not None:
+        store = ["--redis", redis_url]
+    elif redis_cluster is not None:
+        store = ["--redis-cluster", redis_cluster]
+    else:
+        store = ["--state-dir", str(state_dir)]
     before = len(log_events(log, "logsvc_listening"))
     svc = LogsvcProcess(_dmulog(log, ["logsvc", "--listen", listen, *store, *extra]), log, listen)
     if wait:

@@ -28,7 +28,7 @@ from redis.crc import key_slot
 from dmulog.v1 import dmulog_pb2 as pb
 from dmulog.v1 import dmulog_pb2_grpc as pb_grpc
 from harness.acked_marks import MirrorLoad
-from harness.log_handle import LogHandle
+from harness.log_handle import LogHandle, out_of_sync
 from harness.redis_ha import ClusterGroup, ValkeyNode
 from harness.servers import LogsvcProcess, ServerError, logsvc_server
 from logsvc.keys import log_keys
@@ -178,6 +178,45 @@ async def test_a_durable_mark_on_every_shard_waits_for_its_replica(cluster: Clus
             replica.thaw()
         await logs[0].mark(2)
     await asyncio.to_thread(cluster.wait_ready)
+
+
+async def test_a_dead_nodes_regions_on_every_shard_are_handed_over_and_announced(cluster: ClusterGroup) -> None:
+    """Node death on a Cluster: the lease table in its one slot, the hand-over of a log on each shard, the events.
+
+    A stops renewing; the reaper (leases in the ``{leases}`` slot) hands each of
+    its logs over on the log's own shard, and WatchLogs (an XREAD of the event
+    stream, in the leases' slot) names every one of them.
+    """
+    uuids = spread(cluster, 1, "death")
+    async with (logsvc_server(cluster.url, cluster=True, lease_ttl=0.6, reaper_interval=0.05) as target,
+                grpc.aio.insecure_channel(target) as channel):  # fmt: skip
+        stub = pb_grpc.DirtyLogStub(channel)
+        events = stub.WatchLogs(pb.WatchLogsRequest())
+        it = events.__aiter__()
+        assert (await it.__anext__()).kind == pb.LOG_EVENT_KIND_READY
+        lease_a = LogHandle(stub, "unused", node="death-a", boot="boot-a")
+        lease_b = LogHandle(stub, "unused", node="death-b", boot="boot-b")
+        epoch_a, epoch_b = await lease_a.acquire_lease(), await lease_b.acquire_lease()
+        dying = [LogHandle(stub, u, node="death-a", boot="boot-a", epoch=epoch_a) for u in uuids]
+        survivors = [LogHandle(stub, u, 2, node="death-b", boot="boot-b", epoch=epoch_b) for u in uuids]
+        async with lease_b.alive(0.2):
+            async with lease_a.alive(0.2):
+                for a, b in zip(dying, survivors, strict=True):
+                    for h in (a, b):
+                        await h.ctr(SECTORS, "clustered-core", "8")
+                        await h.resume()
+                    assert 64 == len(await b.resync_all())
+                    await a.mark(3, 7)
+            announced: set[str] = set()
+            while announced != set(uuids):
+                got = await asyncio.wait_for(it.__anext__(), 10)
+                assert (got.kind, got.node) == (pb.LOG_EVENT_KIND_NODE_EXPIRED, "death-a")
+                announced.add(got.uuid)
+            for b in survivors:
+                state = await b.state()
+                assert [i.node for i in state.instances] == ["death-b"]
+                assert [3, 7] == out_of_sync(state)
+        events.cancel()
 
 
 def _dmulog(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
