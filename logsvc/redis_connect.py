@@ -143,8 +143,18 @@ def parse_startup_nodes(nodes: str) -> tuple[tuple[str, int], ...]:
     return tuple(found)
 
 
+CLUSTER_SPARE_CONNECTIONS: Final = 4
+"""Connections per Cluster node beyond the Function calls' bound, for the few commands outside it.
+
+logsvc/cluster.py bounds the Function calls in flight at ``max_connections``,
+and they may all go to one shard; the event stream's blocking XREAD and the
+reaper's commands take a connection of the same node's pool, which raises
+rather than waits when full. These spares keep them from failing then.
+"""
+
+
 def connect_cluster(nodes: str, *, max_connections: int) -> RedisCluster:
-    """A Redis Cluster client from the startup nodes ``nodes``, at most ``max_connections`` connections per node.
+    """A Redis Cluster client from the startup nodes ``nodes``, ``max_connections`` (and spares) per node.
 
     ``require_full_coverage=False``: a slot table read while a shard is down
     (its slots unserved) is still used for the others; the servers' own
@@ -152,5 +162,5 @@ def connect_cluster(nodes: str, *, max_connections: int) -> RedisCluster:
     """
     options = {k: v for k, v in _CONNECTION.items() if k not in ("retry", "retry_on_timeout")}
     return RedisCluster(startup_nodes=[ClusterNode(host, port) for host, port in parse_startup_nodes(nodes)],
-                        max_connections=max_connections, retry=Retry(NoBackoff(), 0),
+                        max_connections=max_connections + CLUSTER_SPARE_CONNECTIONS, retry=Retry(NoBackoff(), 0),
                         require_full_coverage=False, **options)  # fmt: skip

@@ -54,9 +54,12 @@ def test_a_logsvc_that_cannot_listen_is_an_error_naming_its_log(redis: RedisProc
 
 
 def test_start_logsvc_needs_one_store(tmp_path: Path) -> None:
-    """Neither or both of a Redis URL and a state dir is refused before anything starts."""
-    with pytest.raises(ValueError, match="one of redis_url and state_dir"):
+    """None, or two, of a Redis URL, a Cluster and a state dir is refused before anything starts."""
+    wanted = "one of redis_url, redis_cluster and state_dir"
+    with pytest.raises(ValueError, match=wanted):
         start_logsvc(tmp_path / "logsvc.log")
-    with pytest.raises(ValueError, match="one of redis_url and state_dir"):
+    with pytest.raises(ValueError, match=wanted):
         start_logsvc(tmp_path / "logsvc.log", redis_url="redis://127.0.0.1:1/0", state_dir=tmp_path / "s")
+    with pytest.raises(ValueError, match=wanted):
+        start_logsvc(tmp_path / "logsvc.log", redis_url="redis://127.0.0.1:1/0", redis_cluster="127.0.0.1:1")
     assert not (tmp_path / "logsvc.log").exists()
