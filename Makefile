@@ -47,15 +47,16 @@ faults: deps
 	DMULOG_FAILOVER_ROUNDS=$(FAILOVER_ROUNDS) $(PY) -m pytest tests -m faults -s $(PYTEST_ARGS)
 
 ## The edit loop (under 3 minutes): lint, proto freshness, and every test that needs no
-## kernel and breaks no Redis (unit, integration against real Redis and gRPC, the harness's own checks).
+## kernel, breaks no Redis and is not a load test (unit, integration against real Redis and gRPC,
+## the harness's own checks).
 check: deps check-proto lint
-	$(PY) -m pytest tests -m "not kernel and not faults" $(PYTEST_ARGS)
+	$(PY) -m pytest tests -m "not kernel and not faults and not load" $(PYTEST_ARGS)
 
-## Everything: `make check`, `make faults`, then the real kernel: conformance, mirrors, several
-## nodes and crash safety (CRASH_ROUNDS node-crash rounds; every other crash scenario runs once).
-## The slowest tests are listed at the end, to show where the time goes.
+## Everything: `make check`, the load tests and `make faults`, then the real kernel: conformance,
+## mirrors, several nodes and crash safety (CRASH_ROUNDS node-crash rounds; every other crash
+## scenario runs once). The slowest tests are listed at the end, to show where the time goes.
 test: check
-	DMULOG_FAILOVER_ROUNDS=$(FAILOVER_ROUNDS) $(PY) -m pytest tests -m faults -s $(PYTEST_ARGS)
+	DMULOG_FAILOVER_ROUNDS=$(FAILOVER_ROUNDS) $(PY) -m pytest tests -m "load or faults" -s $(PYTEST_ARGS)
 	DMULOG_CRASH_ROUNDS=$(CRASH_ROUNDS) $(PY) -m pytest tests -m kernel --durations=30 $(PYTEST_ARGS)
 
 ## Crash safety on the real kernel alone; more rounds: make crash CRASH_ROUNDS=30

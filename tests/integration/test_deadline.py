@@ -123,6 +123,7 @@ async def test_redis_clock_offset_is_measured(own_redis: RedisProcess) -> None:
         await store.close()
 
 
+@pytest.mark.load
 async def test_a_burst_larger_than_the_pool_queues_instead_of_failing(redis: RedisProcess, uuid: str) -> None:
     """40,000 IN_SYNCs sent at once on two streams, far more than Redis connections: every one is answered OK."""
     async with logsvc_server(redis.url) as target, grpc.aio.insecure_channel(target) as ch:

@@ -169,6 +169,7 @@ async def is_dead(stub: pb_grpc.DirtyLogStub, node: Node, epoch: int) -> bool:
     return False
 
 
+@pytest.mark.load
 async def test_many_nodes_keep_every_invariant(replicas: list[pb_grpc.DirtyLogStub], redis: RedisProcess) -> None:
     """64 nodes, 1,000 logs, random steps, deaths and rejoins: no invariant is ever broken."""
     rng = random.Random(int(os.environ.get("DMULOG_STRESS_SEED", "7")))

@@ -49,6 +49,7 @@ def stalls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Stall
         redis.kill()
 
 
+@pytest.mark.load
 @pytest.mark.parametrize("what", list(HEAVY))
 def test_a_heavy_request_never_stalls_another_log(stalls: dict[str, Stall], what: str) -> None:
     """While one heavy request of a 2^28-region log runs, Redis never runs one command longer than 4 unit passes."""
