@@ -20,18 +20,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.alone import run_alone
 from bench.cpu import cpu_seconds
-from bench.replay import Recorder, load_trace
+from bench.replay import Recorder
 from bench.stack import full_stack
 from harness.redis_ha import ClusterGroup, ValkeyNode
-from harness.report import add_out_option, tee
 from harness.servers import LogsvcProcess, start_logsvc
 
 __all__ = ["Run", "measure", "table"]
@@ -105,20 +103,12 @@ def table(runs: list[Run]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m bench.cluster``: the Cluster table alone."""
-    parser = argparse.ArgumentParser(prog="python -m bench.cluster", description=__doc__.splitlines()[0])
-    parser.add_argument("--trace", default="mixed-synced", help="trace name in bench/traces (default: %(default)s)")
-    parser.add_argument("--requests", type=int, default=0, help="requests per mirror (a prefix of the trace; 0: all)")
-    parser.add_argument("--mirrors", type=int, nargs="+", default=[64], help="concurrency levels")
-    add_out_option(parser, "bench-cluster")
-    args = parser.parse_args(argv)
-    trace = load_trace(args.trace)[: args.requests or None]
-    workdir = Path(tempfile.mkdtemp(prefix="dmulog-bench-cluster-"))
-    with tee(args.out):
-        try:
-            print(table(asyncio.run(measure(workdir, trace, args.mirrors))))
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
-    return 0
+
+    def options(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--mirrors", type=int, nargs="+", default=[64], help="concurrency levels")
+
+    return run_alone(argv, module="bench.cluster", doc=__doc__ or "", report="bench-cluster", options=options,
+                     table=lambda args, trace, workdir: table(asyncio.run(measure(workdir, trace, args.mirrors))))
 
 
 if __name__ == "__main__":

@@ -17,18 +17,15 @@ the replica costs), per request type.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import shutil
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
-from bench.replay import Recorder, load_trace
+from bench.alone import run_alone
+from bench.replay import Recorder
 from bench.stack import full_stack, redis_floor
 from harness.redis_ha import ValkeyNode
-from harness.report import add_out_option, tee
 from harness.servers import start_logsvc
 
 __all__ = ["KINDS", "measure", "table"]
@@ -78,19 +75,8 @@ def table(got: dict[str, Recorder]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m bench.durable``: the durable-replica table alone."""
-    parser = argparse.ArgumentParser(prog="python -m bench.durable", description=__doc__.splitlines()[0])
-    parser.add_argument("--trace", default="mixed-synced", help="trace name in bench/traces (default: %(default)s)")
-    parser.add_argument("--requests", type=int, default=0, help="requests (a prefix of the trace; 0: all)")
-    add_out_option(parser, "bench-durable")
-    args = parser.parse_args(argv)
-    trace = load_trace(args.trace)[: args.requests or None]
-    workdir = Path(tempfile.mkdtemp(prefix="dmulog-bench-durable-"))
-    with tee(args.out):
-        try:
-            print(table(asyncio.run(measure(workdir, trace))))
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
-    return 0
+    return run_alone(argv, module="bench.durable", doc=__doc__ or "", report="bench-durable",
+                     table=lambda _args, trace, workdir: table(asyncio.run(measure(workdir, trace))))
 
 
 if __name__ == "__main__":
