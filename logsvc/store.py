@@ -237,8 +237,7 @@ class Store:
         version with one configuration; a shard that does not is caught on its
         first mutating call, which then answers "redis cannot confirm durability".
         """
-        info = await (self._cluster.on_one_primary("INFO", "server") if self._cluster is not None
-                      else self._redis.info("server"))  # fmt: skip
+        info = await self._keyless("INFO", "server")
         server = "valkey" if "valkey_version" in info else "redis"
         version = text(info.get("valkey_version") or info.get("redis_version") or "?")
         try:
@@ -266,10 +265,8 @@ class Store:
 
     async def config_get(self, pattern: str) -> dict[Any, Any]:
         """CONFIG GET ``pattern``; in a Cluster, of one primary (the shards are expected to agree)."""
-        if self._cluster is not None:
-            reply = await self._cluster.on_one_primary("CONFIG GET", pattern)
-            return reply if isinstance(reply, dict) else dict(zip(reply[::2], reply[1::2], strict=True))
-        return dict(await self._redis.config_get(pattern))
+        reply = await self._keyless("CONFIG GET", pattern)
+        return reply if isinstance(reply, dict) else dict(zip(reply[::2], reply[1::2], strict=True))
 
     async def close(self) -> None:
         """Close the connection pool."""
@@ -284,7 +281,7 @@ class Store:
         expected to be NTP-synchronised, and :data:`DEADLINE_MARGIN` covers the rest.
         """
         before = time.time()
-        seconds, micros = await (self._keyless("TIME") if self._cluster is not None else self._redis.time())
+        seconds, micros = await self._keyless("TIME")
         after = time.time()
         self._offset = int(seconds) + int(micros) / 1e6 - (before + after) / 2
         self._offset_at = time.monotonic()
