@@ -157,7 +157,8 @@ def _closed_under_us(e: BaseException) -> bool:
     the slot table, and a peer's reset tears down the transport; a command
     that had already taken such a connection then fails inside the library
     with ``'NoneType' object has no attribute 'writelines'`` (or a TypeError),
-    not a ConnectionError (redis/redis-py#4287). Nothing was sent, or nothing
+    not a ConnectionError (redis/redis-py#4287; 8.2 raises a ConnectionError on
+    the write, which is retried as one already). Nothing was sent, or nothing
     can be read back: a connection error, retried like one. Raised anywhere
     else, the error is ours and propagates.
     """

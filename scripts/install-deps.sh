@@ -27,10 +27,11 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
 if ! "$VENV/bin/python" -c "import dmulog, grpc_tools, pytest_asyncio, ruff" 2>/dev/null \
-   || [ pyproject.toml -nt "$VENV/.dmulog-installed" ]; then
+   || [ pyproject.toml -nt "$VENV/.dmulog-installed" ] || [ constraints.txt -nt "$VENV/.dmulog-installed" ]; then
   echo "install-deps: installing Python packages"
   "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
-  "$VENV/bin/python" -m pip install -q -e '.[dev]'
+  # constraints.txt: the versions the tests last passed with (see its header).
+  "$VENV/bin/python" -m pip install -q -c constraints.txt -e '.[dev]'
   touch "$VENV/.dmulog-installed"
 fi
 
