@@ -84,6 +84,7 @@ def caller(request: _Addressed) -> tuple[str, str, str, int]:
     if not request.HasField("node"):
         raise InvalidArgument("node is required")
     uuid(request.log.uuid)
+    generation(request.log)
     node(request.node)
     if isinstance(request, pb.CtrRequest):
         constructor(request)
@@ -106,6 +107,19 @@ def epoch(value: pb.Node) -> int:
     if value.epoch >= 1 << 53:
         raise InvalidArgument(f"node.epoch must be below 2^53, got {value.epoch}")
     return int(value.epoch)
+
+
+def generation(value: pb.LogRef) -> int:
+    """The generation the caller was answered; below 2^53 like the epoch, for the same reason.
+
+    The Lua library stores it in the log's hash when it finds the log behind
+    it, and counts on from there with HINCRBY: from 2^63 on the stored number
+    is no integer Redis can count on (every later write to the log failed),
+    and from 2^53 on Lua no longer holds it exactly.
+    """
+    if value.generation >= 1 << 53:
+        raise InvalidArgument(f"log.generation must be below 2^53, got {value.generation}")
+    return int(value.generation)
 
 
 def regions(values: Sequence[int], *, allow_empty: bool = False) -> list[int]:
