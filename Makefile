@@ -7,8 +7,10 @@ BUF := .cache/buf/node_modules/.bin/buf
 PYTEST_ARGS ?=
 CRASH_ROUNDS ?= 2
 FAILOVER_ROUNDS ?= 10
+FUZZ_INPUTS ?= 1000000
+MODEL_EXAMPLES ?= 100000
 
-.PHONY: all deps proto check-proto lint check unit integration kernel faults test demo bench bench-codec bench-scale bench-guest crash clean
+.PHONY: all deps proto check-proto lint check unit integration kernel faults fuzz model test demo bench bench-codec bench-scale bench-guest crash clean
 
 all: test
 
@@ -45,6 +47,15 @@ kernel: deps
 ## of each, with the acknowledged-marks check after every one.
 faults: deps
 	DMULOG_FAILOVER_ROUNDS=$(FAILOVER_ROUNDS) $(PY) -m pytest tests -m faults -s $(PYTEST_ARGS)
+
+## Every door fuzzed with FUZZ_INPUTS inputs each (make check runs a few thousand from the same seed):
+## kernel datagrams through the codec and the bridge's accept path, and every field of every gRPC request.
+fuzz: deps
+	DMULOG_FUZZ_INPUTS=$(FUZZ_INPUTS) $(PY) -m pytest tests/fuzz $(PYTEST_ARGS)
+
+## The reference model against the real logsvc and Redis for MODEL_EXAMPLES random runs (make check: a few hundred).
+model: deps
+	DMULOG_MODEL_EXAMPLES=$(MODEL_EXAMPLES) $(PY) -m pytest tests/model -s $(PYTEST_ARGS)
 
 ## The edit loop (under 3 minutes): lint, proto freshness, and every test that needs no
 ## kernel, breaks no Redis and is not a load test (unit, integration against real Redis and gRPC,

@@ -23,6 +23,10 @@ Rows, per request type:
 Then what a durable replica costs (bench/durable.py): MARK_REGION, FLUSH and
 CLEAR_REGION with ``--redis-durable-replicas`` 0 and 1 against their floors.
 
+Then what mTLS, the authorization check and tenants cost (bench/secure.py):
+the trace with TLS, and with a tenant's certificate and quota, against
+plaintext.
+
 Then what a Redis Cluster buys (bench/cluster.py): throughput of the most
 mirrors on three primaries against one Valkey.
 
@@ -49,7 +53,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench import cluster, durable
+from bench import cluster, durable, secure
 from bench.cpu import cpu_seconds
 from bench.replay import NullClient, Recorder, load_trace
 from bench.stack import full_stack, redis_floor, through_bridge
@@ -114,6 +118,7 @@ async def main_async(args: argparse.Namespace) -> int:
             logsvc.stop()
             r.kill()
     replicated = await durable.measure(workdir, trace)
+    secured = await secure.measure(workdir, trace)
     sharded = await cluster.measure(workdir, trace, [max(args.mirrors)])
     shutil.rmtree(workdir, ignore_errors=True)
 
@@ -141,6 +146,8 @@ async def main_async(args: argparse.Namespace) -> int:
 
     print()
     print(durable.table(replicated))
+    print()
+    print(secure.table(secured))
     print()
     print(cluster.table(sharded))
 

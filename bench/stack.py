@@ -19,6 +19,7 @@ from bridge.agent import Bridge
 from bridge.client import ClientConfig, LogsvcClient
 from bridge.dispatch import ROUTES
 from bridge.journal import Journal
+from dmulog.tls import TlsFiles
 from dmulog.v1 import dmulog_pb2 as pb
 from harness.kernel_side import serving, socket_pair
 from logsvc.keys import log_keys
@@ -93,9 +94,10 @@ async def through_bridge(client: object, trace: list[bytes], mirrors: int, rec: 
         shutil.rmtree(journal_dir, ignore_errors=True)
 
 
-async def full_stack(target: str, trace: list[bytes], mirrors: int, rec: Recorder, transport: str = "stream") -> float:
-    """The trace through bridge → logsvc → Redis."""
-    config = ClientConfig(attempt_timeout=10.0, budget=20.0, transport=transport)  # type: ignore[arg-type]
+async def full_stack(target: str, trace: list[bytes], mirrors: int, rec: Recorder, transport: str = "stream", *,
+                     tls: TlsFiles | None = None) -> float:  # fmt: skip
+    """The trace through bridge → logsvc → Redis (with ``tls``: the node's certificate, as ``--tls-*``)."""
+    config = ClientConfig(attempt_timeout=10.0, budget=20.0, transport=transport, tls=tls)  # type: ignore[arg-type]
     client = LogsvcClient(target, config)
     try:
         return await through_bridge(client, trace, mirrors, rec)

@@ -45,8 +45,10 @@ from bridge.latch import InSyncLatches
 from bridge.lease import LeaseKeeper, LogWatcher
 from bridge.mirrors import Mirrors
 from bridge.netlink import Transport
+from bridge.privileges import BRIDGE, keep_only
 from bridge.startup import StartupError, stop_on_signals, take_kernel_socket, wait_for_turn
 from dmulog.logs import bind, event, unbind
+from dmulog.tls import TlsFiles
 from dmulog.v1 import dmulog_pb2 as pb
 
 __all__ = ["KERNEL_TIMEOUT", "Bridge", "BridgeConfig", "run"]
@@ -69,6 +71,9 @@ class BridgeConfig:
     journal_dir: Path | None = Path("/run/dmulog/inflight")
     latch_ttl: float = 1.0
     self_fence: bool = True
+    tls: TlsFiles | None = None
+    """This node's certificate, its key and logsvc's CA (their SAN names the node: logsvc checks it)."""
+    tls_server_name: str | None = None
 
 
 class Bridge:
@@ -271,9 +276,11 @@ async def run(config: BridgeConfig) -> None:
         StartupError: this host cannot run a bridge (bridge/startup.py says why).
     """
     claimed = take_kernel_socket()
+    keep_only(BRIDGE, "bridge")  # now: one thread yet (the gRPC client starts more), bridge/privileges.py
     sock = claimed.sock
     node = pb.Node(name=host.node_name(config.node), boot_id=host.boot_id())
-    client = LogsvcClient(config.logsvc, ClientConfig(config.attempt_timeout, config.budget))
+    client = LogsvcClient(config.logsvc, ClientConfig(config.attempt_timeout, config.budget, tls=config.tls,
+                                                      server_name=config.tls_server_name))  # fmt: skip
     keeper = LeaseKeeper(client.stub, node)
     latches, mirrors = InSyncLatches(config.latch_ttl), Mirrors()
     fence = SelfFence(keeper, mirrors, latches) if config.self_fence else None

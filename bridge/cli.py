@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TextIO
 
 from dmulog.cli import Command, CommandError, ExitStatus, Option
+from dmulog.tls import add_tls_options, tls_files
 
 __all__ = ["COMMAND"]
 
@@ -17,6 +18,8 @@ __all__ = ["COMMAND"]
 def _add(p: argparse.ArgumentParser, option: Option) -> None:
     option("--logsvc", None, "logsvc address: HOST:PORT or unix:/PATH (required)")
     option("--node", None, "this node's name (default: the host name)")
+    add_tls_options(option, "logsvc")
+    option("--tls-server-name", None, "name logsvc's certificate must carry, when --logsvc does not say it")
     option("--attempt-timeout", "3.0", "seconds one call to logsvc may take", type=float)
     option("--retry-budget", "9.0", "seconds to keep retrying an unreachable logsvc before answering the kernel",
            type=float)  # fmt: skip
@@ -40,13 +43,18 @@ def _run(args: argparse.Namespace, argv: Sequence[str], out: TextIO) -> ExitStat
     if not args.logsvc:
         raise CommandError(ExitStatus.USAGE, "dmulog bridge: --logsvc (or DMULOG_LOGSVC) is required")
     try:
+        tls = tls_files(args, "bridge")
+    except ValueError as e:
+        raise CommandError(ExitStatus.USAGE, str(e)) from None
+    try:
         if args.respawn and "LISTEN_FDS" not in os.environ:  # (a respawned bridge inherits the socket)
             from bridge.keeper import keep
 
             return ExitStatus(keep(["-m", "dmulog", *(a for a in argv if a != "--respawn")]))
         asyncio.run(run(BridgeConfig(logsvc=args.logsvc, node=args.node, attempt_timeout=args.attempt_timeout,
                                      budget=args.retry_budget, latch_ttl=args.latch_ttl, self_fence=args.self_fence,
-                                     journal_dir=Path(args.journal_dir) if args.journal_dir else None)))  # fmt: skip
+                                     journal_dir=Path(args.journal_dir) if args.journal_dir else None,
+                                     tls=tls, tls_server_name=args.tls_server_name)))  # fmt: skip
     except MissingCapabilities as e:
         raise CommandError(ExitStatus.PERMISSION, f"dmulog bridge: {e}") from None
     except StartupError as e:

@@ -30,13 +30,14 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, cast
 
 import grpc
 
-from bridge.errors import RETRYABLE, UNREACHABLE_ERRNO, errno_of
+from bridge.errors import RETRYABLE, UNREACHABLE_ERRNO, errno_of, retryable
 from dmulog.logs import event
 from dmulog.retry import RetryPolicy
+from dmulog.tls import RECHECK, TlsFiles, TlsWatch, channel_credentials
 from dmulog.v1 import dmulog_pb2 as pb
 from dmulog.v1 import dmulog_pb2_grpc as pb_grpc
 
@@ -96,6 +97,10 @@ class ClientConfig:
     transport: Literal["stream", "unary"] = "stream"
     streams: int = 0
     """Streams to keep open; 0: one per address named in the target, at least two."""
+    tls: TlsFiles | None = None
+    """This node's certificate and key, and the CA of logsvc's; None: plaintext."""
+    server_name: str | None = None
+    """The name logsvc's certificate must carry, when it is not the target's host."""
 
 
 def _addresses(target: str) -> int:
@@ -153,6 +158,11 @@ class _Stream:
                 waiter.set_exception(ended)
         self._waiting.clear()
 
+    @property
+    def waiting(self) -> int:
+        """Requests sent on this stream and not yet answered."""
+        return len(self._waiting)
+
     async def ask(self, msg: pb.ExchangeCall, timeout: float) -> pb.ExchangeResult:
         """Send one request and wait up to ``timeout`` for its result."""
         if self.ended is not None:
@@ -184,6 +194,26 @@ class _Stream:
         await asyncio.gather(self._reader, return_exceptions=True)
 
 
+class _CurrentStub:
+    """The client's stub of the moment: a rotation replaces the channel under those who kept a stub."""
+
+    def __init__(self, client: LogsvcClient):
+        self._client = client
+
+    def __getattr__(self, rpc: str) -> Any:
+        self._client._follow_rotation()
+        return getattr(self._client._stub, rpc)
+
+
+async def _retire(channel: grpc.aio.Channel, streams: list[_Stream], grace: float) -> None:
+    """Close ``streams`` once nothing waits on them (at most ``grace`` seconds), then ``channel``."""
+    deadline = time.monotonic() + grace
+    while any(s.waiting for s in streams) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    await asyncio.gather(*(s.close() for s in streams), return_exceptions=True)
+    await channel.close(grace)
+
+
 def _expire(waiter: asyncio.Future[pb.ExchangeResult]) -> None:
     if not waiter.done():
         waiter.set_exception(_Retryable(grpc.StatusCode.DEADLINE_EXCEEDED, "no answer within the attempt timeout"))
@@ -195,22 +225,46 @@ class LogsvcClient:
     def __init__(self, target: str, config: ClientConfig | None = None, channel: grpc.aio.Channel | None = None):
         self.target = target
         self._config = config or ClientConfig()
-        self._channel = channel or grpc.aio.insecure_channel(
-            target,
-            options=[
-                ("grpc.enable_retries", 0),
-                ("grpc.initial_reconnect_backoff_ms", 100),
-                ("grpc.max_reconnect_backoff_ms", 1000),
-                ("grpc.keepalive_time_ms", 10000),
-                ("grpc.service_config", json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})),
-            ],
-        )
+        self._tls = TlsWatch(self._config.tls, recheck=RECHECK) if self._config.tls is not None else None
+        self._channel = channel or self._new_channel()
         self._stub = pb_grpc.DirtyLogStub(self._channel)
+        self._retiring: set[asyncio.Task[None]] = set()
         self._retry = RetryPolicy(budget=self._config.budget, base=0.05, cap=1.0, retryable=(_Retryable,))
         self._use_stream = self._config.transport == "stream"
         self._streams: list[_Stream | None] = [None] * (self._config.streams or max(2, _addresses(target)))
         self._turn = itertools.count()
         self._ids = itertools.count(1)
+
+    def _new_channel(self) -> grpc.aio.Channel:
+        options: list[tuple[str, Any]] = [
+            ("grpc.enable_retries", 0),
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 1000),
+            ("grpc.keepalive_time_ms", 10000),
+            ("grpc.service_config", json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})),
+        ]
+        if self._tls is None:
+            return grpc.aio.insecure_channel(self.target, options=options)
+        if self._config.server_name:
+            options.append(("grpc.ssl_target_name_override", self._config.server_name))
+        return grpc.aio.secure_channel(self.target, channel_credentials(self._tls.current), options=options)
+
+    def _follow_rotation(self) -> None:
+        """A rotated certificate: new calls and streams go on a new channel, the old one ends once it is idle.
+
+        A channel's credentials are fixed when it is made, and a reconnection
+        of the old channel would present the old (maybe expired) certificate.
+        Requests already waiting on an old stream get their answers there.
+        """
+        if self._tls is None or not self._tls.poll():
+            return
+        old_channel, old_streams = self._channel, [s for s in self._streams if s is not None]
+        self._channel = self._new_channel()
+        self._stub = pb_grpc.DirtyLogStub(self._channel)
+        self._streams = [None] * len(self._streams)
+        task = asyncio.ensure_future(_retire(old_channel, old_streams, self._config.attempt_timeout + _SLACK))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
 
     @property
     def budget(self) -> float:
@@ -219,8 +273,12 @@ class LogsvcClient:
 
     @property
     def stub(self) -> pb_grpc.DirtyLogStub:
-        """The channel's stub, for the calls that are not kernel requests (leases, events)."""
-        return self._stub
+        """A stub for the calls that are not kernel requests (leases, events), on the current channel.
+
+        The lease keeper and the log watcher keep it for their lifetime, so it
+        follows a certificate rotation to the new channel itself.
+        """
+        return cast(pb_grpc.DirtyLogStub, _CurrentStub(self))
 
     @property
     def transport(self) -> str:
@@ -245,6 +303,7 @@ class LogsvcClient:
         streams = [s for s in self._streams if s is not None]
         self._streams = [None] * len(self._streams)
         await asyncio.gather(*(s.close() for s in streams))
+        await asyncio.gather(*self._retiring, return_exceptions=True)
         await self._channel.close()
 
     async def call(self, rpc: str, request: Any, *, critical: bool, budget: float | None = None) -> Any:
@@ -272,9 +331,10 @@ class LogsvcClient:
                   status=e.code.name, detail=e.detail, errno=code)  # fmt: skip
             raise CallFailed(code, f"logsvc unreachable: {e.detail}") from None
         except _Final as e:
-            raise CallFailed(errno_of(e.code), e.detail or e.code.name) from None
+            raise CallFailed(errno_of(e.code, e.detail), e.detail or e.code.name) from None
 
     async def _attempt(self, rpc: str, request: Any) -> Any:
+        self._follow_rotation()
         if self._use_stream:
             try:
                 return await self._exchange(request)
@@ -288,10 +348,10 @@ class LogsvcClient:
         try:
             return await getattr(self._stub, rpc)(request, timeout=self._config.attempt_timeout)
         except grpc.aio.AioRpcError as e:
-            code = e.code()
-            if code in RETRYABLE:
-                raise _Retryable(code, e.details() or code.name) from e
-            raise _Final(code, e.details() or code.name) from e
+            code, detail = e.code(), e.details() or e.code().name
+            if retryable(code, detail):
+                raise _Retryable(code, detail) from e
+            raise _Final(code, detail) from e
 
     def _stream(self) -> _Stream:
         """The next stream in turn, opened again if it has ended."""
@@ -308,7 +368,7 @@ class LogsvcClient:
         response = await self._stream().ask(msg, timeout + _SLACK)
         if response.code:
             code = _CODE.get(response.code, grpc.StatusCode.UNKNOWN)
-            if code in RETRYABLE:
+            if retryable(code, response.message):
                 raise _Retryable(code, response.message)
             raise _Final(code, response.message)
         return getattr(response, field)

@@ -12,7 +12,9 @@ import errno
 
 import grpc
 
-__all__ = ["RETRYABLE", "STATUS_TO_ERRNO", "UNREACHABLE_ERRNO", "errno_of"]
+from dmulog.quotas import CAPACITY_REFUSED
+
+__all__ = ["RETRYABLE", "STATUS_TO_ERRNO", "UNREACHABLE_ERRNO", "capacity_refused", "errno_of", "retryable"]
 
 STATUS_TO_ERRNO: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.INVALID_ARGUMENT: errno.EINVAL,
@@ -40,6 +42,18 @@ RETRYABLE = frozenset(
 UNREACHABLE_ERRNO = errno.EHOSTDOWN
 
 
-def errno_of(code: grpc.StatusCode) -> int:
+def capacity_refused(code: grpc.StatusCode, detail: str) -> bool:
+    """Whether the outcome is a tenant's log or region quota (dmulog/quotas.py): final, never retried."""
+    return code == grpc.StatusCode.RESOURCE_EXHAUSTED and detail.startswith(CAPACITY_REFUSED)
+
+
+def retryable(code: grpc.StatusCode, detail: str) -> bool:
+    """Whether the bridge sends the request again within its budget."""
+    return code in RETRYABLE and not capacity_refused(code, detail)
+
+
+def errno_of(code: grpc.StatusCode, detail: str = "") -> int:
     """Positive errno for a final (non-retryable) gRPC status."""
+    if capacity_refused(code, detail):
+        return errno.EDQUOT
     return STATUS_TO_ERRNO.get(code, errno.EIO)

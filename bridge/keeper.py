@@ -24,6 +24,15 @@ stays in the group across bridge deaths. On SIGTERM the keeper leaves the
 connector group first (the kernel stops queueing here and goes into its
 reconnect loop), then stops the active bridge, which answers what is queued
 and in flight, and exits.
+
+Once the socket is held, the keeper keeps only what it and its bridges need
+(bridge/privileges.py, ``KEEPER``): CAP_NET_ADMIN effective, for that leave;
+CAP_NET_ADMIN and CAP_SYS_ADMIN permitted, inheritable, ambient and in the
+bounding set, so that every bridge it starts gets both after its exec (the
+start-up check, the join at takeover, the replies), also when not uid 0.
+Everything else goes, and no_new_privs is set. Each bridge then drops to its
+own set; the bounding set it keeps is the keeper's, as it has no CAP_SETPCAP
+left to shrink it, and no_new_privs keeps what it starts from gaining more.
 """
 
 from __future__ import annotations
@@ -39,6 +48,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from bridge.netlink import LISTEN_FDS_START, STANDBY_FD_ENV
+from bridge.privileges import KEEPER, keep_only
 from bridge.startup import claim_kernel_socket
 from dmulog.logs import event
 
@@ -98,6 +108,7 @@ def keep(bridge_argv: Sequence[str]) -> int:
         StartupError: this host cannot run a bridge (see ``claim_kernel_socket``).
     """
     sock, lock = claim_kernel_socket()
+    keep_only(KEEPER, "keeper")
     stopping = False
     active: _Child | None = None
     standby: _Child | None = None

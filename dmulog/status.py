@@ -11,7 +11,8 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from dmulog.cli import Command, ExitStatus, Option
+from dmulog.cli import Command, CommandError, ExitStatus, Option
+from dmulog.tls import add_tls_options, channel_credentials, tls_files
 
 __all__ = ["COMMAND"]
 
@@ -20,6 +21,8 @@ def _add(p: argparse.ArgumentParser, option: Option) -> None:
     p.add_argument("uuid", nargs="?", help="log UUID (omit to list every log)")
     option("--logsvc", "127.0.0.1:7500", "logsvc address: HOST:PORT or unix:/PATH")
     option("--width", "64", "cells per row of the bitmap picture", type=int)
+    add_tls_options(option, "logsvc")
+    option("--tls-server-name", None, "name logsvc's certificate must carry, when --logsvc does not say it")
 
 
 async def _status(args: argparse.Namespace, out: TextIO) -> ExitStatus:
@@ -30,7 +33,16 @@ async def _status(args: argparse.Namespace, out: TextIO) -> ExitStatus:
     from dmulog.v1 import dmulog_pb2 as pb
     from dmulog.v1 import dmulog_pb2_grpc as pb_grpc
 
-    async with grpc.aio.insecure_channel(args.logsvc) as channel:
+    try:
+        files = tls_files(args, "status")
+    except ValueError as e:
+        raise CommandError(ExitStatus.USAGE, str(e)) from None
+    if files is None:
+        channel = grpc.aio.insecure_channel(args.logsvc)
+    else:
+        options = [("grpc.ssl_target_name_override", args.tls_server_name)] if args.tls_server_name else []
+        channel = grpc.aio.secure_channel(args.logsvc, channel_credentials(files.read()), options=options)
+    async with channel:
         stub = pb_grpc.DirtyLogStub(channel)
         nodes = await _nodes(stub)
         if args.uuid:

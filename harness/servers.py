@@ -21,7 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dmulog.tls import TlsFiles
+from logsvc.access import Policy
 from logsvc.leases import DEFAULT_TTL, Reaper
+from logsvc.redis_connect import RedisSecurity
 from logsvc.server import build_server
 from logsvc.store import Store
 
@@ -273,20 +276,25 @@ def start_bridge(log: Path, logsvc: str, *args: str, new_session: bool = False) 
 async def logsvc_server(redis_url: str, listen: str = "127.0.0.1:0", prefix: str = "dmulog", *,
                         lease_ttl: float = DEFAULT_TTL, reaper_interval: float | None = None,
                         durable_replicas: int = 0, cluster: bool = False,
-                        stores: list[Store] | None = None) -> AsyncIterator[str]:  # fmt: skip
+                        stores: list[Store] | None = None, tls: TlsFiles | None = None,
+                        policy: Policy | None = None,
+                        security: RedisSecurity | None = None) -> AsyncIterator[str]:  # fmt: skip
     """A real logsvc gRPC server in this process on a free port, with its reaper; yields its target address.
 
     With ``cluster``, ``redis_url`` is a Redis Cluster's ``HOST:PORT,...`` (``--redis-cluster``). The
-    server's store is appended to ``stores``, for a test that reads its counters.
+    server's store is appended to ``stores``, for a test that reads its counters. With ``tls`` (files
+    from harness/certs.py), clients need a certificate and ``policy`` (default: the default one) applies.
+    ``security`` is how the store reaches Redis: what the ``--redis-tls-*``, ``--redis-username`` and
+    password options make.
     """
     if cluster:
-        store = Store.from_cluster(redis_url, prefix=prefix, durable_replicas=durable_replicas)
+        store = Store.from_cluster(redis_url, prefix=prefix, durable_replicas=durable_replicas, security=security)
     else:
-        store = Store.from_url(redis_url, prefix=prefix, durable_replicas=durable_replicas)
+        store = Store.from_url(redis_url, prefix=prefix, durable_replicas=durable_replicas, security=security)
     if stores is not None:
         stores.append(store)
     await store.load_library()
-    server, port, _health, service = await build_server(store, listen, lease_ttl=lease_ttl)
+    server, port, _health, service = await build_server(store, listen, lease_ttl=lease_ttl, tls=tls, policy=policy)
     await server.start()
     stop = asyncio.Event()
     reaper = asyncio.ensure_future(Reaper(service.leases, interval=reaper_interval).run(stop))

@@ -23,6 +23,8 @@ __all__ = [
     "NotFound",
     "Overtaken",
     "PendingWork",
+    "PermissionDenied",
+    "QuotaExceeded",
     "StoreUnavailable",
     "TooLarge",
     "Unreadable",
@@ -81,6 +83,14 @@ class Unreadable(LogError):
     """The log's stored state does not parse (e.g. written by an older version); nothing was changed."""
 
 
+class PermissionDenied(LogError):
+    """The caller's certificate does not allow this call (logsvc/access.py); nothing was read or changed."""
+
+
+class QuotaExceeded(LogError):
+    """The caller's tenant is at one of its quotas (dmulog/quotas.py says which words mean which); nothing changed."""
+
+
 class Overtaken(LogError):
     """A stream's watcher fell behind (or its source was lost) and was ended: watch again."""
 
@@ -93,6 +103,7 @@ WORD_TO_ERROR: dict[str, type[LogError]] = {
     "ETIMEDOUT": DeadlineExceeded,
     "ESTEP": PendingWork,
     "ELOST": LostWrites,
+    "EQUOTA": QuotaExceeded,
 }
 
 STATUS_OF: dict[type[LogError], grpc.StatusCode] = {
@@ -107,6 +118,8 @@ STATUS_OF: dict[type[LogError], grpc.StatusCode] = {
     TooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Unreadable: grpc.StatusCode.DATA_LOSS,
     Overtaken: grpc.StatusCode.UNAVAILABLE,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    QuotaExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
 

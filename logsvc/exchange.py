@@ -63,6 +63,8 @@ def methods_by_field() -> dict[str, str]:
 
 _METHOD_OF: Final = methods_by_field()
 _OK: Final = grpc.StatusCode.OK
+_SERVICE: Final = "/dmulog.v1.DirtyLog/"
+"""The prefix of a full method name, as logsvc/access.py names the calls it checks."""
 log = logging.getLogger("dmulog.logsvc.exchange")
 
 
@@ -140,7 +142,7 @@ class Exchanges:
                                      message="ExchangeCall carries no request")  # fmt: skip
         method = _METHOD_OF[kind]
         inner = getattr(msg, kind)
-        handling = getattr(self._servicer, method)(inner, context)
+        handling = self._servicer.access.checked(_SERVICE + method, inner, context, getattr(self._servicer, method))
         timeout = msg.timeout_ms / 1000 if msg.timeout_ms else None
         response, code, detail = await serve_one(method, inner, handling, timeout=timeout)
         if code is _OK:

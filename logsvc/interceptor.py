@@ -15,9 +15,11 @@ from typing import Any, Final
 import grpc
 
 from dmulog.logs import bind, event, unbind
+from logsvc.access import Access
 from logsvc.decoding import Undecodable, method_input, tolerant
 from logsvc.errors import STATUS_OF, LogError, clip
 from logsvc.store import REQUEST_DEADLINE
+from logsvc.tenancy import TENANT
 
 __all__ = ["RequestInterceptor", "serve_one"]
 
@@ -89,8 +91,9 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
     (the Exchange stream answers each call in it).
     """
 
-    def __init__(self, slow_ms: float = 100.0):
+    def __init__(self, slow_ms: float = 100.0, access: Access | None = None):
         self._slow_ms = slow_ms
+        self._access = access or Access(None)
         # One wrapped handler per method, built on its first call: building it
         # per request would cost every request an allocation of closures.
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
@@ -114,13 +117,13 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
             deserializer = tolerant(deserializer, descriptor)
         if handler.unary_unary is not None:
             wrapped = grpc.unary_unary_rpc_method_handler(
-                self._unary(full_name.rsplit("/", 1)[-1], handler.unary_unary),
+                self._unary(full_name, handler.unary_unary),
                 request_deserializer=deserializer,
                 response_serializer=handler.response_serializer,
             )
         elif handler.unary_stream is not None:
             wrapped = grpc.unary_stream_rpc_method_handler(
-                self._unary_stream(full_name.rsplit("/", 1)[-1], handler.unary_stream),
+                self._unary_stream(full_name, handler.unary_stream),
                 request_deserializer=deserializer,
                 response_serializer=handler.response_serializer,
             )
@@ -135,11 +138,14 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
         self._wrapped[full_name] = wrapped
         return wrapped
 
-    def _unary(self, method: str, inner: Callable[[Any, Any], Awaitable[Any]]) -> Callable[[Any, Any], Awaitable[Any]]:
-        slow_ms = self._slow_ms
+    def _unary(
+        self, full_name: str, inner: Callable[[Any, Any], Awaitable[Any]]
+    ) -> Callable[[Any, Any], Awaitable[Any]]:
+        slow_ms, access, method = self._slow_ms, self._access, full_name.rsplit("/", 1)[-1]
 
         async def behavior(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            handling = request.refuse() if isinstance(request, Undecodable) else inner(request, context)
+            handling = (request.refuse() if isinstance(request, Undecodable)
+                        else access.checked(full_name, request, context, inner))  # fmt: skip
             response, code, detail = await serve_one(method, request, handling, slow_ms, context.time_remaining())
             if code is grpc.StatusCode.OK:
                 return response
@@ -147,11 +153,11 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
 
         return behavior
 
-    @staticmethod
     def _unary_stream(
-        method: str, inner: Callable[[Any, Any], AsyncIterator[Any]]
+        self, full_name: str, inner: Callable[[Any, Any], AsyncIterator[Any]]
     ) -> Callable[[Any, Any], AsyncIterator[Any]]:
         """A server-streaming behavior whose LogErrors end the stream with their status, logged like a unary call."""
+        access, method = self._access, full_name.rsplit("/", 1)[-1]
 
         async def behavior(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             token = bind(method=method, **_fields(request))
@@ -160,8 +166,15 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
             try:
                 if isinstance(request, Undecodable):
                     await request.refuse()
-                async for response in inner(request, context):
-                    yield response
+                who = access.check(full_name, request, context)
+                if who is not None and who.tenant:
+                    access.admit(who.tenant)
+                tenant = TENANT.set(who.tenant if who is not None else None)
+                try:
+                    async for response in inner(request, context):
+                        yield response
+                finally:
+                    TENANT.reset(tenant)
             except LogError as e:
                 code, detail = STATUS_OF.get(type(e), grpc.StatusCode.INTERNAL), clip(str(e))
             finally:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 __all__ = ["LeaseKeys", "LogKeys", "events_key", "hash_tag", "lease_keys", "lease_logs_key", "log_key_pattern",
-           "log_keys", "uuid_from_log_key"]
+           "log_keys", "tenant_logs_key", "uuid_from_log_key"]
 
 DEFAULT_PREFIX = "dmulog"
 
@@ -58,6 +58,16 @@ def lease_logs_key(node: str, prefix: str = DEFAULT_PREFIX) -> str:
 def events_key(prefix: str = DEFAULT_PREFIX) -> str:
     """The stream of log events WatchLogs serves."""
     return f"{prefix}:{LEASES_TAG}:events"
+
+
+def tenant_logs_key(tenant: str, prefix: str = DEFAULT_PREFIX) -> str:
+    """The hash of a tenant's logs (stored name → regions) its quota counts (lua/tenants.lua).
+
+    Its own hash tag: a tenant's logs are spread over the Cluster, its count is
+    in one slot. A log named ``tenant:T`` shares that slot, not a key: a log's
+    keys end in its LogKeys names, never ``logs``.
+    """
+    return f"{prefix}:{{tenant:{tenant}}}:logs"
 
 
 def hash_tag(uuid: str) -> str:

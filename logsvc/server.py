@@ -16,11 +16,14 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from dmulog.logs import event
+from dmulog.tls import TlsFiles, server_credentials
 from dmulog.v1 import dmulog_pb2_grpc as pb_grpc
+from logsvc.access import DEFAULT_POLICY, Access, Policy
 from logsvc.embedded_redis import EmbeddedRedis
 from logsvc.events import EventFeed
 from logsvc.interceptor import RequestInterceptor
 from logsvc.leases import DEFAULT_TTL, Leases, Reaper
+from logsvc.redis_connect import RedisSecurity
 from logsvc.service import DirtyLogService
 from logsvc.store import MAX_CONNECTIONS, Store, text
 
@@ -45,25 +48,37 @@ class LogsvcConfig:
     redis_connections: int = MAX_CONNECTIONS
     lease_ttl: float = DEFAULT_TTL
     durable_replicas: int = 0
+    redis_security: RedisSecurity | None = None
+    """TLS files and ACL user for ``redis_url`` or ``redis_cluster`` (not the embedded Redis: its socket is private)."""
+    tls: TlsFiles | None = None
+    """Certificate, key and client CA of the gRPC port; None: plaintext (loopback only unless --insecure)."""
+    policy: Policy | None = None
+    """Who may call what, with ``tls``; None there means ``access.DEFAULT_POLICY``."""
 
 
 async def build_server(
-    store: Store, listen: str, *, lease_ttl: float = DEFAULT_TTL
+    store: Store, listen: str, *, lease_ttl: float = DEFAULT_TTL, tls: TlsFiles | None = None,
+    policy: Policy | None = None,
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer, DirtyLogService]:
-    """A ready-to-start server on ``listen`` (``host:port`` or ``unix:/path``); its reaper is not running."""
+    """A ready-to-start server on ``listen`` (``host:port`` or ``unix:/path``); its reaper is not running.
+
+    With ``tls``, the port requires a client certificate signed by its CA and
+    every call is checked against ``policy`` (logsvc/access.py).
+    """
+    access = Access((policy or DEFAULT_POLICY) if tls is not None else None)
     server = grpc.aio.server(
-        interceptors=[RequestInterceptor()],
+        interceptors=[RequestInterceptor(access=access)],
         options=[
             ("grpc.so_reuseport", 0),
             ("grpc.max_send_message_length", MAX_MESSAGE),
             ("grpc.max_receive_message_length", 4 * 1024 * 1024),
         ],
     )
-    service = DirtyLogService(store, Leases(store, lease_ttl), EventFeed(store))
+    service = DirtyLogService(store, Leases(store, lease_ttl), EventFeed(store), access)
     pb_grpc.add_DirtyLogServicer_to_server(service, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    port = server.add_insecure_port(listen)
+    port = server.add_insecure_port(listen) if tls is None else server.add_secure_port(listen, server_credentials(tls))
     if port == 0 and not listen.startswith("unix:"):
         raise OSError(f"cannot listen on {listen}")
     for name in ("", SERVICE_NAME):
@@ -97,23 +112,26 @@ async def serve(config: LogsvcConfig) -> None:
         url = config.redis_cluster
         store = Store.from_cluster(config.redis_cluster, prefix=config.key_prefix,
                                    max_connections=config.redis_connections,
-                                   durable_replicas=config.durable_replicas)  # fmt: skip
+                                   durable_replicas=config.durable_replicas,
+                                   security=config.redis_security)  # fmt: skip
     else:
         if url is None:
             embedded = EmbeddedRedis(config.state_dir)
             await embedded.start()
             url = embedded.url
         store = Store.from_url(url, prefix=config.key_prefix, max_connections=config.redis_connections,
-                               durable_replicas=config.durable_replicas)  # fmt: skip
+                               durable_replicas=config.durable_replicas,
+                               security=None if embedded else config.redis_security)  # fmt: skip
     try:
         await store.load_library()
         await _check_durability(store)
-        server, port, health_servicer, service = await build_server(store, config.listen,
-                                                                    lease_ttl=config.lease_ttl)  # fmt: skip
+        server, port, health_servicer, service = await build_server(store, config.listen, lease_ttl=config.lease_ttl,
+                                                                    tls=config.tls, policy=config.policy)  # fmt: skip
         await server.start()
         event(log, logging.INFO, "logsvc_listening", listen=config.listen, port=port, redis=url,
               embedded_redis=embedded is not None, redis_cluster=config.redis_cluster is not None,
-              lease_ttl=config.lease_ttl, durable_replicas=config.durable_replicas)  # fmt: skip
+              lease_ttl=config.lease_ttl, durable_replicas=config.durable_replicas,
+              tls=config.tls is not None)  # fmt: skip
         stop = asyncio.Event()
         reaper = asyncio.ensure_future(Reaper(service.leases).run(stop))
         loop = asyncio.get_running_loop()

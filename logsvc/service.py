@@ -14,14 +14,16 @@ import contextvars
 import functools
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Final, TypeAlias
+from typing import Any, Final, TypeAlias, cast
 
 import grpc
 
 from dmulog.requests import REQUESTS
 from dmulog.v1 import dmulog_pb2 as pb
 from dmulog.v1 import dmulog_pb2_grpc as pb_grpc
-from logsvc import validate
+from logsvc import tenancy, validate
+from logsvc.access import Access
+from logsvc.capacity import Capacity
 from logsvc.events import EventFeed
 from logsvc.exchange import Exchanges
 from logsvc.leases import LeaseRecord, Leases
@@ -45,11 +47,15 @@ _GENERATION: contextvars.ContextVar[int] = contextvars.ContextVar("dmulog_answer
 class DirtyLogService(pb_grpc.DirtyLogServicer):
     """gRPC face of the Store; holds no state of its own."""
 
-    def __init__(self, store: Store, leases: Leases | None = None, feed: EventFeed | None = None):
+    def __init__(self, store: Store, leases: Leases | None = None, feed: EventFeed | None = None,
+                 access: Access | None = None):  # fmt: skip
         self._store = store
+        self.access = access or Access(None)
+        """Who may call what; the interceptor and the Exchange stream both check with it."""
         self._leases = leases or Leases(store)
         self._feed = feed or EventFeed(store)
         self._exchanges = Exchanges(self)
+        self._capacity = Capacity(store)
 
     @property
     def leases(self) -> Leases:
@@ -73,9 +79,10 @@ class DirtyLogService(pb_grpc.DirtyLogServicer):
     async def _op(self, request: Any, *extra: str | int) -> Any:
         """Call the library function of the RPC whose ``request`` this is (the table names it) with ``extra``."""
         function, readonly = _FUNCTION_OF[type(request)]
-        caller = validate.caller(request)
-        reply, generation = await self._store.answer(function, request.log.uuid, caller, extra, readonly=readonly,
-                                                     seen=request.log.generation)  # fmt: skip
+        node, boot, luid, epoch = validate.caller(request)
+        caller = (tenancy.node_name(node), boot, luid, epoch)
+        reply, generation = await self._store.answer(function, tenancy.log_name(request.log.uuid), caller, extra,
+                                                     readonly=readonly, seen=request.log.generation)  # fmt: skip
         _GENERATION.set(generation)
         return reply
 
@@ -87,12 +94,16 @@ class DirtyLogService(pb_grpc.DirtyLogServicer):
 
     async def Ctr(self, request: pb.CtrRequest, context: Ctx) -> pb.CtrResponse:
         node, boot, _, epoch = validate.caller(request)
+        uuid, node = tenancy.log_name(request.log.uuid), tenancy.node_name(node)
         s = parse_log_args(request.target_sectors, request.log_type, list(request.args))
-        spec = ctr_fields(s, log_device(s, request.block_devices), request.log.uuid)
+        spec = ctr_fields(s, log_device(s, request.block_devices), uuid)
+        quota = self.access.quota()
+        if quota is not None:  # before the join: a refused CTR leaves no trace
+            await self._capacity.admit(tenancy.TENANT.get() or "", quota, uuid, s.region_count)
         # Joined before constructed: the reaper of this incarnation then finds the log (logsvc/leases.py).
-        await self._leases.join(node, boot, epoch, request.log.uuid)
+        await self._leases.join(node, boot, epoch, uuid)
         device, announce = await self._op(request, json.dumps(spec))
-        await self._announce(request.log.uuid, node, announce)
+        await self._announce(uuid, node, announce)
         return pb.CtrResponse(device=device.decode() if isinstance(device, bytes) else "")
 
     async def _announce(self, uuid: str, node: str, announce: int) -> None:
@@ -114,7 +125,8 @@ class DirtyLogService(pb_grpc.DirtyLogServicer):
         return pb.PostsuspendResponse()
 
     async def Resume(self, request: pb.ResumeRequest, context: Ctx) -> pb.ResumeResponse:
-        await self._announce(request.log.uuid, request.node.name, int(await self._op(request)))
+        announce = int(await self._op(request))
+        await self._announce(tenancy.log_name(request.log.uuid), tenancy.node_name(request.node.name), announce)
         return pb.ResumeResponse()
 
     async def GetRegionSize(self, request: pb.GetRegionSizeRequest, context: Ctx) -> pb.GetRegionSizeResponse:
@@ -169,45 +181,50 @@ class DirtyLogService(pb_grpc.DirtyLogServicer):
             yield response
 
     async def ListLogs(self, request: pb.ListLogsRequest, context: Ctx) -> pb.ListLogsResponse:
-        uuids = await self._store.log_uuids()
+        uuids = [u for u in await self._store.log_uuids() if tenancy.visible_log(u) is not None]
         raws = await asyncio.gather(*(self._store.admin("summary", u) for u in uuids))
-        return pb.ListLogsResponse(logs=[log_summary(u, r) for u, r in zip(uuids, raws, strict=True) if r])
+        logs = [log_summary(u, r) for u, r in zip(uuids, raws, strict=True) if r]
+        return cast(pb.ListLogsResponse, tenancy.shown(pb.ListLogsResponse(logs=logs)))
 
     async def GetLogState(self, request: pb.GetLogStateRequest, context: Ctx) -> pb.GetLogStateResponse:
-        return log_state(request.uuid, await self._store.state(validate.uuid(request.uuid)))
+        stored = tenancy.log_name(validate.uuid(request.uuid))
+        return cast(pb.GetLogStateResponse, tenancy.shown(log_state(stored, await self._store.state(stored))))
 
     async def AcquireLease(self, request: pb.AcquireLeaseRequest, context: Ctx) -> pb.AcquireLeaseResponse:
         node = validate.node(request.node)
-        lease = await self._leases.acquire(node.name, node.boot_id)
+        lease = await self._leases.acquire(tenancy.node_name(node.name), node.boot_id)
         return pb.AcquireLeaseResponse(epoch=lease.epoch, ttl_ms=lease.ttl_ms)
 
     async def RenewLease(self, request: pb.RenewLeaseRequest, context: Ctx) -> pb.RenewLeaseResponse:
         node = validate.node(request.node, with_epoch=self._leases.enabled)
-        lease = await self._leases.renew(node.name, node.boot_id, node.epoch)
+        lease = await self._leases.renew(tenancy.node_name(node.name), node.boot_id, node.epoch)
         return pb.RenewLeaseResponse(epoch=lease.epoch, ttl_ms=lease.ttl_ms)
 
     async def WatchLogs(self, request: pb.WatchLogsRequest, context: Ctx) -> AsyncIterator[pb.WatchLogsResponse]:
         async for item in self._feed.watch():
-            yield item
+            if not item.uuid or tenancy.visible_log(item.uuid) is not None:  # READY has none: every watcher's
+                yield tenancy.shown(item)
 
     async def ListNodes(self, request: pb.ListNodesRequest, context: Ctx) -> pb.ListNodesResponse:
-        return pb.ListNodesResponse(nodes=[node_lease(r) for r in await self._leases.records()])
+        mine = [node_lease(r) for r in await self._leases.records() if tenancy.visible_node(r.name) is not None]
+        return cast(pb.ListNodesResponse, tenancy.shown(pb.ListNodesResponse(nodes=mine)))
 
     async def ReadLogState(
         self, request: pb.ReadLogStateRequest, context: Ctx
     ) -> AsyncIterator[pb.ReadLogStateResponse]:
         # One bounded piece per message, read when it is sent: neither Redis nor
         # this process holds a large log's state for long, or whole.
-        uuid = validate.uuid(request.uuid)
+        uuid = tenancy.log_name(validate.uuid(request.uuid))
         head = log_state(uuid, await self._store.state_head(uuid))
-        yield pb.ReadLogStateResponse(head=head)
+        yield pb.ReadLogStateResponse(head=cast(pb.GetLogStateResponse, tenancy.shown(head)))
         size = (head.summary.region_count + 7) // 8
         async for offset, data in self._store.bitmap(uuid, "sync", size):
             yield pb.ReadLogStateResponse(in_sync_bitmap=pb.BitmapChunk(offset=offset, data=data))
         async for offset, data in self._store.bitmap(uuid, "dirty", size):
             yield pb.ReadLogStateResponse(dirty_bitmap=pb.BitmapChunk(offset=offset, data=data))
         async for page in self._store.marks(uuid):
-            yield pb.ReadLogStateResponse(marks=pb.RegionMarksPage(marks=region_marks(page)))
+            marks = pb.RegionMarksPage(marks=region_marks(page))
+            yield pb.ReadLogStateResponse(marks=cast(pb.RegionMarksPage, tenancy.shown(marks)))
 
 
 def _stamped(method: Callable[[Any, Any, Ctx], Awaitable[Any]]) -> Callable[[Any, Any, Ctx], Awaitable[Any]]:

@@ -58,7 +58,7 @@ from dmulog.retry import RetryPolicy
 from logsvc.cluster import ClusterRoute
 from logsvc.errors import LogError, LostWrites, PendingWork, StoreUnavailable, TooLarge, from_lua_error
 from logsvc.keys import DEFAULT_PREFIX, log_key_pattern, log_keys, uuid_from_log_key
-from logsvc.redis_connect import connect, connect_cluster
+from logsvc.redis_connect import RedisSecurity, connect, connect_cluster
 
 __all__ = [
     "CALLER_ARGS",
@@ -108,11 +108,11 @@ def text(value: Any) -> str:
 
 
 def library_code(name: str = "dmulog") -> str:
-    """Source of a Redis Function library shipped with this package: ``dmulog`` (logs) or ``leases``."""
+    """Source of a Redis Function library shipped with this package: ``dmulog`` (logs), ``leases``, ``tenants``."""
     return resources.files("logsvc").joinpath(f"lua/{name}.lua").read_text(encoding="utf-8")
 
 
-LIBRARIES: Final = ("dmulog", "leases")
+LIBRARIES: Final = ("dmulog", "leases", "tenants")
 """Every Function library logsvc loads."""
 
 
@@ -178,16 +178,19 @@ class Store:
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = DEFAULT_PREFIX, retry: RetryPolicy | None = None,
-                 max_connections: int = MAX_CONNECTIONS, durable_replicas: int = 0) -> Store:  # fmt: skip
+                 max_connections: int = MAX_CONNECTIONS, durable_replicas: int = 0,
+                 security: RedisSecurity | None = None) -> Store:  # fmt: skip
         """Client for a ``--redis`` URL (logsvc/redis_connect.py); retries are ours, not redis-py's."""
-        return cls(connect(url, max_connections=max_connections), prefix=prefix, retry=retry,
+        return cls(connect(url, max_connections=max_connections, security=security), prefix=prefix, retry=retry,
                    durable_replicas=durable_replicas)  # fmt: skip
 
     @classmethod
     def from_cluster(cls, nodes: str, *, prefix: str = DEFAULT_PREFIX, retry: RetryPolicy | None = None,
-                     max_connections: int = MAX_CONNECTIONS, durable_replicas: int = 0) -> Store:  # fmt: skip
+                     max_connections: int = MAX_CONNECTIONS, durable_replicas: int = 0,
+                     security: RedisSecurity | None = None) -> Store:  # fmt: skip
         """Client for a ``--redis-cluster HOST:PORT,...`` value: ``max_connections`` per node and in flight."""
-        return cls(connect_cluster(nodes, max_connections=max_connections), prefix=prefix, retry=retry,
+        return cls(connect_cluster(nodes, max_connections=max_connections, security=security), prefix=prefix,
+                   retry=retry,
                    durable_replicas=durable_replicas, max_connections=max_connections)  # fmt: skip
 
     @property

@@ -20,9 +20,10 @@ def test_bench_runs_and_reports_every_column(tmp_path: Path) -> None:
                          cwd=REPO, capture_output=True, text=True, timeout=300)  # fmt: skip
 
     assert 0 == run.returncode, run.stdout + run.stderr
-    assert 4 == run.stdout.count("errors: 0"), run.stdout
+    assert 5 == run.stdout.count("errors: 0"), run.stdout
     assert "appendfsync always" in run.stdout and "appendfsync everysec" in run.stdout
     assert "\ndurable replicas: " in run.stdout
+    assert "\nsecurity: p50" in run.stdout
     assert "\nRedis Cluster: throughput" in run.stdout and "\nCluster, 3 primaries " in run.stdout
     assert "throughput, full stack" in run.stdout
     for transport in ("socket", "grpc unary", "grpc stream"):

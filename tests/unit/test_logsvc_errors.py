@@ -20,6 +20,8 @@ from logsvc.errors import (
     NotFound,
     Overtaken,
     PendingWork,
+    PermissionDenied,
+    QuotaExceeded,
     StoreUnavailable,
     TooLarge,
     Unreadable,
@@ -68,9 +70,10 @@ def test_from_lua_error_other_messages(message):
 
 
 def test_word_table():
-    """The seven Lua error words map to their exception classes."""
+    """The eight Lua error words map to their exception classes."""
     expected = {"EINVAL": InvalidArgument, "ENOENT": NotFound, "EEXIST": AlreadyExists, "EBUSY": Busy,
-                "ETIMEDOUT": DeadlineExceeded, "ESTEP": PendingWork, "ELOST": LostWrites}  # fmt: skip
+                "ETIMEDOUT": DeadlineExceeded, "ESTEP": PendingWork, "ELOST": LostWrites,
+                "EQUOTA": QuotaExceeded}  # fmt: skip
     assert expected == WORD_TO_ERROR
 
 
@@ -88,6 +91,8 @@ def test_status_of_table():
         TooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
         Unreadable: grpc.StatusCode.DATA_LOSS,
         Overtaken: grpc.StatusCode.UNAVAILABLE,
+        PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+        QuotaExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     }
     assert expected == STATUS_OF
 
