@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ import grpc
 import pytest
 
 from bridge.client import CallFailed, ClientConfig, LogsvcClient
+from dmulog.cli import ExitStatus, main
 from dmulog.tls import TlsFiles, channel_credentials
 from dmulog.v1 import dmulog_pb2 as pb
 from dmulog.v1 import dmulog_pb2_grpc as pb_grpc
@@ -269,3 +271,23 @@ async def test_a_refused_call_reaches_the_kernel_as_eacces(tls_logsvc: str, pki:
         assert failed.value.errno == 13  # EACCES
     finally:
         await client.close()
+
+
+async def test_dmulog_status_reads_with_a_reader_certificate(tls_logsvc: str, pki: Pki, uuid: str) -> None:
+    """`dmulog status` with a reader's certificate lists and draws the log; with a node's it is refused."""
+    async with _stub(tls_logsvc, pki.node_a) as node:
+        await LogHandle(node, uuid, node="node-a").ctr(SECTORS, "clustered-core", str(RS))
+
+    def status(who: Issued, *args: str) -> tuple[ExitStatus, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        tls = ["--tls-cert", str(who.cert), "--tls-key", str(who.key), "--tls-ca", str(who.ca)]
+        argv = ["status", *args, "--logsvc", tls_logsvc, *tls, "--tls-server-name", "logsvc.dmulog"]
+        code = main(argv, {}, stdout=out, stderr=err)
+        return code, out.getvalue(), err.getvalue()
+
+    code, out, err = await asyncio.to_thread(status, pki.reader)
+    assert code == ExitStatus.OK and uuid in out, err
+    code, out, err = await asyncio.to_thread(status, pki.reader, uuid)
+    assert code == ExitStatus.OK and uuid in out, err
+    code, _, err = await asyncio.to_thread(status, pki.node_a)
+    assert code == ExitStatus.ERROR and "PERMISSION_DENIED" in err, err
