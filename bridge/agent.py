@@ -40,6 +40,7 @@ from bridge import host, wire
 from bridge.answer import Answerer
 from bridge.client import ClientConfig, LogsvcClient
 from bridge.fence import SelfFence
+from bridge.health import BridgeHealth, channel_state
 from bridge.journal import Journal, Replayed
 from bridge.latch import InSyncLatches
 from bridge.lease import LeaseKeeper, LogWatcher
@@ -74,6 +75,8 @@ class BridgeConfig:
     tls: TlsFiles | None = None
     """This node's certificate, its key and logsvc's CA (their SAN names the node: logsvc checks it)."""
     tls_server_name: str | None = None
+    health_socket: Path | None = None
+    """Unix socket of the bridge's gRPC health service (bridge/health.py); None: none."""
 
 
 class Bridge:
@@ -290,6 +293,7 @@ async def run(config: BridgeConfig) -> None:
     if fence is not None:
         fence.waiting = bridge.waiting
     client.warm()
+    health = BridgeHealth(keeper, lambda: channel_state(client))
     helpers: list[asyncio.Future[None]] = []
     stop = asyncio.Event()
     try:
@@ -300,10 +304,13 @@ async def run(config: BridgeConfig) -> None:
         helpers.append(asyncio.ensure_future(keeper.keep(stop, watcher)))
         if fence is not None:
             helpers.append(asyncio.ensure_future(fence.run(stop)))
+        if config.health_socket is not None and await health.start(config.health_socket):
+            helpers.append(asyncio.ensure_future(health.run(stop)))
         try:
             sock.join_group()  # last: the kernel queues nothing here before we read (netlink.py says why)
         except PermissionError as e:
             raise StartupError(str(e)) from None
+        health.joined = True
         event(log, logging.INFO, "bridge_listening", netlink="NETLINK_CONNECTOR", group=wire.CN_IDX_DM,
               connector=f"{wire.CN_IDX_DM}:{wire.CN_VAL_DM_USERSPACE_LOG}", port_id=sock.port_id,
               inherited=claimed.inherited, journal=str(config.journal_dir or ""),
@@ -311,6 +318,8 @@ async def run(config: BridgeConfig) -> None:
               node=node.name, boot_id=node.boot_id, epoch=node.epoch, lease_ttl=keeper.ttl)  # fmt: skip
         await bridge.replay_journal()
         await bridge.serve(sock, stop)
+        health.joined = False
+        await health.check()
         if sock.owned:
             sock.leave_group()
         drained = bridge.drain(sock)
@@ -320,6 +329,7 @@ async def run(config: BridgeConfig) -> None:
     finally:
         stop.set()
         await asyncio.gather(*helpers, return_exceptions=True)
+        await health.close()
         claimed.release()
         await client.close()
         bridge.journal.close()

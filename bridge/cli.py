@@ -25,6 +25,8 @@ def _add(p: argparse.ArgumentParser, option: Option) -> None:
            type=float)  # fmt: skip
     option("--journal-dir", "/run/dmulog/inflight",
            "where requests wait until answered, so a restarted bridge answers them (tmpfs; '' = none)")  # fmt: skip
+    option("--health-socket", "/run/dmulog/health.sock",
+           "Unix socket of the bridge's gRPC health service, for 'dmulog health --socket' ('' = none)")  # fmt: skip
     option("--latch-ttl", "1.0", "seconds the bridge answers IN_SYNC of an instance logsvc called latched "
            "before asking again (0 = always ask)", type=float)  # fmt: skip
     p.add_argument("--no-self-fence", dest="self_fence", action="store_false",
@@ -54,7 +56,9 @@ def _run(args: argparse.Namespace, argv: Sequence[str], out: TextIO) -> ExitStat
         asyncio.run(run(BridgeConfig(logsvc=args.logsvc, node=args.node, attempt_timeout=args.attempt_timeout,
                                      budget=args.retry_budget, latch_ttl=args.latch_ttl, self_fence=args.self_fence,
                                      journal_dir=Path(args.journal_dir) if args.journal_dir else None,
-                                     tls=tls, tls_server_name=args.tls_server_name)))  # fmt: skip
+                                     tls=tls, tls_server_name=args.tls_server_name,
+                                     health_socket=Path(args.health_socket) if args.health_socket else None,
+                                     )))  # fmt: skip
     except MissingCapabilities as e:
         raise CommandError(ExitStatus.PERMISSION, f"dmulog bridge: {e}") from None
     except StartupError as e:

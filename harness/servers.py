@@ -23,9 +23,10 @@ from typing import Any
 
 from dmulog.tls import TlsFiles
 from logsvc.access import Policy
+from logsvc.health import HealthMonitor
 from logsvc.leases import DEFAULT_TTL, Reaper
 from logsvc.redis_connect import RedisSecurity
-from logsvc.server import build_server
+from logsvc.server import HEALTH_SERVICES, build_server
 from logsvc.store import Store
 
 __all__ = [
@@ -294,15 +295,17 @@ async def logsvc_server(redis_url: str, listen: str = "127.0.0.1:0", prefix: str
     if stores is not None:
         stores.append(store)
     await store.load_library()
-    server, port, _health, service = await build_server(store, listen, lease_ttl=lease_ttl, tls=tls, policy=policy)
+    server, port, health, service = await build_server(store, listen, lease_ttl=lease_ttl, tls=tls, policy=policy)
     await server.start()
     stop = asyncio.Event()
     reaper = asyncio.ensure_future(Reaper(service.leases, interval=reaper_interval).run(stop))
+    monitor = asyncio.ensure_future(HealthMonitor(store, health, HEALTH_SERVICES).run(stop))
     try:
         yield listen if listen.startswith("unix:") else f"127.0.0.1:{port}"
     finally:
         stop.set()
         await reaper
+        await monitor
         await service.feed.close()
         await server.stop(0)
         await store.close()

@@ -70,6 +70,11 @@ ROLES_OF: Final[Mapping[str, frozenset[Role]]] = {
     _SERVICE + "ReadLogState": _READ,
     _HEALTH + "Check": frozenset(Role),
     _HEALTH + "Watch": frozenset(Role),
+    # Server reflection describes the services (their .proto descriptors) and
+    # reads or changes nothing of any log: every role may ask, so a tool such
+    # as grpcurl works with whatever certificate it holds. grpcio-reflection
+    # serves v1alpha only.
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": frozenset(Role),
 }
 """Each method → the roles that may call it. A method missing here (one added to the proto and not yet
 to this table) is refused to everyone: a new call is closed until someone decides who may make it."""

@@ -27,6 +27,8 @@ log = logging.getLogger("dmulog.logsvc.request")
 
 _MAX_FIELD: Final = 160
 """Characters of a request's uuid or node name on its log lines (a uuid has at most 128 bytes)."""
+_DEADLINE_SLACK: Final = 0.01
+"""Seconds before its deadline from which a cancelled request counts as ended by it."""
 
 
 def _fields(request: Any) -> dict[str, Any]:
@@ -40,8 +42,23 @@ def _fields(request: Any) -> dict[str, Any]:
     return fields
 
 
+def _ending(deadline: float | None) -> tuple[grpc.StatusCode, str]:
+    """The code of a request cancelled from outside: by its deadline if that has passed, else by its client.
+
+    gRPC cancels the handler with the same CancelledError whether the client
+    cancelled or the deadline passed; only the clock tells them apart (the
+    deadline as computed here, ``time.monotonic()`` plus the time remaining,
+    is a little later than gRPC's own: hence the slack). A server stopping
+    cancels its calls too; they are logged CANCELLED.
+    """
+    if deadline is not None and time.monotonic() >= deadline - _DEADLINE_SLACK:
+        return grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before the answer"
+    return grpc.StatusCode.CANCELLED, "cancelled by the client"
+
+
 async def serve_one(
-    method: str, request: Any, handling: Awaitable[Any], slow_ms: float = 100.0, timeout: float | None = None
+    method: str, request: Any, handling: Awaitable[Any], slow_ms: float = 100.0, timeout: float | None = None,
+    context: grpc.aio.ServicerContext | None = None,
 ) -> tuple[Any, grpc.StatusCode, str]:
     """Await ``handling`` under the request's log context: (response, code, detail).
 
@@ -51,20 +68,32 @@ async def serve_one(
     identically. Past ``timeout`` seconds the request is cancelled and ends
     DEADLINE_EXCEEDED (a timer, not a task per request), and its Function
     refuses to run from a little before then on, so a request answered
-    DEADLINE_EXCEEDED is never carried out afterwards.
+    DEADLINE_EXCEEDED is never carried out afterwards. A request cancelled
+    from outside (its client, its call's deadline, its stream ending) is
+    logged CANCELLED or DEADLINE_EXCEEDED and stays cancelled.
     """
     token = bind(method=method, **_fields(request))
     start = time.perf_counter()
     code, detail = grpc.StatusCode.OK, ""
     # The store makes the Function refuse to run past this (see logsvc/store.py).
-    deadline = REQUEST_DEADLINE.set(None if timeout is None else time.monotonic() + timeout)
+    ends = None if timeout is None else time.monotonic() + timeout
+    deadline = REQUEST_DEADLINE.set(ends)
     try:
         async with asyncio.timeout(timeout):
             return await handling, code, detail
+    except asyncio.CancelledError:
+        code, detail = _ending(ends)
+        raise
     except LogError as e:
         code, detail = STATUS_OF.get(type(e), grpc.StatusCode.INTERNAL), clip(str(e))
     except TimeoutError:
         code, detail = grpc.StatusCode.DEADLINE_EXCEEDED, "request abandoned after its timeout"
+    except grpc.aio.AbortError:
+        # The handler ended the call with a status of its own (``context``'s): grpc_health answers a Check
+        # of an unknown service NOT_FOUND so. Not a failure of ours, and the call must keep that status.
+        code = (context.code() if context is not None else None) or grpc.StatusCode.UNKNOWN
+        detail = (context.details() if context is not None else None) or ""
+        raise
     except Exception as e:
         log.exception("request_failed")
         code, detail = grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}"
@@ -146,7 +175,8 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
         async def behavior(request: Any, context: grpc.aio.ServicerContext) -> Any:
             handling = (request.refuse() if isinstance(request, Undecodable)
                         else access.checked(full_name, request, context, inner))  # fmt: skip
-            response, code, detail = await serve_one(method, request, handling, slow_ms, context.time_remaining())
+            response, code, detail = await serve_one(method, request, handling, slow_ms, context.time_remaining(),
+                                                 context)
             if code is grpc.StatusCode.OK:
                 return response
             await context.abort(code, detail)
@@ -163,6 +193,8 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
             token = bind(method=method, **_fields(request))
             start = time.perf_counter()
             code, detail = grpc.StatusCode.OK, ""
+            remaining = context.time_remaining()
+            ends = None if remaining is None else time.monotonic() + remaining
             try:
                 if isinstance(request, Undecodable):
                     await request.refuse()
@@ -177,6 +209,15 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
                     TENANT.reset(tenant)
             except LogError as e:
                 code, detail = STATUS_OF.get(type(e), grpc.StatusCode.INTERNAL), clip(str(e))
+            except (asyncio.CancelledError, GeneratorExit):
+                code, detail = _ending(ends)  # as in serve_one: the client went away, or the deadline passed
+                raise
+            except grpc.aio.AbortError:
+                code = context.code() or grpc.StatusCode.UNKNOWN  # ended with a status of its own, as in serve_one
+                raise
+            except Exception as e:
+                log.exception("request_failed")
+                code, detail = grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}"
             finally:
                 ms = round((time.perf_counter() - start) * 1000, 3)
                 event(log, logging.INFO, "request", code=code.name, ms=ms, **({"detail": detail} if detail else {}))

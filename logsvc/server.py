@@ -11,9 +11,11 @@ import logging
 import signal
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 
 from dmulog.logs import event
 from dmulog.tls import TlsFiles, server_credentials
@@ -21,6 +23,7 @@ from dmulog.v1 import dmulog_pb2_grpc as pb_grpc
 from logsvc.access import DEFAULT_POLICY, Access, Policy
 from logsvc.embedded_redis import EmbeddedRedis
 from logsvc.events import EventFeed
+from logsvc.health import HealthMonitor
 from logsvc.interceptor import RequestInterceptor
 from logsvc.leases import DEFAULT_TTL, Leases, Reaper
 from logsvc.redis_connect import RedisSecurity
@@ -31,7 +34,36 @@ __all__ = ["LogsvcConfig", "build_server", "serve"]
 
 log = logging.getLogger("dmulog.logsvc")
 SERVICE_NAME = "dmulog.v1.DirtyLog"
+HEALTH_SERVICES = ("", SERVICE_NAME)
+"""The health service names logsvc answers (``""``: the whole server); the monitor sets both."""
 MAX_MESSAGE = 96 * 1024 * 1024  # GetLogState of a 2^28-region log carries two 32 MiB bitmaps
+KEEPALIVE_OPTIONS: Final = (
+    # Clients may keep idle connections alive with pings of their own: the
+    # bridge's Exchange streams idle between bursts, and grpc-js, grpc-go and
+    # grpc-java clients are commonly set to ping every 10 to 30 s. gRPC's
+    # default accepts a ping without data only every 5 minutes, with 2 strikes
+    # allowed, so a client pinging every 10 s on an idle stream got GOAWAY
+    # ENHANCE_YOUR_CALM ("too_many_pings") at its fourth ping, 40 s in. Accept
+    # one every 5 s (half the shortest period supported, so that timer jitter
+    # never makes a 10 s client strike), also on a connection with no call open.
+    # (The name says "min_ping_interval" but it is the server's bound on the
+    # pings it receives: GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS.)
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    # A third ping closer than 5 s to the one before still ends the
+    # connection: a client pinging faster than that is broken, not careful.
+    ("grpc.http2.max_ping_strikes", 2),
+    # Our own pings find dead peers (a node gone without a FIN keeps its
+    # streams open otherwise): one after 60 s without traffic, the connection
+    # dropped when no answer comes within 20 s, and they go on however long the
+    # connection idles (no limit of pings without data in between).
+    ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.http2.max_pings_without_data", 0),
+)
+"""Server options of logsvc's ping policy: the pings it accepts from clients, and its own."""
+REFLECTED_SERVICES: Final = (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
+"""The services server reflection lists, so that grpcurl and other languages' tools need no .proto files."""
 
 
 @dataclass(frozen=True)
@@ -72,12 +104,14 @@ async def build_server(
             ("grpc.so_reuseport", 0),
             ("grpc.max_send_message_length", MAX_MESSAGE),
             ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+            *KEEPALIVE_OPTIONS,
         ],
     )
     service = DirtyLogService(store, Leases(store, lease_ttl), EventFeed(store), access)
     pb_grpc.add_DirtyLogServicer_to_server(service, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(REFLECTED_SERVICES, server)
     port = server.add_insecure_port(listen) if tls is None else server.add_secure_port(listen, server_credentials(tls))
     if port == 0 and not listen.startswith("unix:"):
         raise OSError(f"cannot listen on {listen}")
@@ -134,6 +168,7 @@ async def serve(config: LogsvcConfig) -> None:
               tls=config.tls is not None)  # fmt: skip
         stop = asyncio.Event()
         reaper = asyncio.ensure_future(Reaper(service.leases).run(stop))
+        monitor = asyncio.ensure_future(HealthMonitor(store, health_servicer, HEALTH_SERVICES).run(stop))
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
@@ -146,6 +181,7 @@ async def serve(config: LogsvcConfig) -> None:
         await service.feed.close()
         await server.stop(config.grace)
         await reaper
+        await monitor
     finally:
         await store.close()
         if embedded:

@@ -59,6 +59,7 @@ from logsvc.cluster import ClusterRoute
 from logsvc.errors import LogError, LostWrites, PendingWork, StoreUnavailable, TooLarge, from_lua_error
 from logsvc.keys import DEFAULT_PREFIX, log_key_pattern, log_keys, uuid_from_log_key
 from logsvc.redis_connect import RedisSecurity, connect, connect_cluster
+from logsvc.snapshot import log_state
 
 __all__ = [
     "CALLER_ARGS",
@@ -67,6 +68,7 @@ __all__ = [
     "FUNCTION_PREFIX",
     "LIBRARY_NAME",
     "MAX_CONNECTIONS",
+    "MAX_STATE_MESSAGE",
     "REQUEST_DEADLINE",
     "STATE_PIECE",
     "Caller",
@@ -84,6 +86,11 @@ MAX_CONNECTIONS: Final = 64
 """Redis connections (so commands in flight) per logsvc process, by default."""
 DEADLINE_MARGIN: Final = 0.05
 """Seconds before its answer time that a request's Function stops being allowed to run."""
+MAX_STATE_MESSAGE: Final = 4 * 1024 * 1024
+"""Bytes of the largest GetLogState answer: a client's default receive limit in every gRPC implementation.
+
+A larger answer would reach a client with default settings as RESOURCE_EXHAUSTED "received message
+larger than max" and nothing to tell it what to do instead; refused here, it says: ReadLogState."""
 STATE_PIECE: Final = 1 << 18
 """Bytes of bitmap read per command (and per ReadLogState message) when a log is too large for one call."""
 STEP_PAUSE: Final = 0.001
@@ -470,16 +477,22 @@ class Store:
         return max(1, int(wait * 1000))
 
     async def state(self, uuid: str) -> list[Any]:
-        """The raw ``state`` of a log, read in one call (at one instant).
+        """The raw ``state`` of a log, read in one call (at one instant), for an answer of one message.
+
+        The Function leaves out bitmaps and marks too large for one Redis reply
+        (past 1 MiB of bitmap or 65,536 marks it would hold Redis up); the
+        answer built of what it did return must still fit a default client's
+        receive limit (:data:`MAX_STATE_MESSAGE`), so it is measured as the
+        message it becomes: marks with long node names, or many instances, can
+        exceed it with bitmaps far below the Function's bound.
 
         Raises:
-            TooLarge: the log's bitmaps or marks are too large for one call (and
-                one message); :meth:`state_head`, :meth:`bitmap` and :meth:`marks`
-                read it in pieces.
+            TooLarge: the log's answer would exceed one message; :meth:`state_head`,
+                :meth:`bitmap` and :meth:`marks` read it in pieces.
         """
         raw = await self.admin("state", uuid, [uuid])
-        if any(part is None for part in raw[2:5]):
-            raise TooLarge(f"log {uuid} is too large to read in one message: read it with ReadLogState")
+        if any(part is None for part in raw[2:5]) or log_state(uuid, list(raw)).ByteSize() > MAX_STATE_MESSAGE:
+            raise TooLarge(f"log {uuid} is too large for one message: read it with ReadLogState")
         return list(raw)
 
     async def state_head(self, uuid: str) -> list[Any]:

@@ -6,6 +6,7 @@ import io
 from pathlib import Path
 
 import pytest
+from grpc_reflection.v1alpha import reflection_pb2
 
 from dmulog.cli import ExitStatus, main
 from dmulog.requests import REQUESTS
@@ -69,6 +70,13 @@ def test_every_rpc_has_its_roles() -> None:
     assert methods <= set(ROLES_OF), f"no roles for {sorted(methods - set(ROLES_OF))}"
     for spec in REQUESTS:
         assert ROLES_OF[f"/dmulog.v1.DirtyLog/{spec.rpc}"] == {Role.NODE}
+
+
+def test_every_role_may_ask_reflection() -> None:
+    """Every method the reflection service serves is open to every role: it describes the API, it reads no log."""
+    service = reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"]
+    for m in service.methods:
+        assert ROLES_OF[f"/{service.full_name}/{m.name}"] == set(Role)
 
 
 @pytest.mark.parametrize(("listen", "local"), [

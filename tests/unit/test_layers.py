@@ -81,4 +81,4 @@ def test_every_part_registers_its_command() -> None:
     """The router finds logsvc, bridge and status by entry point, in that order."""
     from dmulog.cli import installed_commands
 
-    assert ["logsvc", "bridge", "status"] == [c.name for c in installed_commands()]
+    assert ["logsvc", "bridge", "status", "health"] == [c.name for c in installed_commands()]
