@@ -11,6 +11,8 @@ loopback TCP, measured side by side in one run, one mirror each:
   quota of logs, regions and rate (never reached): the check, the tenant's
   rate bucket, the stored names and the admission at CTR.
 
+The trace is replayed three times through each, the rows taking turns.
+
 Ratios: each row's p50 over ``plain``'s, per request type.
 """
 
@@ -26,7 +28,7 @@ from bench.replay import Recorder
 from bench.stack import full_stack
 from dmulog.tls import TlsFiles
 from harness.certs import CertAuthority
-from harness.servers import RedisProcess, free_port, start_logsvc
+from harness.servers import LogsvcProcess, RedisProcess, free_port, start_logsvc
 from logsvc.access import DEFAULT_POLICY
 
 __all__ = ["KINDS", "measure", "table"]
@@ -43,27 +45,33 @@ def _policy_file(path: Path) -> Path:
     return path
 
 
-async def measure(workdir: Path, trace: list[bytes]) -> dict[str, Recorder]:
-    """Samples of the three rows."""
+async def measure(workdir: Path, trace: list[bytes], rounds: int = 3) -> dict[str, Recorder]:
+    """Samples of the three rows, the trace replayed ``rounds`` times through each, the rows taking turns.
+
+    The three logsvc processes run side by side and the rows alternate, so a
+    load that comes and goes on a shared machine falls on each row alike.
+    """
     redis = RedisProcess(workdir / "redis-secure").start()
     ca = CertAuthority(workdir / "pki")
     server = ca.issue("logsvc", ips=["127.0.0.1"], server=True, client=False)
     nodes = {"mtls": ca.issue("bench", dns=["bench.node.dmulog"]),
              "tenant": ca.issue("bench-tenant", uris=["spiffe://bench.example/dmulog/node/bench"])}  # fmt: skip
-    tls_flags = ["--tls-cert", str(server.cert), "--tls-key", str(server.key), "--tls-ca", str(ca.cert)]
+    tls_flags = ["--tls-cert", str(server.cert), "--tls-key", str(server.key), "--tls-ca", str(ca.cert),
+                 "--auth-policy", str(_policy_file(workdir / "policy.toml"))]  # fmt: skip
     got = {row: Recorder() for row in ROWS}
+    logsvcs: dict[str, LogsvcProcess] = {}
     try:
         for row in ROWS:
-            extra = [] if row == "plain" else [*tls_flags, "--auth-policy", str(_policy_file(workdir / "policy.toml"))]
-            logsvc = start_logsvc(workdir / f"logsvc-{row}.log", listen=f"127.0.0.1:{free_port()}",
-                                  redis_url=redis.url, extra=extra)  # fmt: skip
-            node = nodes.get(row)
-            try:
-                await full_stack(logsvc.target, trace, 1, got[row],
+            logsvcs[row] = start_logsvc(workdir / f"logsvc-{row}.log", listen=f"127.0.0.1:{free_port()}",
+                                        redis_url=redis.url, extra=[] if row == "plain" else tls_flags)  # fmt: skip
+        for _ in range(rounds):
+            for row in ROWS:
+                node = nodes.get(row)
+                await full_stack(logsvcs[row].target, trace, 1, got[row],
                                  tls=TlsFiles(node.cert, node.key, node.ca) if node else None)  # fmt: skip
-            finally:
-                logsvc.stop()
     finally:
+        for svc in logsvcs.values():
+            svc.stop()
         redis.kill()
     return got
 
