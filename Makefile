@@ -29,10 +29,15 @@ lint: deps
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	@if [ -x $(BUF) ]; then $(BUF) lint && echo "buf lint: ok"; else echo "buf not installed; skipping buf lint"; fi
-	@# The contract only grows: against the last commit (in CI, main's previous one; here, what is committed).
+	@# The contract only grows: against the last commit (in CI, main's previous one; here, what is committed),
+	@# and against the last release tag (v*), what clients in the field were built from.
 	@if [ -x $(BUF) ] && git rev-parse -q --verify HEAD >/dev/null; then \
 	  against=$$(git rev-parse -q --verify HEAD~1 >/dev/null && git diff --quiet HEAD -- proto && echo HEAD~1 || echo HEAD); \
-	  $(BUF) breaking --against ".git#ref=$$against" && echo "buf breaking (against $$against): ok"; fi
+	  $(BUF) breaking --against ".git#ref=$$against" && echo "buf breaking (against $$against): ok"; \
+	  release=$$(git describe --tags --abbrev=0 --match 'v*' 2>/dev/null || true); \
+	  if [ -n "$$release" ]; then \
+	    $(BUF) breaking --against ".git#tag=$$release" && echo "buf breaking (against release $$release): ok"; \
+	  else echo "buf breaking: no release tag (v*) yet; only against $$against"; fi; fi
 
 unit: deps
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
