@@ -19,6 +19,7 @@ from bridge.agent import Bridge
 from bridge.client import ClientConfig, LogsvcClient
 from bridge.dispatch import ROUTES
 from bridge.journal import Journal
+from bridge.metrics import BridgeMetrics
 from dmulog.tls import TlsFiles
 from dmulog.v1 import dmulog_pb2 as pb
 from harness.kernel_side import serving, socket_pair
@@ -73,15 +74,21 @@ async def redis_floor(url: str, trace: list[bytes], rec: Recorder, getbit: Recor
     await store.close()
 
 
-async def through_bridge(client: object, trace: list[bytes], mirrors: int, rec: Recorder) -> float:
-    """Replay the trace through a real Bridge on the kernel stand-in's socket pair; returns wall seconds."""
+async def through_bridge(client: object, trace: list[bytes], mirrors: int, rec: Recorder, *,
+                         metrics: BridgeMetrics | None = None) -> float:  # fmt: skip
+    """Replay the trace through a real Bridge on the kernel stand-in's socket pair; returns wall seconds.
+
+    With ``metrics``, the bridge counts into them as ``--metrics-listen`` makes it.
+    """
     kernel_end, sock = socket_pair()
     # The journal as in production: a mapped file of slots on tmpfs.
     shm = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
     journal_dir = Path(tempfile.mkdtemp(prefix="dmulog-bench-journal-", dir=shm))
     journal = Journal(journal_dir)
     bridge = Bridge(client, NODE, sock.send, journal=journal,  # type: ignore[arg-type]
-                    send_nowait=sock.send_nowait)  # fmt: skip
+                    send_nowait=sock.send_nowait, metrics=metrics)  # fmt: skip
+    if metrics is not None:
+        metrics.watch(bridge.tasks)
     try:
         async with serving(bridge, sock):
             wall = await Replayer(kernel_end).run(trace, mirrors, rec)
@@ -95,11 +102,11 @@ async def through_bridge(client: object, trace: list[bytes], mirrors: int, rec: 
 
 
 async def full_stack(target: str, trace: list[bytes], mirrors: int, rec: Recorder, transport: str = "stream", *,
-                     tls: TlsFiles | None = None) -> float:  # fmt: skip
+                     tls: TlsFiles | None = None, metrics: BridgeMetrics | None = None) -> float:  # fmt: skip
     """The trace through bridge → logsvc → Redis (with ``tls``: the node's certificate, as ``--tls-*``)."""
     config = ClientConfig(attempt_timeout=10.0, budget=20.0, transport=transport, tls=tls)  # type: ignore[arg-type]
-    client = LogsvcClient(target, config)
+    client = LogsvcClient(target, config, metrics=metrics)
     try:
-        return await through_bridge(client, trace, mirrors, rec)
+        return await through_bridge(client, trace, mirrors, rec, metrics=metrics)
     finally:
         await client.close()

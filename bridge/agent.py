@@ -44,11 +44,13 @@ from bridge.health import BridgeHealth, channel_state
 from bridge.journal import Journal, Replayed
 from bridge.latch import InSyncLatches
 from bridge.lease import LeaseKeeper, LogWatcher
+from bridge.metrics import BridgeMetrics
 from bridge.mirrors import Mirrors
 from bridge.netlink import Transport
 from bridge.privileges import BRIDGE, keep_only
 from bridge.startup import StartupError, stop_on_signals, take_kernel_socket, wait_for_turn
 from dmulog.logs import bind, event, unbind
+from dmulog.metrics import MetricsEndpoint, serve_metrics
 from dmulog.tls import TlsFiles
 from dmulog.v1 import dmulog_pb2 as pb
 
@@ -77,6 +79,8 @@ class BridgeConfig:
     tls_server_name: str | None = None
     health_socket: Path | None = None
     """Unix socket of the bridge's gRPC health service (bridge/health.py); None: none."""
+    metrics_listen: str = ""
+    """``HOST:PORT`` of the Prometheus ``/metrics`` page (docs/metrics.md); ``""``: none, and nothing counted."""
 
 
 class Bridge:
@@ -94,8 +98,10 @@ class Bridge:
         latches: InSyncLatches | None = None,
         lease_ready: asyncio.Event | None = None,
         fenced: Callable[[], bool] | None = None,
+        metrics: BridgeMetrics | None = None,
     ):
         self._kernel_timeout = kernel_timeout
+        self._metrics = metrics
         self._send = send
         self._answerer = Answerer(client, node, latches if latches is not None else InSyncLatches(), send_nowait,
                                   lease_ready=lease_ready, fenced=fenced)  # fmt: skip
@@ -134,11 +140,15 @@ class Bridge:
             # Only the kernel may ask; a userspace process sending on the
             # connector group is ignored, not answered.
             event(log, logging.WARNING, "datagram_not_from_kernel", sender_port=sender, size=len(datagram))
+            if self._metrics is not None:
+                self._metrics.refuse("not_from_kernel")
             self.journal.done(entry)
             return
         try:
             req = wire.decode_request(datagram)
         except wire.WireError as e:
+            if self._metrics is not None:
+                self._metrics.refuse("malformed")
             event(log, logging.ERROR, "datagram_malformed", detail=str(e), size=len(datagram),
                   head=datagram[:64].hex(), answered=e.reply is not None)  # fmt: skip
             if e.reply is not None:
@@ -203,8 +213,13 @@ class Bridge:
         age = time.monotonic() - received
         if age >= self._kernel_timeout:
             event(log, logging.WARNING, "reply_stale", age_s=round(age, 3))
+            if self._metrics is not None:
+                self._metrics.went_stale(req.request_type)
             return
         await self._send(reply)
+        if self._metrics is not None:
+            # Timed to the reply's write, as the kernel's wait ends there.
+            self._metrics.answered(req.request_type, wire.reply_errno(reply), time.monotonic() - received)
         event(log, logging.DEBUG, "request", ms=round(age * 1000, 3))
 
     async def _process(self, req: wire.Request, received: float, entry: int | None = None) -> None:
@@ -236,17 +251,21 @@ class Bridge:
             loop.remove_reader(fd)
 
     def _take_queued(self, sock: Transport, limit: int = 64) -> None:
+        metrics = self._metrics
         for _ in range(limit):
             try:
                 got = sock.peek_nowait()
                 if got is None:
                     return
+                read = time.monotonic() if metrics is not None else 0.0
                 data, sender = got
                 if sender == 0 and (name := self._answerer.answer_here(data)) is not None:
                     # Answered before it left the queue: nothing to journal.
                     sock.consume()
                     self.counts[name] += 1
                     self.answered_here[name] += 1
+                    if metrics is not None:
+                        metrics.answered_here(name, time.monotonic() - read)
                     continue
                 # Journal first, then take it off the queue: killed at any
                 # point, this request is in the socket or in the journal.
@@ -272,6 +291,22 @@ def _journal(directory: Path | None) -> Journal:
         return Journal(None)
 
 
+def _metrics_endpoint(listen: str, metrics: BridgeMetrics) -> MetricsEndpoint | None:
+    """The metrics page, or None (logged) when its port cannot be bound.
+
+    A bridge without its metrics still answers the kernel; one that exited
+    for them would leave every mirror of the node waiting.
+    """
+    try:
+        endpoint = serve_metrics(listen, metrics.registry)
+    except OSError as e:
+        event(log, logging.ERROR, "metrics_unavailable", listen=listen, detail=str(e),
+              consequence="the bridge runs without its /metrics page")  # fmt: skip
+        return None
+    event(log, logging.INFO, "metrics_listening", address=endpoint.address, port=endpoint.port)
+    return endpoint
+
+
 async def run(config: BridgeConfig) -> None:
     """Check the host, open (or inherit) the socket, serve until SIGTERM/SIGINT.
 
@@ -282,23 +317,29 @@ async def run(config: BridgeConfig) -> None:
     keep_only(BRIDGE, "bridge")  # now: one thread yet (the gRPC client starts more), bridge/privileges.py
     sock = claimed.sock
     node = pb.Node(name=host.node_name(config.node), boot_id=host.boot_id())
+    metrics = BridgeMetrics() if config.metrics_listen else None
     client = LogsvcClient(config.logsvc, ClientConfig(config.attempt_timeout, config.budget, tls=config.tls,
-                                                      server_name=config.tls_server_name))  # fmt: skip
+                                                      server_name=config.tls_server_name), metrics=metrics)  # fmt: skip
     keeper = LeaseKeeper(client.stub, node)
     latches, mirrors = InSyncLatches(config.latch_ttl), Mirrors()
     fence = SelfFence(keeper, mirrors, latches) if config.self_fence else None
     bridge = Bridge(client, node, sock.send, journal=_journal(config.journal_dir), send_nowait=sock.send_nowait,
                     latches=latches, lease_ready=keeper.ready,
-                    fenced=(lambda: fence.active) if fence is not None else None)  # fmt: skip
+                    fenced=(lambda: fence.active) if fence is not None else None, metrics=metrics)  # fmt: skip
     if fence is not None:
         fence.waiting = bridge.waiting
+    if metrics is not None:
+        metrics.watch(bridge.tasks, keeper)
     client.warm()
     health = BridgeHealth(keeper, lambda: channel_state(client))
     helpers: list[asyncio.Future[None]] = []
     stop = asyncio.Event()
+    endpoint: MetricsEndpoint | None = None
     try:
         if not await wait_for_turn():
             return
+        if metrics is not None:  # only now: a standby must leave the port to the bridge that serves
+            endpoint = _metrics_endpoint(config.metrics_listen, metrics)
         stop_on_signals(stop, bridge.log_counts)
         watcher = LogWatcher(client.stub, latches, mirrors, node.name)
         helpers.append(asyncio.ensure_future(keeper.keep(stop, watcher)))
@@ -329,6 +370,8 @@ async def run(config: BridgeConfig) -> None:
     finally:
         stop.set()
         await asyncio.gather(*helpers, return_exceptions=True)
+        if endpoint is not None:
+            endpoint.close()
         await health.close()
         claimed.release()
         await client.close()

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TextIO
 
 from dmulog.cli import Command, CommandError, ExitStatus, Option
+from dmulog.metrics import add_metrics_option, metrics_listen
 from dmulog.tls import add_tls_options, tls_files
 
 __all__ = ["COMMAND"]
@@ -27,6 +28,7 @@ def _add(p: argparse.ArgumentParser, option: Option) -> None:
            "where requests wait until answered, so a restarted bridge answers them (tmpfs; '' = none)")  # fmt: skip
     option("--health-socket", "/run/dmulog/health.sock",
            "Unix socket of the bridge's gRPC health service, for 'dmulog health --socket' ('' = none)")  # fmt: skip
+    add_metrics_option(option)
     option("--latch-ttl", "1.0", "seconds the bridge answers IN_SYNC of an instance logsvc called latched "
            "before asking again (0 = always ask)", type=float)  # fmt: skip
     p.add_argument("--no-self-fence", dest="self_fence", action="store_false",
@@ -46,6 +48,7 @@ def _run(args: argparse.Namespace, argv: Sequence[str], out: TextIO) -> ExitStat
         raise CommandError(ExitStatus.USAGE, "dmulog bridge: --logsvc (or DMULOG_LOGSVC) is required")
     try:
         tls = tls_files(args, "bridge")
+        metrics = metrics_listen(args, "bridge")
     except ValueError as e:
         raise CommandError(ExitStatus.USAGE, str(e)) from None
     try:
@@ -58,7 +61,7 @@ def _run(args: argparse.Namespace, argv: Sequence[str], out: TextIO) -> ExitStat
                                      journal_dir=Path(args.journal_dir) if args.journal_dir else None,
                                      tls=tls, tls_server_name=args.tls_server_name,
                                      health_socket=Path(args.health_socket) if args.health_socket else None,
-                                     )))  # fmt: skip
+                                     metrics_listen=metrics)))  # fmt: skip
     except MissingCapabilities as e:
         raise CommandError(ExitStatus.PERMISSION, f"dmulog bridge: {e}") from None
     except StartupError as e:

@@ -30,7 +30,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, Final, Literal, cast
+from typing import TYPE_CHECKING, Any, Final, Literal, cast
 
 import grpc
 
@@ -40,6 +40,9 @@ from dmulog.retry import RetryPolicy
 from dmulog.tls import RECHECK, TlsFiles, TlsWatch, channel_credentials
 from dmulog.v1 import dmulog_pb2 as pb
 from dmulog.v1 import dmulog_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:
+    from bridge.metrics import BridgeMetrics
 
 __all__ = ["CallFailed", "ClientConfig", "LogsvcClient"]
 
@@ -222,14 +225,17 @@ def _expire(waiter: asyncio.Future[pb.ExchangeResult]) -> None:
 class LogsvcClient:
     """Calls DirtyLog RPCs by name."""
 
-    def __init__(self, target: str, config: ClientConfig | None = None, channel: grpc.aio.Channel | None = None):
+    def __init__(self, target: str, config: ClientConfig | None = None, channel: grpc.aio.Channel | None = None,
+                 *, metrics: BridgeMetrics | None = None):  # fmt: skip
         self.target = target
+        self._metrics = metrics
         self._config = config or ClientConfig()
         self._tls = TlsWatch(self._config.tls, recheck=RECHECK) if self._config.tls is not None else None
         self._channel = channel or self._new_channel()
         self._stub = pb_grpc.DirtyLogStub(self._channel)
         self._retiring: set[asyncio.Task[None]] = set()
-        self._retry = RetryPolicy(budget=self._config.budget, base=0.05, cap=1.0, retryable=(_Retryable,))
+        self._retry = RetryPolicy(budget=self._config.budget, base=0.05, cap=1.0, retryable=(_Retryable,),
+                                  on_retry=self._retried)  # fmt: skip
         self._use_stream = self._config.transport == "stream"
         self._streams: list[_Stream | None] = [None] * (self._config.streams or max(2, _addresses(target)))
         self._turn = itertools.count()
@@ -265,6 +271,10 @@ class LogsvcClient:
         task = asyncio.ensure_future(_retire(old_channel, old_streams, self._config.attempt_timeout + _SLACK))
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
+
+    def _retried(self, e: BaseException) -> None:
+        if self._metrics is not None and isinstance(e, _Retryable):
+            self._metrics.logsvc_retry(e.code)
 
     @property
     def budget(self) -> float:
@@ -321,7 +331,8 @@ class LogsvcClient:
             start = time.monotonic()
             try:
                 return await self._attempt(rpc, request)
-            except _Retryable:
+            except _Retryable as e:
+                self._retried(e)  # the policy below counts the retries after this first one
                 total = self._config.budget if budget is None else budget
                 left = max(0.0, total - (time.monotonic() - start))
                 return await dataclasses.replace(self._retry, budget=left).run(lambda: self._attempt(rpc, request))
@@ -358,6 +369,8 @@ class LogsvcClient:
         i = next(self._turn) % len(self._streams)
         stream = self._streams[i]
         if stream is None or stream.ended is not None:
+            if stream is not None and self._metrics is not None:
+                self._metrics.logsvc_reconnects.inc()
             stream = self._streams[i] = _Stream(self._stub)
         return stream
 

@@ -76,6 +76,15 @@ class LeaseKeeper:
         """Until when (this clock) the lease is sure to be live: its grant was sent at or before Redis granted it."""
         return self.renewed_at + self.ttl
 
+    def held(self, now: float | None = None) -> bool:
+        """Whether kernel requests may go out at ``now`` (this clock): a lease sure to be live, or leases off.
+
+        For the metrics (bridge/metrics.py), from the scrape's thread: plain reads.
+        """
+        if not self.ready.is_set():
+            return False
+        return not self.enabled or (self._clock() if now is None else now) < self.safe_until
+
     async def acquire(self, stop: asyncio.Event | None = None) -> bool:
         """Take a lease, trying until logsvc answers (or ``stop``); False if stopped first.
 

@@ -53,6 +53,7 @@ __all__ = [
     "error_reply",
     "expect_empty",
     "peek_type_and_size",
+    "reply_errno",
 ]
 
 CN_IDX_DM = 0x7
@@ -290,6 +291,25 @@ def decode_reply(buf: bytes) -> Reply:
     if cn_len != DM_ULOG_REQUEST.size + data_size:
         raise WireError("reply data_size disagrees with cn_msg.len")
     return Reply(seq, error, bytes(buf[HEADER_SIZE : HEADER_SIZE + data_size]), False)
+
+
+_CN_ACK_AND_LEN = struct.Struct("=I H")  # cn_msg.ack, cn_msg.len
+_CN_ACK_OFFSET = NLMSGHDR.size + 12
+_S32 = struct.Struct("=i")
+_ERROR_OFFSET = _CN_END + 8 + DM_UUID_LEN + 3 + 4  # dm_ulog_request.error, after luid, uuid, padding, version
+
+
+def reply_errno(buf: bytes) -> int:
+    """The positive errno a reply this module built carries (0: success), read without decoding it.
+
+    For the bridge's metrics, once per reply: two unpacks, where
+    :func:`decode_reply` would check and copy everything. A bare ACK carries
+    it in ``cn_msg.ack``, a full reply in ``dm_ulog_request.error``.
+    """
+    ack, cn_len = _CN_ACK_AND_LEN.unpack_from(buf, _CN_ACK_OFFSET)
+    if cn_len == 0:
+        return int(ack)
+    return -int(_S32.unpack_from(buf, _ERROR_OFFSET)[0])
 
 
 def _bare_ack(cn_seq: int, code: int) -> bytes:

@@ -33,6 +33,8 @@ class RetryPolicy:
     retryable: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError)
     sleep: Callable[[float], Awaitable[None]] = field(default=asyncio.sleep, repr=False, compare=False)
     clock: Callable[[], float] = field(default=time.monotonic, repr=False, compare=False)
+    on_retry: Callable[[BaseException], None] | None = field(default=None, repr=False, compare=False)
+    """Told of each error about to be retried, before the pause: where the metrics count retries."""
 
     def delay(self, attempt: int) -> float:
         """Backoff before retry number ``attempt`` (1-based): full jitter under a cap."""
@@ -59,5 +61,7 @@ class RetryPolicy:
                 remaining = deadline - self.clock()
                 if remaining <= 0:
                     raise
+                if self.on_retry is not None:
+                    self.on_retry(e)
                 # The last pause is cut short so one attempt lands at the deadline.
                 await self.sleep(min(self.delay(attempt), remaining))

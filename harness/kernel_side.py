@@ -46,6 +46,7 @@ from bridge.fence import FENCE_FRACTION, SelfFence
 from bridge.journal import Journal
 from bridge.latch import InSyncLatches
 from bridge.lease import LeaseKeeper, LogWatcher
+from bridge.metrics import BridgeMetrics
 from bridge.mirrors import Mirrors
 from bridge.netlink import MAX_DATAGRAM, Transport
 from dmulog.v1 import dmulog_pb2 as pb
@@ -292,10 +293,11 @@ class KernelStandIn(AsyncKernelEnd):
                  kernel_timeout: float = KERNEL_TIMEOUT, journal: Journal | None = None,
                  latches: InSyncLatches | None = None, node: pb.Node | None = None, leased: bool = False,
                  watcher: type[LogWatcher] = LogWatcher, dmsetup: str | None = None,
-                 fence_fraction: float = FENCE_FRACTION):  # fmt: skip
+                 fence_fraction: float = FENCE_FRACTION, metrics: BridgeMetrics | None = None):  # fmt: skip
         kernel, self.socket = socket_pair()
         super().__init__(kernel)
-        self.client = LogsvcClient(logsvc, ClientConfig(attempt_timeout=attempt_timeout, budget=budget))
+        self.client = LogsvcClient(logsvc, ClientConfig(attempt_timeout=attempt_timeout, budget=budget),
+                                   metrics=metrics)  # fmt: skip
         node = node or pb.Node(name="node-a", boot_id="boot-1")
         #: With ``leased``, the bridge holds a lease and watches log events, as ``dmulog bridge`` does.
         self.keeper = LeaseKeeper(self.client.stub, node) if leased else None
@@ -308,7 +310,12 @@ class KernelStandIn(AsyncKernelEnd):
         self.bridge = Bridge(self.client, node, self.socket.send, kernel_timeout, journal,
                              send_nowait=self.socket.send_nowait, latches=latches,
                              lease_ready=self.keeper.ready if self.keeper else None,
-                             fenced=(lambda: fence.active) if fence is not None else None)  # fmt: skip
+                             fenced=(lambda: fence.active) if fence is not None else None,
+                             metrics=metrics)  # fmt: skip
+        #: With ``metrics``, the bridge counts into them as ``dmulog bridge --metrics-listen`` does.
+        self.metrics = metrics
+        if metrics is not None:
+            metrics.watch(self.bridge.tasks, self.keeper)
         if self.fence is not None:
             self.fence.waiting = self.bridge.waiting
         self.watcher = None

@@ -25,8 +25,9 @@ from dmulog.tls import TlsFiles
 from logsvc.access import Policy
 from logsvc.health import HealthMonitor
 from logsvc.leases import DEFAULT_TTL, Reaper
+from logsvc.metrics import LogsvcMetrics
 from logsvc.redis_connect import RedisSecurity
-from logsvc.server import HEALTH_SERVICES, build_server
+from logsvc.server import HEALTH_SERVICES, KEEPALIVE_OPTIONS, build_server
 from logsvc.store import Store
 
 __all__ = [
@@ -181,6 +182,11 @@ class ServiceProcess:
                 raise ServerError(f"no {count}x {name} in {timeout:g} s; {self.log}:\n{self.text()[-4000:]}")
             time.sleep(0.02)
 
+    @property
+    def metrics_address(self) -> str:
+        """``HOST:PORT`` of its ``/metrics`` page (started with ``--metrics-listen``), once it logged it."""
+        return str(self.wait_for("metrics_listening")[-1]["address"])
+
     def running(self) -> bool:
         """Whether the process has not ended."""
         return self.proc.poll() is None
@@ -279,14 +285,17 @@ async def logsvc_server(redis_url: str, listen: str = "127.0.0.1:0", prefix: str
                         durable_replicas: int = 0, cluster: bool = False,
                         stores: list[Store] | None = None, tls: TlsFiles | None = None,
                         policy: Policy | None = None,
-                        security: RedisSecurity | None = None) -> AsyncIterator[str]:  # fmt: skip
+                        security: RedisSecurity | None = None,
+                        keepalive: Sequence[tuple[str, int]] = KEEPALIVE_OPTIONS,
+                        metrics: LogsvcMetrics | None = None) -> AsyncIterator[str]:  # fmt: skip
     """A real logsvc gRPC server in this process on a free port, with its reaper; yields its target address.
 
     With ``cluster``, ``redis_url`` is a Redis Cluster's ``HOST:PORT,...`` (``--redis-cluster``). The
     server's store is appended to ``stores``, for a test that reads its counters. With ``tls`` (files
     from harness/certs.py), clients need a certificate and ``policy`` (default: the default one) applies.
     ``security`` is how the store reaches Redis: what the ``--redis-tls-*``, ``--redis-username`` and
-    password options make.
+    password options make. ``keepalive``: the server's ping policy (logsvc/server.py). ``metrics``: what
+    it counts into (serve its registry with dmulog/metrics.py to scrape it).
     """
     if cluster:
         store = Store.from_cluster(redis_url, prefix=prefix, durable_replicas=durable_replicas, security=security)
@@ -295,7 +304,8 @@ async def logsvc_server(redis_url: str, listen: str = "127.0.0.1:0", prefix: str
     if stores is not None:
         stores.append(store)
     await store.load_library()
-    server, port, health, service = await build_server(store, listen, lease_ttl=lease_ttl, tls=tls, policy=policy)
+    server, port, health, service = await build_server(store, listen, lease_ttl=lease_ttl, tls=tls, policy=policy,
+                                                      keepalive=keepalive, metrics=metrics)
     await server.start()
     stop = asyncio.Event()
     reaper = asyncio.ensure_future(Reaper(service.leases, interval=reaper_interval).run(stop))

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from dmulog.cli import Command, CommandError, ExitStatus, Option
+from dmulog.metrics import add_metrics_option, metrics_listen
 from dmulog.tls import add_tls_options, tls_files
 
 if TYPE_CHECKING:
@@ -93,6 +94,7 @@ def _add(p: argparse.ArgumentParser, option: Option) -> None:
                    default=os.environ.get("DMULOG_INSECURE", "") not in ("", "0"),
                    help="allow plaintext on a --listen address that is not loopback or a Unix socket: anyone who "
                    "reaches it can act as any node [env DMULOG_INSECURE=1]")  # fmt: skip
+    add_metrics_option(option)
     option("--lease-ttl", "10", "seconds a node's lease lasts unless its bridge renews it; when it expires, the "
            "node's marked regions are resynced by the others; 0 turns leases off", type=float)  # fmt: skip
 
@@ -123,6 +125,7 @@ def _run(args: argparse.Namespace, argv: Sequence[str], out: TextIO) -> ExitStat
                            "redis-server has no replicas")  # fmt: skip
     try:
         tls = tls_files(args, "logsvc")
+        metrics = metrics_listen(args, "logsvc")
     except ValueError as e:
         raise CommandError(ExitStatus.USAGE, str(e)) from None
     try:
@@ -141,7 +144,7 @@ def _run(args: argparse.Namespace, argv: Sequence[str], out: TextIO) -> ExitStat
                           state_dir=Path(args.state_dir), redis_connections=args.redis_connections,
                           key_prefix=args.key_prefix, lease_ttl=args.lease_ttl,
                           durable_replicas=args.redis_durable_replicas, tls=tls, policy=policy,
-                          redis_security=security)  # fmt: skip
+                          redis_security=security, metrics_listen=metrics)  # fmt: skip
     try:
         asyncio.run(serve(config))
     except (RedisNotInstalled, UnsupportedRedis) as e:

@@ -26,7 +26,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -35,6 +35,9 @@ from dmulog.logs import event
 from dmulog.v1 import dmulog_pb2 as pb
 from logsvc.decoding import Undecodable, explain, lenient
 from logsvc.interceptor import serve_one
+
+if TYPE_CHECKING:
+    from logsvc.metrics import LogsvcMetrics
 
 __all__ = ["Exchanges", "methods_by_field"]
 
@@ -114,8 +117,10 @@ class Exchanges:
     """Serves the Exchange streams of one servicer; knows them so it can drain them."""
 
     def __init__(self, servicer: Any, max_in_flight: int = MAX_IN_FLIGHT,
-                 max_in_flight_process: int = MAX_IN_FLIGHT_PROCESS):  # fmt: skip
+                 max_in_flight_process: int = MAX_IN_FLIGHT_PROCESS, metrics: LogsvcMetrics | None = None):  # fmt: skip
         self._servicer = servicer
+        self._metrics = metrics
+        """Each call counted as the request it carries (the interceptor never sees inside a stream)."""
         self._max_in_flight = max_in_flight
         self._process_slots = asyncio.Semaphore(max_in_flight_process)
         self._open: set[asyncio.Queue[Any]] = set()
@@ -134,17 +139,19 @@ class Exchanges:
 
     async def _one(self, msg: pb.ExchangeCall | _Unreadable, context: Any) -> pb.ExchangeResult:
         if isinstance(msg, _Unreadable):
-            _, code, detail = await serve_one(msg.method, None, msg.refusal.refuse())
+            _, code, detail = await serve_one(msg.method, None, msg.refusal.refuse(), metrics=self._metrics)
             return pb.ExchangeResult(id=msg.id, code=code.value[0], message=detail)
         kind = msg.WhichOneof("request")
         if kind is None:
             return pb.ExchangeResult(id=msg.id, code=grpc.StatusCode.INVALID_ARGUMENT.value[0],
                                      message="ExchangeCall carries no request")  # fmt: skip
         method = _METHOD_OF[kind]
+        if self._metrics is not None:
+            self._metrics.exchanged(method)
         inner = getattr(msg, kind)
         handling = self._servicer.access.checked(_SERVICE + method, inner, context, getattr(self._servicer, method))
         timeout = msg.timeout_ms / 1000 if msg.timeout_ms else None
-        response, code, detail = await serve_one(method, inner, handling, timeout=timeout)
+        response, code, detail = await serve_one(method, inner, handling, timeout=timeout, metrics=self._metrics)
         if code is _OK:
             return pb.ExchangeResult(id=msg.id, **{kind: response})
         return pb.ExchangeResult(id=msg.id, code=code.value[0], message=detail)

@@ -169,6 +169,8 @@ class HealthMonitor:
         if serving == self.serving:
             return
         self.serving, self.reason = serving, reason
+        if self._store.metrics is not None:
+            self._store.metrics.serving.set(1 if serving else 0)
         for name in self._services:
             await self._servicer.set(name, _SERVING if serving else _NOT_SERVING)
         event(log, logging.INFO if serving else logging.WARNING, "health_changed",

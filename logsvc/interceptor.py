@@ -10,7 +10,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import grpc
 
@@ -20,6 +20,9 @@ from logsvc.decoding import Undecodable, method_input, tolerant
 from logsvc.errors import STATUS_OF, LogError, clip
 from logsvc.store import REQUEST_DEADLINE
 from logsvc.tenancy import TENANT
+
+if TYPE_CHECKING:
+    from logsvc.metrics import LogsvcMetrics
 
 __all__ = ["RequestInterceptor", "serve_one"]
 
@@ -58,7 +61,7 @@ def _ending(deadline: float | None) -> tuple[grpc.StatusCode, str]:
 
 async def serve_one(
     method: str, request: Any, handling: Awaitable[Any], slow_ms: float = 100.0, timeout: float | None = None,
-    context: grpc.aio.ServicerContext | None = None,
+    context: grpc.aio.ServicerContext | None = None, metrics: LogsvcMetrics | None = None,
 ) -> tuple[Any, grpc.StatusCode, str]:
     """Await ``handling`` under the request's log context: (response, code, detail).
 
@@ -70,7 +73,8 @@ async def serve_one(
     refuses to run from a little before then on, so a request answered
     DEADLINE_EXCEEDED is never carried out afterwards. A request cancelled
     from outside (its client, its call's deadline, its stream ending) is
-    logged CANCELLED or DEADLINE_EXCEEDED and stays cancelled.
+    logged CANCELLED or DEADLINE_EXCEEDED and stays cancelled. Each request
+    is counted in ``metrics`` under ``method`` with the code it was logged with.
     """
     token = bind(method=method, **_fields(request))
     start = time.perf_counter()
@@ -98,7 +102,10 @@ async def serve_one(
         log.exception("request_failed")
         code, detail = grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}"
     finally:
-        ms = (time.perf_counter() - start) * 1000
+        seconds = time.perf_counter() - start
+        if metrics is not None:
+            metrics.request(method, code, seconds)
+        ms = seconds * 1000
         # Failures and slow requests at INFO; the rest at DEBUG, since a
         # busy mirror sends thousands of requests a second.
         level = logging.INFO if code != grpc.StatusCode.OK or ms >= slow_ms else logging.DEBUG
@@ -120,9 +127,10 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
     (the Exchange stream answers each call in it).
     """
 
-    def __init__(self, slow_ms: float = 100.0, access: Access | None = None):
+    def __init__(self, slow_ms: float = 100.0, access: Access | None = None, metrics: LogsvcMetrics | None = None):
         self._slow_ms = slow_ms
         self._access = access or Access(None)
+        self._metrics = metrics
         # One wrapped handler per method, built on its first call: building it
         # per request would cost every request an allocation of closures.
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
@@ -170,13 +178,13 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
     def _unary(
         self, full_name: str, inner: Callable[[Any, Any], Awaitable[Any]]
     ) -> Callable[[Any, Any], Awaitable[Any]]:
-        slow_ms, access, method = self._slow_ms, self._access, full_name.rsplit("/", 1)[-1]
+        slow_ms, access, method, metrics = self._slow_ms, self._access, full_name.rsplit("/", 1)[-1], self._metrics
 
         async def behavior(request: Any, context: grpc.aio.ServicerContext) -> Any:
             handling = (request.refuse() if isinstance(request, Undecodable)
                         else access.checked(full_name, request, context, inner))  # fmt: skip
             response, code, detail = await serve_one(method, request, handling, slow_ms, context.time_remaining(),
-                                                 context)
+                                                     context, metrics)
             if code is grpc.StatusCode.OK:
                 return response
             await context.abort(code, detail)
@@ -187,7 +195,7 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
         self, full_name: str, inner: Callable[[Any, Any], AsyncIterator[Any]]
     ) -> Callable[[Any, Any], AsyncIterator[Any]]:
         """A server-streaming behavior whose LogErrors end the stream with their status, logged like a unary call."""
-        access, method = self._access, full_name.rsplit("/", 1)[-1]
+        access, method, metrics = self._access, full_name.rsplit("/", 1)[-1], self._metrics
 
         async def behavior(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             token = bind(method=method, **_fields(request))
@@ -219,8 +227,11 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
                 log.exception("request_failed")
                 code, detail = grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}"
             finally:
-                ms = round((time.perf_counter() - start) * 1000, 3)
-                event(log, logging.INFO, "request", code=code.name, ms=ms, **({"detail": detail} if detail else {}))
+                seconds = time.perf_counter() - start
+                if metrics is not None:
+                    metrics.request(method, code, seconds)  # a stream's whole life, WatchLogs' hours included
+                event(log, logging.INFO, "request", code=code.name, ms=round(seconds * 1000, 3),
+                      **({"detail": detail} if detail else {}))  # fmt: skip
                 unbind(token)
             if code is not grpc.StatusCode.OK:
                 await context.abort(code, detail)

@@ -110,6 +110,8 @@ class Leases:
         epoch, ttl, new = await self._call("acquire", [node, boot, self.ttl_ms])
         if new:
             event(log, logging.INFO, "lease_granted", node=node, boot_id=boot, epoch=int(epoch))
+            if self._store.metrics is not None:
+                self._store.metrics.lease_grants.inc()
         return Lease(int(epoch), int(ttl))
 
     async def renew(self, node: str, boot: str, epoch: int) -> Lease:
@@ -211,5 +213,7 @@ class Reaper:
                 removed += gone
             logs += 1
         await self._leases.done(node, epoch)
+        if store.metrics is not None:
+            store.metrics.lease_expiries.inc()
         event(log, logging.WARNING, "node_expired", node=node, epoch=epoch, logs=logs, instances=removed,
               seconds=round(self._clock() - started, 4))  # fmt: skip

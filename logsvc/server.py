@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -18,6 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from dmulog.logs import event
+from dmulog.metrics import MetricsEndpoint, serve_metrics
 from dmulog.tls import TlsFiles, server_credentials
 from dmulog.v1 import dmulog_pb2_grpc as pb_grpc
 from logsvc.access import DEFAULT_POLICY, Access, Policy
@@ -26,6 +28,7 @@ from logsvc.events import EventFeed
 from logsvc.health import HealthMonitor
 from logsvc.interceptor import RequestInterceptor
 from logsvc.leases import DEFAULT_TTL, Leases, Reaper
+from logsvc.metrics import LogsvcMetrics
 from logsvc.redis_connect import RedisSecurity
 from logsvc.service import DirtyLogService
 from logsvc.store import MAX_CONNECTIONS, Store, text
@@ -86,25 +89,34 @@ class LogsvcConfig:
     """Certificate, key and client CA of the gRPC port; None: plaintext (loopback only unless --insecure)."""
     policy: Policy | None = None
     """Who may call what, with ``tls``; None there means ``access.DEFAULT_POLICY``."""
+    metrics_listen: str = ""
+    """``HOST:PORT`` of the Prometheus ``/metrics`` page (docs/metrics.md); ``""``: none, and nothing counted."""
 
 
 async def build_server(
     store: Store, listen: str, *, lease_ttl: float = DEFAULT_TTL, tls: TlsFiles | None = None,
-    policy: Policy | None = None,
+    policy: Policy | None = None, keepalive: Sequence[tuple[str, int]] = KEEPALIVE_OPTIONS,
+    metrics: LogsvcMetrics | None = None,
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer, DirtyLogService]:
     """A ready-to-start server on ``listen`` (``host:port`` or ``unix:/path``); its reaper is not running.
 
     With ``tls``, the port requires a client certificate signed by its CA and
-    every call is checked against ``policy`` (logsvc/access.py).
+    every call is checked against ``policy`` (logsvc/access.py). ``keepalive``
+    is the ping policy; only the test that shows what gRPC's default does to
+    a pinging client passes another (``()``). ``metrics`` is what the
+    server's requests and its store's Redis calls count into; the store is
+    given it, so that its leases, reaper and health monitor count there too.
     """
     access = Access((policy or DEFAULT_POLICY) if tls is not None else None)
+    if metrics is not None:
+        store.metrics = metrics
     server = grpc.aio.server(
-        interceptors=[RequestInterceptor(access=access)],
+        interceptors=[RequestInterceptor(access=access, metrics=metrics)],
         options=[
             ("grpc.so_reuseport", 0),
             ("grpc.max_send_message_length", MAX_MESSAGE),
             ("grpc.max_receive_message_length", 4 * 1024 * 1024),
-            *KEEPALIVE_OPTIONS,
+            *keepalive,
         ],
     )
     service = DirtyLogService(store, Leases(store, lease_ttl), EventFeed(store), access)
@@ -117,6 +129,9 @@ async def build_server(
         raise OSError(f"cannot listen on {listen}")
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    if metrics is not None:
+        metrics.serving.set(1)
+        metrics.watch_streams(lambda: service.open_streams)
     return server, port, health_servicer, service
 
 
@@ -156,11 +171,18 @@ async def serve(config: LogsvcConfig) -> None:
         store = Store.from_url(url, prefix=config.key_prefix, max_connections=config.redis_connections,
                                durable_replicas=config.durable_replicas,
                                security=None if embedded else config.redis_security)  # fmt: skip
+    endpoint: MetricsEndpoint | None = None
     try:
         await store.load_library()
         await _check_durability(store)
+        metrics = LogsvcMetrics() if config.metrics_listen else None
         server, port, health_servicer, service = await build_server(store, config.listen, lease_ttl=config.lease_ttl,
-                                                                    tls=config.tls, policy=config.policy)  # fmt: skip
+                                                                    tls=config.tls, policy=config.policy,
+                                                                    metrics=metrics)  # fmt: skip
+        if metrics is not None:
+            # Before the gRPC port: a port that cannot be bound fails the start, not a running server.
+            endpoint = serve_metrics(config.metrics_listen, metrics.registry)
+            event(log, logging.INFO, "metrics_listening", address=endpoint.address, port=endpoint.port)
         await server.start()
         event(log, logging.INFO, "logsvc_listening", listen=config.listen, port=port, redis=url,
               embedded_redis=embedded is not None, redis_cluster=config.redis_cluster is not None,
@@ -175,6 +197,8 @@ async def serve(config: LogsvcConfig) -> None:
         await stop.wait()
         event(log, logging.INFO, "logsvc_stopping")
         await health_servicer.enter_graceful_shutdown()
+        if metrics is not None:
+            metrics.serving.set(0)
         # Streams never end on their own: ask them to, so that stop() sees
         # them finish within the grace period instead of cancelling them.
         service.drain()
@@ -183,6 +207,8 @@ async def serve(config: LogsvcConfig) -> None:
         await reaper
         await monitor
     finally:
+        if endpoint is not None:
+            endpoint.close()
         await store.close()
         if embedded:
             await embedded.stop()

@@ -54,7 +54,7 @@ class DirtyLogService(pb_grpc.DirtyLogServicer):
         """Who may call what; the interceptor and the Exchange stream both check with it."""
         self._leases = leases or Leases(store)
         self._feed = feed or EventFeed(store)
-        self._exchanges = Exchanges(self)
+        self._exchanges = Exchanges(self, metrics=store.metrics)
         self._capacity = Capacity(store)
 
     @property

@@ -43,11 +43,12 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from importlib import resources
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import redis.asyncio as aioredis
 from redis import exceptions as rexc
@@ -60,6 +61,9 @@ from logsvc.errors import LogError, LostWrites, PendingWork, StoreUnavailable, T
 from logsvc.keys import DEFAULT_PREFIX, log_key_pattern, log_keys, uuid_from_log_key
 from logsvc.redis_connect import RedisSecurity, connect, connect_cluster
 from logsvc.snapshot import log_state
+
+if TYPE_CHECKING:
+    from logsvc.metrics import LogsvcMetrics
 
 __all__ = [
     "CALLER_ARGS",
@@ -178,7 +182,10 @@ class Store:
         self._retryable = _retryable if self._cluster is None else _retryable_in_cluster
         self._durable_replicas = durable_replicas
         self._prefix = prefix
-        self._retry = retry or RetryPolicy(budget=2.5)
+        self._retry = dataclasses.replace(retry or RetryPolicy(budget=2.5), on_retry=self._retried)
+        self.metrics: LogsvcMetrics | None = None
+        """What the server of this store counts into (``build_server`` sets it); None: nothing is counted.
+        Kept here because everything that counts (the service, leases, the reaper, health) holds the store."""
         self._offset = 0.0  # Redis's wall clock minus ours, in seconds
         self._offset_at = float("-inf")
         self._clock_task: asyncio.Task[None] | None = None
@@ -199,6 +206,16 @@ class Store:
         return cls(connect_cluster(nodes, max_connections=max_connections, security=security), prefix=prefix,
                    retry=retry,
                    durable_replicas=durable_replicas, max_connections=max_connections)  # fmt: skip
+
+    def _retried(self, e: BaseException) -> None:
+        if self.metrics is not None:
+            self.metrics.redis_retry(isinstance(e, _UNREACHABLE))
+
+    def _gave_up(self, e: BaseException) -> StoreUnavailable:
+        """What a retryable failure becomes once the budget is spent, counted."""
+        if self.metrics is not None:
+            self.metrics.redis_unavailable.inc()
+        return _unavailable(e)
 
     @property
     def prefix(self) -> str:
@@ -388,12 +405,25 @@ class Store:
         command = "FCALL_RO" if readonly else "FCALL"
         durable = self._durable_replicas > 0 and not readonly
 
-        async def send() -> Any:
+        async def sent() -> Any:
             if durable:
                 return await self._durably(command, name, len(keys), *keys, *argv)
             if self._cluster is not None:
                 return await self._in_cluster((command, name, len(keys), *keys, *argv))
             return await self._redis.execute_command(command, name, len(keys), *keys, *argv)
+
+        async def send() -> Any:
+            metrics = self.metrics
+            if metrics is None:
+                return await sent()
+            start = time.perf_counter()
+            try:
+                reply = await sent()
+            except rexc.ResponseError:
+                metrics.redis_call(name, time.perf_counter() - start)  # Redis answered, with an error word
+                raise
+            metrics.redis_call(name, time.perf_counter() - start)
+            return reply
 
         async def once() -> Any:
             try:
@@ -408,10 +438,10 @@ class Store:
         try:
             return await self._retry.run(once, is_retryable=self._retryable)
         except (*_UNREACHABLE, *self._not_now) as e:
-            raise _unavailable(e) from e
+            raise self._gave_up(e) from e
         except rexc.ResponseError as e:
             if _no_replicas(e):
-                raise _unavailable(e) from e
+                raise self._gave_up(e) from e
             mapped = from_lua_error(str(e))
             raise (mapped or LogError(f"redis error: {e}")) from None
 
@@ -523,7 +553,7 @@ class Store:
         try:
             return await self._retry.run(command, is_retryable=self._retryable)
         except (*_UNREACHABLE, *self._not_now) as e:
-            raise _unavailable(e) from e
+            raise self._gave_up(e) from e
 
     async def log_uuids(self) -> list[str]:
         """UUIDs of every log, by SCAN (no global index key, so Cluster-safe); in a Cluster, of every primary.

@@ -44,3 +44,15 @@ if [ ! -x .cache/buf/node_modules/.bin/buf ]; then
     echo "install-deps: npm not found; the proto lint (buf) will be skipped" >&2
   fi
 fi
+
+# The grpc-js client of the interop test (tests/interop/): exactly the versions of its lock file.
+if [ ! -d .cache/interop/node_modules/@grpc/grpc-js ] || ! cmp -s tests/interop/package-lock.json .cache/interop/package-lock.json; then
+  if command -v npm >/dev/null; then
+    echo "install-deps: installing the grpc-js interop client"
+    mkdir -p .cache/interop
+    cp tests/interop/package.json tests/interop/package-lock.json .cache/interop/
+    (cd .cache/interop && npm ci --no-audit --no-fund --silent >/dev/null)
+  else
+    echo "install-deps: npm not found; the grpc-js interop test will fail" >&2
+  fi
+fi

@@ -10,6 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+#: Whole benchmark processes, over 15 s together: make test runs them, make check does not.
+pytestmark = pytest.mark.load
+
 REPO = Path(__file__).resolve().parents[2]
 
 
