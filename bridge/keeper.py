@@ -11,7 +11,9 @@ A fresh bridge needs seconds to start (imports; under emulation more than
 the kernel's 15 s), so the keeper always has a second bridge started and
 waiting on a pipe: when the active one dies, the standby is told to take
 over at once (it answers the journal, then the queue) and a new standby is
-started behind it. Under systemd a socket unit
+started behind it. The first standby starts only once the first bridge
+serves, so that the two do not share the CPUs while the node's mirrors wait
+(``_wait_until_serving``). Under systemd a socket unit
 (``ListenNetlink=connector 64``) with ``Restart=always`` keeps the socket
 the same way, without the standby.
 
@@ -44,10 +46,10 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from bridge.netlink import LISTEN_FDS_START, STANDBY_FD_ENV
+from bridge.netlink import LISTEN_FDS_START, STANDBY_FD_ENV, KernelSocket
 from bridge.privileges import KEEPER, keep_only
 from bridge.startup import claim_kernel_socket
 from dmulog.logs import event
@@ -61,6 +63,8 @@ QUICK_EXIT = 2.0
 MAX_BACKOFF = 2.0
 #: Exit status of a bridge given bad options: starting it again cannot help.
 USAGE = 2
+#: Longest wait for the first bridge to join before the standby is started all the same.
+STANDBY_WAIT = 120.0
 #: Where a standby bridge finds the read end of its go-pipe.
 STANDBY_FD = LISTEN_FDS_START + 1
 
@@ -99,6 +103,25 @@ def _spawn(argv: Sequence[str], sock_fd: int) -> _Child:
     return _Child(pid, write_end, time.monotonic())
 
 
+def _wait_until_serving(sock: KernelSocket, active: _Child, stopping: Callable[[], bool]) -> None:
+    """Return once the first bridge joined the connector group, exited, or took too long.
+
+    The standby is started only then. Two Python processes importing at once
+    share the node's CPUs, and the first bridge's start is what the node's
+    mirrors wait for on every start of the keeper, a pod update among them:
+    started together under emulation on 2 vCPUs, the first bridge listened
+    after 25-32 s instead of 8-11 s (docs/restarts.md, "Rolling upgrades").
+    A bridge that dies meanwhile is left for the main loop to reap
+    (``WNOWAIT``), which then starts the next one without a standby.
+    """
+    deadline = time.monotonic() + STANDBY_WAIT
+    while not stopping() and time.monotonic() < deadline and not sock.in_group():
+        with contextlib.suppress(ChildProcessError):
+            if os.waitid(os.P_PID, active.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                return
+        time.sleep(0.1)
+
+
 def keep(bridge_argv: Sequence[str]) -> int:
     """Run ``python <bridge_argv>`` (a ``dmulog bridge`` without ``--respawn``) until SIGTERM/SIGINT.
 
@@ -132,10 +155,11 @@ def keep(bridge_argv: Sequence[str]) -> int:
         event(log, logging.INFO, "keeper_started_bridge", pid=active.pid)
         if stopping:  # the signal came before the assignment
             os.kill(active.pid, signal.SIGTERM)
+        _wait_until_serving(sock, active, lambda: stopping)
         while not stopping:
             if standby is None:
                 standby = _spawn(bridge_argv, sock.fileno())
-                event(log, logging.INFO, "keeper_started_standby", pid=standby.pid)
+                event(log, logging.INFO, "keeper_started_standby", pid=standby.pid, joined=sock.in_group())
                 if stopping:  # the signal came before the assignment
                     os.kill(standby.pid, signal.SIGKILL)
             pid, wait_status = os.wait()

@@ -17,6 +17,7 @@ import asyncio
 import errno
 import os
 import socket
+import sys
 from collections.abc import MutableMapping
 from typing import Protocol
 
@@ -35,6 +36,7 @@ NETLINK_CONNECTOR = 11
 SOL_NETLINK = 270
 NETLINK_ADD_MEMBERSHIP = 1
 NETLINK_DROP_MEMBERSHIP = 2
+NETLINK_LIST_MEMBERSHIPS = 9
 RECV_BUFFER = 4 * 1024 * 1024
 MAX_DATAGRAM = 65536
 #: First file descriptor passed under the LISTEN_FDS protocol (SD_LISTEN_FDS_START).
@@ -219,6 +221,17 @@ class KernelSocket(Transport):
             self._sock.setsockopt(SOL_NETLINK, NETLINK_DROP_MEMBERSHIP, CN_IDX_DM)
         except OSError:
             pass
+
+    def in_group(self) -> bool:
+        """Whether the socket is in group CN_IDX_DM now, whichever process joined it.
+
+        The keeper asks, to learn when its first bridge serves without a
+        channel of its own to that bridge: membership belongs to the socket,
+        which both hold. The kernel answers with a bitmap of the groups joined
+        (bit ``g - 1`` for group ``g``), empty before any join.
+        """
+        raw = self._sock.getsockopt(SOL_NETLINK, NETLINK_LIST_MEMBERSHIPS, 4)
+        return bool(int.from_bytes(raw, sys.byteorder) >> (CN_IDX_DM - 1) & 1)
 
     def close(self) -> None:
         """Close this process's descriptor (an inherited socket lives on in its owner)."""

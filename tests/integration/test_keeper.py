@@ -48,6 +48,7 @@ def test_a_killed_bridge_is_replaced_on_the_same_socket_and_queued_datagrams_sur
     """SIGKILL of the bridge: the keeper starts another on the same port, which reads what was sent meanwhile."""
     [first] = keeper.wait_for("bridge_listening", 1)
     [started] = keeper.wait_for("keeper_started_bridge", 1)
+    keeper.wait_for("keeper_started_standby", 1)
     assert True is first["inherited"]
     assert "stream" == first["transport"]
 
@@ -65,6 +66,15 @@ def test_a_killed_bridge_is_replaced_on_the_same_socket_and_queued_datagrams_sur
     assert sender.getsockname()[0] == ignored[0]["sender_port"]
     assert 1 == len(keeper.events("keeper_bridge_exited"))
     sender.close()
+
+
+def test_the_first_standby_starts_once_the_first_bridge_serves(keeper: ServiceProcess) -> None:
+    """Not beside it: two bridges importing at once would slow the start the node's mirrors wait for."""
+    [standby] = keeper.wait_for("keeper_started_standby", 1)
+    keeper.wait_for("bridge_listening", 1)
+
+    assert True is standby["joined"]
+    assert [int(keeper.events("bridge_listening")[0]["port_id"])] == host.other_listeners(CN_IDX_DM, 0)
 
 
 def test_sigterm_stops_keeper_and_bridge(keeper: ServiceProcess) -> None:
