@@ -38,8 +38,8 @@ from dmulog.v1 import dmulog_pb2 as pb
 from dmulog.v1 import dmulog_pb2_grpc as pb_grpc
 from harness.certs import CertAuthority, Issued
 from harness.log_handle import LogHandle
-from harness.redis_ha import ValkeyNode
-from harness.servers import free_port, logsvc_server, start_logsvc
+from harness.redis_ha import ValkeyNode, loopback_port
+from harness.servers import logsvc_server, start_logsvc
 from logsvc.errors import StoreUnavailable
 from logsvc.redis_acl import ACL_COMMANDS, setuser_line
 from logsvc.redis_connect import RedisSecurity
@@ -86,8 +86,23 @@ class TlsRedis:
                            socket_timeout=3, decode_responses=True)  # fmt: skip
 
     def start(self) -> TlsRedis:
+        """Start it on a free port; one that exits at once (its port or bus port taken meanwhile) gets another."""
+        for _ in range(3):
+            if self._start_once():
+                return self
+            if "already in use" not in self.log_tail():
+                break
+        raise RuntimeError(f"TLS redis-server did not start: {self.log_tail()}")
+
+    def log_tail(self) -> str:
+        log = self.data_dir / "redis.log"
+        return log.read_text()[-2000:] if log.exists() else "(no log)"
+
+    def _start_once(self) -> bool:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+        (self.data_dir / "redis.log").unlink(missing_ok=True)  # what log_tail says is this attempt's
+        # Below the ephemeral range: a Cluster node's bus port is its port + 10000, which must stay under 65536.
+        self.port = loopback_port()
         self.proc = subprocess.Popen(
             ["redis-server", "--port", "0", "--tls-port", str(self.port), "--bind", "127.0.0.1",
              "--tls-cert-file", str(self.server.cert), "--tls-key-file", str(self.server.key),
@@ -104,11 +119,12 @@ class TlsRedis:
                         c.execute_command("CLUSTER", "ADDSLOTSRANGE", "0", "16383")
                         while "cluster_state:ok" not in c.execute_command("CLUSTER", "INFO"):
                             time.sleep(0.05)
-                    return self
+                    return True
             if self.proc.poll() is not None:
-                break
+                return False
             time.sleep(0.05)
-        raise RuntimeError(f"TLS redis-server did not start: {(self.data_dir / 'redis.log').read_text()[-2000:]}")
+        self.kill()
+        return False
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -283,7 +299,7 @@ async def test_a_cluster_over_tls_as_the_documented_user(pki: Pki, security: Red
 def tls_sentinel(tmp_path: Path, server: Issued, primary: int) -> Iterator[int]:
     """A redis-server Sentinel on a TLS port only, watching ``primary`` over TLS as ``mymaster``; yields its port."""
     tmp_path.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = loopback_port()
     conf = tmp_path / "sentinel.conf"
     conf.write_text(f"""port 0
 tls-port {port}
