@@ -10,7 +10,7 @@ FAILOVER_ROUNDS ?= 10
 FUZZ_INPUTS ?= 1000000
 MODEL_EXAMPLES ?= 100000
 
-.PHONY: all deps proto check-proto lint check unit integration kernel faults fuzz model test demo bench bench-codec bench-scale bench-guest crash clean
+.PHONY: all deps proto check-proto lint check unit integration kernel faults fuzz model test demo bench bench-codec bench-scale bench-guest bench-upgrade crash clean
 
 all: test
 
@@ -95,6 +95,10 @@ bench-scale: deps
 ## Write throughput of a real mirror with each log: core, responder, dmulog in guest / on host (ratios).
 bench-guest: deps
 	$(PY) -m bench.guest
+
+## The I/O pause of a rolling upgrade (bridge, logsvc) on a real mirror under writes (docs/restarts.md).
+bench-upgrade: deps
+	$(PY) -m bench.upgrade
 
 ## The netlink codec against pyroute2's connector marshal.
 bench-codec: deps

@@ -107,7 +107,8 @@ def test_the_guest_scripts_are_the_ones_the_harness_runs() -> None:
     """Every script the tests, the demo and the benchmarks boot is here (a missing name fails before any boot)."""
     names = {p.name for p in GUEST_SCRIPTS}
     assert {"conformance.sh", "limits.sh", "lifecycle.sh", "bridge-restart.sh", "demo.sh", "crash-node.sh",
-            "bench.sh", "two-nodes.sh", "responder-mirror.sh", "record-trace.sh", "capture.sh"} <= names  # fmt: skip
+            "bench.sh", "two-nodes.sh", "responder-mirror.sh", "record-trace.sh", "capture.sh",
+            "rolling-upgrade.sh"} <= names  # fmt: skip
     with pytest.raises(KernelVMError, match="no guest script"):
         guest_script("no-such-script.sh")
 
