@@ -21,11 +21,12 @@ from pathlib import Path
 import grpc
 import pytest
 
+from dmulog.log_state import assemble
 from dmulog.v1 import dmulog_pb2 as pb
 from dmulog.v1 import dmulog_pb2_grpc as pb_grpc
 from harness.log_handle import LogHandle
 from harness.servers import RedisProcess, start_logsvc
-from harness.stall import HEAVY, REGION_SECTORS, Stall, measure
+from harness.stall import BIG_REGIONS, HEAVY, REGION_SECTORS, Stall, measure
 
 UNITS = 4.0
 """The longest command any heavy request may make Redis run, in unit passes (a step is 1 to 2)."""
@@ -64,3 +65,28 @@ async def test_get_log_state_of_a_huge_log_points_to_read_log_state(stub: pb_grp
     with pytest.raises(grpc.aio.AioRpcError) as e:
         await stub.GetLogState(pb.GetLogStateRequest(uuid=uuid))
     assert (grpc.StatusCode.RESOURCE_EXHAUSTED, True) == (e.value.code(), "ReadLogState" in e.value.details())
+
+
+DEFAULT_RECEIVE_LIMIT = 4 << 20
+"""What a gRPC client of any language receives in one message unless told otherwise."""
+
+
+@pytest.mark.load
+async def test_a_client_with_default_limits_reads_a_2_28_region_log(stub: pb_grpc.DirtyLogStub, uuid: str) -> None:
+    """ReadLogState: every part under 4 MiB, 2 x 32 MiB of bitmaps and the marks put back together, bit for bit."""
+    log = LogHandle(stub, uuid)
+    await log.ctr(BIG_REGIONS * REGION_SECTORS, "dmulog", str(REGION_SECTORS), "nosync")
+    await log.resume()
+    last = BIG_REGIONS - 1
+    await log.mark(0, 12345, last)
+
+    parts = [p async for p in stub.ReadLogState(pb.ReadLogStateRequest(uuid=uuid), timeout=300)]
+    state = assemble(parts)
+
+    assert max(p.ByteSize() for p in parts) < DEFAULT_RECEIVE_LIMIT  # the stub's channel has gRPC's defaults
+    assert (BIG_REGIONS, BIG_REGIONS // 8, BIG_REGIONS // 8) == (
+        state.summary.region_count, len(state.in_sync_bitmap), len(state.dirty_bitmap))
+    assert [0, 12345, last] == [m.region for m in state.marks]
+    dirty_bytes = {i: b for i, b in enumerate(state.dirty_bitmap) if b}
+    assert {0: 0x80, 12345 // 8: 0x80 >> 12345 % 8, last // 8: 0x01} == dirty_bytes
+    assert state.in_sync_bitmap == b"\xff" * (BIG_REGIONS // 8)  # nosync: every region in sync
