@@ -34,6 +34,18 @@ wait_log() {
   return 1
 }
 
+# wait_standby SECONDS: under --respawn, until the keeper's latest standby bridge has started and
+# waits for its turn (a standby_ready after the last keeper_started_standby in $R/bridge.log). The
+# first bridge logs standby_ready too, before the keeper starts any standby (bridge/keeper.py).
+wait_standby() {
+  for _ in $(seq $(( $1 * 10 ))); do
+    grep -oE 'keeper_started_standby|standby_ready' "$R/bridge.log" 2>/dev/null \
+      | awk '/keeper_started_standby/ { s = 1; r = 0 } /standby_ready/ { if (s) r = 1 } END { exit !r }' && return 0
+    sleep 0.1
+  done
+  return 1
+}
+
 # wait_host NAME SECONDS: until the host says go (harness/topology.py Boot.tell creates
 # /results/NAME; the share is uncached, so the guest sees it at once), or die.
 wait_host() {

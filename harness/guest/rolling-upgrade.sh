@@ -81,15 +81,11 @@ writer_start() {
 writer_stop() { kill -INT "$FIO_PID"; wait "$FIO_PID"; }
 
 # standby_wait: under --respawn, until the keeper's latest standby bridge has imported and
-# waits (standby_ready after the last keeper_started_standby): the steady state of a
-# node, which a second upgrade soon after the first would not meet under emulation.
+# waits (lib.sh wait_standby): the steady state of a node, which a second upgrade soon after
+# the first would not meet under emulation.
 standby_wait() {
   [ "$RESPAWN" = 1 ] || return 0
-  for _ in $(seq 1800); do
-    grep -E 'keeper_started_standby|standby_ready' $R/bridge.log | tail -1 | grep -q standby_ready && return 0
-    sleep 0.1
-  done
-  die "no standby bridge ready in 180 s"
+  wait_standby 180 || die "no standby bridge ready in 180 s"
 }
 
 # upgrade SCENARIO REP: one rolling upgrade of the scenario's kind, marked step by step.

@@ -121,7 +121,7 @@ kill $BRIDGE_PID; wait $BRIDGE_PID; note bridge_rc $?
 
 mv $R/bridge.log $R/bridge-plain.log
 RESPAWN=1 start_bridge
-wait_log $R/bridge.log standby_ready 180 || die "no standby"
+wait_standby 180 || die "no standby"
 caps_of $BRIDGE_PID keeper
 caps_of "$(pid_of keeper_started_bridge)" respawned
 caps_of "$(pid_of keeper_started_standby)" standby
