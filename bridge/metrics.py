@@ -13,8 +13,8 @@ again, streams opened again. Depth and lease are read at each scrape from
 what the bridge keeps anyway, so they cost a request nothing.
 
 Per request the cost is one increment and one observation: the labelled
-children are cached here by wire number on first use, with no label lookup
-and no string built on the request path.
+children are kept by wire number, made on first use (dmulog/metrics.py
+``Children``), with no label lookup and no string built on the request path.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Final
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from dmulog.metrics import new_registry
+from dmulog.metrics import Children, new_registry
 from dmulog.requests import BY_TYPE
 
 if TYPE_CHECKING:
@@ -84,33 +84,23 @@ class BridgeMetrics:
                                 registry=r)  # fmt: skip
         self.lease_epoch = Gauge("dmulog_bridge_lease_epoch", "Epoch of the node's current incarnation (0: none, "
                                  "or leases off)", registry=r)  # fmt: skip
-        self._answers: dict[int, dict[int, Counter]] = {}
-        self._durations: dict[int, Histogram] = {}
-        self._here: dict[str, tuple[Counter, Histogram, Counter]] = {}
-        self._retries: dict[grpc.StatusCode, Counter] = {}
+        self._answers: Children[tuple[int, int], Counter] = Children(
+            lambda key: self.requests.labels(type_label(key[0]), errno_label(key[1])))
+        self._durations: Children[int, Histogram] = Children(lambda rtype: self.duration.labels(type_label(rtype)))
+        self._here: Children[str, tuple[Counter, Histogram, Counter]] = Children(
+            lambda name: (self.requests.labels(name, "0"), self.duration.labels(name), self.here.labels(name)))
+        self._retries: Children[grpc.StatusCode, Counter] = Children(
+            lambda code: self.logsvc_retries.labels(code.name))
         self._refused = {reason: self.refused.labels(reason) for reason in ("not_from_kernel", "malformed")}
 
     def answered(self, rtype: int, code: int, seconds: float) -> None:
         """A reply to a request of wire type ``rtype``, carrying errno ``code``, written ``seconds`` after the read."""
-        codes = self._answers.get(rtype)
-        if codes is None:
-            codes = self._answers[rtype] = {}
-        counter = codes.get(code)
-        if counter is None:
-            counter = codes[code] = self.requests.labels(type_label(rtype), errno_label(code))
-        counter.inc()
-        histogram = self._durations.get(rtype)
-        if histogram is None:
-            histogram = self._durations[rtype] = self.duration.labels(type_label(rtype))
-        histogram.observe(seconds)
+        self._answers[rtype, code].inc()
+        self._durations[rtype].observe(seconds)
 
     def answered_here(self, name: str, seconds: float) -> None:
         """A request of type ``name`` answered in the bridge with success, ``seconds`` after it was read."""
-        children = self._here.get(name)
-        if children is None:
-            children = self._here[name] = (self.requests.labels(name, "0"), self.duration.labels(name),
-                                           self.here.labels(name))  # fmt: skip
-        answered, histogram, here = children
+        answered, histogram, here = self._here[name]
         answered.inc()
         histogram.observe(seconds)
         here.inc()
@@ -125,10 +115,7 @@ class BridgeMetrics:
 
     def logsvc_retry(self, code: grpc.StatusCode) -> None:
         """A call to logsvc about to be sent again after an attempt that ended ``code``."""
-        counter = self._retries.get(code)
-        if counter is None:
-            counter = self._retries[code] = self.logsvc_retries.labels(code.name)
-        counter.inc()
+        self._retries[code].inc()
 
     def watch(self, in_flight: Sized, keeper: LeaseKeeper | None = None) -> None:
         """Read the journal's depth (``len(in_flight)``: a task per request read) and the lease at each scrape.

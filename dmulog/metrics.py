@@ -24,15 +24,15 @@ import argparse
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
     from prometheus_client import CollectorRegistry
 
-__all__ = ["LOOPBACK", "MetricsEndpoint", "add_metrics_option", "metrics_listen", "new_registry", "parse_listen",
-           "serve_metrics"]
+__all__ = ["LOOPBACK", "Children", "MetricsEndpoint", "add_metrics_option", "metrics_listen", "new_registry",
+           "parse_listen", "serve_metrics"]
 
 LOOPBACK = "127.0.0.1"
 """The host of a ``--metrics-listen`` that names only a port."""
@@ -109,6 +109,28 @@ def new_registry() -> CollectorRegistry:
     PlatformCollector(registry=registry)
     GCCollector(registry=registry)
     return registry
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class Children(dict[K, V]):
+    """A metric's labelled children by a key of the caller's, each made by ``make`` on first use.
+
+    prometheus_client's ``labels()`` takes a lock and builds a tuple of label
+    strings on every call; what counts on a request path keeps its children
+    here instead, so a request pays one dict lookup (``__missing__`` runs once
+    per key) and no label is looked up or built.
+    """
+
+    def __init__(self, make: Callable[[K], V]):
+        super().__init__()
+        self._make = make
+
+    def __missing__(self, key: K) -> V:
+        child = self[key] = self._make(key)
+        return child
 
 
 @dataclass

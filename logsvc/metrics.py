@@ -20,8 +20,9 @@ Where each number is taken, and why there:
   the store, a request's or the reaper's, is seen.
 
 Per request the cost is a counter increment and a histogram observation:
-the labelled children are cached here on first use, so no label lookup (and
-no string building) happens on the request path.
+the labelled children are made on first use and kept (dmulog/metrics.py
+``Children``), so no label lookup (and no string building) happens on the
+request path.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from typing import Final
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from dmulog.metrics import new_registry
+from dmulog.metrics import Children, new_registry
 from dmulog.requests import REQUESTS
 
 __all__ = ["LATENCY_BUCKETS", "LogsvcMetrics"]
@@ -74,36 +75,26 @@ class LogsvcMetrics:
                                       "replica's reaper handed over", registry=r)  # fmt: skip
         self.serving = Gauge("dmulog_logsvc_serving", "1 while the health service says SERVING, else 0",
                              registry=r)  # fmt: skip
-        self._requests: dict[tuple[str, grpc.StatusCode], Counter] = {}
-        self._durations: dict[str, Histogram] = {}
-        self._exchange: dict[str, Counter] = {}
-        self._functions: dict[str, Histogram] = {}
+        self._requests: Children[tuple[str, grpc.StatusCode], Counter] = Children(
+            lambda key: self.requests.labels(key[0], key[1].name))
+        self._durations: Children[str, Histogram] = Children(self.duration.labels)
+        self._exchange: Children[str, Counter] = Children(
+            lambda method: self.exchange.labels(_TYPE_OF.get(method, method)))
+        self._functions: Children[str, Histogram] = Children(self.redis_duration.labels)
         self._retries = {True: self.redis_retries.labels("unreachable"), False: self.redis_retries.labels("not_ready")}
 
     def request(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
         """One request of ``method`` answered ``code`` after ``seconds``."""
-        counter = self._requests.get((method, code))
-        if counter is None:
-            counter = self._requests[(method, code)] = self.requests.labels(method, code.name)
-        counter.inc()
-        histogram = self._durations.get(method)
-        if histogram is None:
-            histogram = self._durations[method] = self.duration.labels(method)
-        histogram.observe(seconds)
+        self._requests[method, code].inc()
+        self._durations[method].observe(seconds)
 
     def exchanged(self, method: str) -> None:
         """One call of ``method`` read off an Exchange stream (counted under its kernel request type)."""
-        counter = self._exchange.get(method)
-        if counter is None:
-            counter = self._exchange[method] = self.exchange.labels(_TYPE_OF.get(method, method))
-        counter.inc()
+        self._exchange[method].inc()
 
     def redis_call(self, function: str, seconds: float) -> None:
         """One Redis round trip of Function ``function`` that took ``seconds``."""
-        histogram = self._functions.get(function)
-        if histogram is None:
-            histogram = self._functions[function] = self.redis_duration.labels(function)
-        histogram.observe(seconds)
+        self._functions[function].observe(seconds)
 
     def redis_retry(self, unreachable: bool) -> None:
         """A Redis call about to be sent again: Redis was ``unreachable``, or answered "not now"."""
