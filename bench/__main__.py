@@ -50,23 +50,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 from bench import cluster, durable, secure
 from bench.cpu import cpu_seconds
-from bench.replay import NullClient, Recorder, load_trace
+from bench.replay import NullClient, Recorder, load_trace, pct
 from bench.stack import full_stack, redis_floor, through_bridge
 from bench.transport import measure as measure_hops
 from bench.transport import table as hop_table
 from harness.report import add_out_option, tee
 from harness.servers import RedisProcess, start_logsvc
-
-
-def pct(values: Sequence[float], q: float) -> float:
-    """The q-quantile (0..1) of ``values``, nearest rank."""
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def row(name: str, n: int, cols: list[tuple[float, float, float]], ratio: float | None) -> str:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from bench.alone import run_alone
 from bench.cpu import cpu_seconds
-from bench.replay import Recorder
+from bench.replay import Recorder, pct
 from bench.stack import full_stack
 from harness.redis_ha import ClusterGroup, ValkeyNode
 from harness.servers import LogsvcProcess, start_logsvc
@@ -93,7 +93,7 @@ def table(runs: list[Run]) -> str:
     for r in runs:
         values = sorted(v for s in r.rec.samples.values() for v in s)
         rate = r.rec.requests / r.wall
-        p99 = values[min(len(values) - 1, int(0.99 * len(values)))] if values else 0.0
+        p99 = pct(values, 0.99) if values else 0.0
         lines.append(f"{r.setup:<22} {r.mirrors:>8} {r.rec.requests:>9} {rate:>8.0f} {rate / base[r.mirrors]:>8.2f} "
                      f"{statistics.median(values) * 1e6 if values else 0:>8.0f} {p99 * 1e6:>8.0f}"
                      + "".join(f" {b:>7.2f}" for b in r.busy))  # fmt: skip

@@ -29,7 +29,7 @@ from pathlib import Path
 import grpc
 
 from bench.alone import run_alone
-from bench.replay import Recorder
+from bench.replay import Recorder, pct
 from bench.stack import full_stack
 from bridge import wire
 from bridge.metrics import BridgeMetrics
@@ -130,7 +130,7 @@ def table(got: dict[str, Recorder], checks: list[str]) -> str:
             continue
         off, on = got["off"].samples[kind], got["on"].samples[kind]
         p50_off, p50_on = statistics.median(off), statistics.median(on)
-        p99_off, p99_on = (sorted(s)[min(len(s) - 1, int(0.99 * len(s)))] for s in (off, on))
+        p99_off, p99_on = pct(off, 0.99), pct(on, 0.99)
         lines.append(f"{kind:<16} {len(on):>6} {p50_off * 1e6:>8.0f} {p50_on * 1e6:>8.0f} {p50_on / p50_off:>7.2f} "
                      f"{p99_off * 1e6:>8.0f} {p99_on * 1e6:>8.0f}")  # fmt: skip
     per_logsvc, per_bridge = counting_cost()

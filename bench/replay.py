@@ -26,7 +26,7 @@ from bridge import wire
 from dmulog.v1 import dmulog_pb2 as pb
 from harness.kernel_side import KernelEnd, frame
 
-__all__ = ["NullClient", "Recorder", "Replayer", "load_trace", "replay_blocking", "rewrite"]
+__all__ = ["NullClient", "Recorder", "Replayer", "load_trace", "pct", "replay_blocking", "rewrite"]
 
 TRACES = Path(__file__).resolve().parent / "traces"
 
@@ -64,6 +64,12 @@ class NullClient:
 
     async def close(self) -> None:
         """Nothing to close."""
+
+
+def pct(values: Sequence[float], q: float) -> float:
+    """The q-quantile (0..1) of ``values``, nearest rank: every table's p99 and p99.9."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 @dataclass

@@ -31,7 +31,8 @@ class Scrape:
         """``name``'s samples summed by the value of ``label``: ``{"MARK_REGION": 12.0, ...}``."""
         out: dict[str, float] = {}
         for have, v in self.samples.get(name, []):
-            out[have.get(label, "")] = out.get(have.get(label, ""), 0.0) + v
+            key = have.get(label, "")
+            out[key] = out.get(key, 0.0) + v
         return out
 
 
